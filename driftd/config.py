@@ -1,0 +1,96 @@
+"""Server and engine settings: defaults, ``DRIFTD_*`` environment variables, flags.
+
+Precedence: command-line flag > environment variable > default. Each field's
+environment variable is ``DRIFTD_`` + its upper-case name (``chroma_path`` ->
+``DRIFTD_CHROMA_PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+
+#: The offline default text model (all-MiniLM-L6-v2, 384-d, int8 ONNX).
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. Units are in the field names' suffixes."""
+
+    address: str = field(default="127.0.0.1:50051", metadata={"help": "gRPC listen address"})
+    metrics_port: int = field(
+        default=9464, metadata={"help": "Prometheus metrics port (0 disables)"}
+    )
+    chroma_path: str = field(default="./driftd_data", metadata={"help": "embedded Chroma directory"})
+    chroma_url: str = field(
+        default="", metadata={"help": "Chroma server URL (http://host:port); overrides chroma_path"}
+    )
+    embed_model: str = field(
+        default=DEFAULT_EMBED_MODEL, metadata={"help": "default embed model for new collections"}
+    )
+    workers: int = field(
+        default_factory=_default_workers, metadata={"help": "math process-pool workers"}
+    )
+    max_batch_points: int = field(default=10_000, metadata={"help": "points per batch"})
+    max_message_bytes: int = field(
+        default=64 * 1024 * 1024, metadata={"help": "gRPC send/receive message limit (bytes)"}
+    )
+    max_steps: int = field(default=10_000, metadata={"help": "SimulatePaths steps per path"})
+    max_paths: int = field(default=64, metadata={"help": "SimulatePaths paths per call"})
+    max_seeds: int = field(default=1_024, metadata={"help": "FindAttractors seeds"})
+    max_top_k: int = field(default=1_000, metadata={"help": "SearchPoints results"})
+    grace_seconds: float = field(
+        default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Defaults overridden by ``DRIFTD_*`` variables, then by ``overrides``.
+
+        Raises:
+            ValueError: a variable does not parse as its field's type.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f"DRIFTD_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, type(getattr(cls(), f.name)))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Adds one ``--flag`` per field (defaults None: unset flags defer to env)."""
+        defaults = cls()
+        for f in fields(cls):
+            kind = type(getattr(defaults, f.name))
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                type=kind,
+                default=None,
+                help=f"{f.metadata.get('help', '')} "
+                f"(env DRIFTD_{f.name.upper()}, default {getattr(defaults, f.name)!r})",
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from parsed flags over the environment."""
+        names: Sequence[str] = [f.name for f in fields(cls)]
+        return cls.from_env(environ, **{n: getattr(args, n, None) for n in names})
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"DRIFTD_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

@@ -1,0 +1,759 @@
+"""AsyncDriftDB: the engine behind the server, usable in-process.
+
+Threads and processes, so the event loop never blocks:
+- Chroma: one dedicated thread owns the client (its local client is synchronous
+  and not safe across processes).
+- Embedding: one thread (onnxruntime parallelises inside).
+- Flow math: a forkserver process pool (:mod:`driftd.engine.pool`).
+
+Each collection keeps an in-memory trajectory (:mod:`driftd.engine.cache`) loaded
+on first use, and one fitted flow model per collection version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from driftd import metrics
+from driftd.config import Settings
+from driftd.engine import validate as v
+from driftd.engine.cache import Snapshot, TrajectoryCache
+from driftd.engine.embedding import Embedders
+from driftd.engine.pool import MathPool
+from driftd.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from driftd.flow import MIN_POINTS, InsufficientDataError
+from driftd.flow import tasks as flow_tasks
+from driftd.flow.field import FlowField
+from driftd.store.chroma import ChromaStore, Columns, StoredCollection, payload_where
+from driftd.types import (
+    AttractorInfo,
+    AttractorSet,
+    ChapterInfo,
+    ChapterSet,
+    CollectionInfo,
+    FlowProbe,
+    Point,
+    Representative,
+    ScoredPoint,
+    SimulationStep,
+    UpsertResult,
+)
+
+log = logging.getLogger(__name__)
+
+# Steps computed per pool task while streaming a simulation: small enough that a
+# cancelled stream stops within one chunk, big enough to amortise the round trip.
+SIM_CHUNK_STEPS = 50
+# Sequence numbers: version << 24 | index in batch, so ties in time keep write order.
+_SEQ_SHIFT = 24
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=float(seconds))
+
+
+@dataclass
+class _FlowModel:
+    """A fitted field for one collection version and the data order it was fitted on."""
+
+    key: str
+    field: FlowField
+    snapshot: Snapshot
+    attractors: flow_tasks.AttractorsOut | None = None
+
+
+@dataclass
+class _Collection:
+    meta: StoredCollection
+    cache: TrajectoryCache | None = None
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    fit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    model: _FlowModel | None = None
+
+
+class AsyncDriftDB:
+    """The driftd engine. Create with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="driftd-chroma")
+        self._embed_thread = ThreadPoolExecutor(1, thread_name_prefix="driftd-embed")
+        self._store: ChromaStore | None = None
+        self._embedders = Embedders()
+        self._pool: MathPool | None = None
+        self._collections: dict[str, _Collection] = {}
+
+    @classmethod
+    async def open(cls, settings: Settings | None = None) -> AsyncDriftDB:
+        """Opens Chroma (on its thread) and starts the math pool.
+
+        Raises:
+            Exception: Chroma cannot open the directory or reach the server.
+        """
+        db = cls(settings or Settings.from_env())
+        db._store = await db._on_store(
+            lambda: ChromaStore(path=db.settings.chroma_path, url=db.settings.chroma_url)
+        )
+        db._pool = MathPool(db.settings.workers)
+        return db
+
+    async def close(self) -> None:
+        """Stops the pool and releases Chroma's thread. Idempotent."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._store_thread.shutdown(wait=True)
+        self._embed_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def ready(self) -> bool:
+        """True once storage is open."""
+        return self._store is not None
+
+    # --- plumbing ------------------------------------------------------------
+
+    async def _on_store(self, fn):
+        return await asyncio.get_running_loop().run_in_executor(self._store_thread, fn)
+
+    async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._embed_thread, self._embedders.embed, model, texts
+        )
+
+    async def _collection(self, name: str) -> _Collection:
+        v.check_collection_id(name, "name")
+        coll = self._collections.get(name)
+        if coll is None:
+            meta = await self._on_store(lambda: self._store.get(name))
+            coll = self._collections.setdefault(name, _Collection(meta))
+        return coll
+
+    async def _loaded(self, coll: _Collection) -> TrajectoryCache:
+        """The collection's trajectory cache, read from Chroma on first use."""
+        if coll.cache is not None:
+            return coll.cache
+        async with coll.load_lock:
+            if coll.cache is None:
+                meta = coll.meta
+                t0 = time.perf_counter()
+
+                def load() -> TrajectoryCache:
+                    cache = TrajectoryCache(meta.dimension, meta.version)
+                    for cols in self._store.iter_load(meta):
+                        cache.upsert(cols, meta.version)
+                    return cache
+
+                coll.cache = await self._on_store(load)
+                metrics.CACHED_POINTS.labels(collection=meta.name).set(len(coll.cache))
+                log.info("loaded %s: %d points in %.2f s", meta.name, len(coll.cache),
+                         time.perf_counter() - t0)
+        return coll.cache
+
+    def _info(self, coll: _Collection) -> CollectionInfo:
+        m, cache = coll.meta, coll.cache
+        span = cache.span() if cache is not None else None
+        return CollectionInfo(
+            name=m.name,
+            dimension=m.dimension,
+            distance=m.distance,  # type: ignore[arg-type]
+            embed_model=m.embed_model,
+            point_count=len(cache) if cache is not None else 0,
+            series_count=cache.series_count() if cache is not None else 0,
+            start_time=_utc(span[0]) if span else None,
+            end_time=_utc(span[1]) if span else None,
+            create_time=_utc(m.create_time),
+            version=m.version,
+            time_key=m.time_key if m.attached else "",
+            series_key=m.series_key if m.attached else "",
+            attached=m.attached,
+        )
+
+    # --- collections ---------------------------------------------------------
+
+    async def create_collection(
+        self, name: str, *, dim: int | None = None, distance: str = "cosine",
+        embed_model: str | None = None,
+    ) -> CollectionInfo:
+        """Creates a collection.
+
+        Args:
+            name: 3-63 chars of [A-Za-z0-9._-], alphanumeric at both ends.
+            dim: vector dimension; defaults to the embed model's.
+            distance: "cosine", "l2" or "ip".
+            embed_model: fastembed model that embeds texts; None/"" refuses texts.
+
+        Raises:
+            InvalidArgument: bad name, distance or dimension (INVALID_NAME,
+                INVALID_FIELD, DIMENSION_MISMATCH), unknown model (UNKNOWN_EMBED_MODEL).
+            AlreadyExists: the name is taken.
+        """
+        v.check_collection_id(name)
+        if distance not in v.DISTANCES:
+            raise InvalidArgument(
+                f"distance must be one of {', '.join(v.DISTANCES)}, got {distance!r}",
+                field_violations=[FieldViolation("collection.distance", "unknown distance")],
+            )
+        embed_model = embed_model or ""
+        if embed_model:
+            model_dim = await asyncio.get_running_loop().run_in_executor(
+                self._embed_thread, self._embedders.dimension, embed_model
+            )
+            if dim and dim != model_dim:
+                raise InvalidArgument(
+                    f"dimension {dim} differs from embed model {embed_model!r}'s {model_dim}",
+                    reason="DIMENSION_MISMATCH",
+                    field_violations=[FieldViolation("collection.dimension", f"must be {model_dim}")],
+                )
+            dim = model_dim
+        if not dim:
+            raise InvalidArgument(
+                "dimension is required when there is no embed model",
+                field_violations=[FieldViolation("collection.dimension", "required")],
+            )
+        v.check_range(dim, 1, 65_536, "collection.dimension")
+        meta = StoredCollection(name, int(dim), distance, embed_model, time.time(), 0)
+        await self._on_store(lambda: self._store.create(meta))
+        coll = self._collections[name] = _Collection(meta, TrajectoryCache(meta.dimension, 0))
+        return self._info(coll)
+
+    async def get_collection(self, name: str) -> CollectionInfo:
+        """Raises NotFound (COLLECTION_NOT_FOUND)."""
+        coll = await self._collection(name)
+        await self._loaded(coll)
+        return self._info(coll)
+
+    async def list_collections(
+        self, *, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[CollectionInfo], str]:
+        """A page of collections in name order and the next page token ("" at the end).
+
+        The token is the last name of the previous page.
+
+        Raises:
+            InvalidArgument: page_size outside 1-1000 (LIMIT_EXCEEDED) or a bad
+                token (INVALID_PAGE_TOKEN).
+        """
+        v.check_range(page_size, 1, 1000, "page_size")
+        if page_token and not v.COLLECTION_ID.match(page_token):
+            raise InvalidArgument(
+                "page_token is not one this server issued", reason="INVALID_PAGE_TOKEN",
+                field_violations=[FieldViolation("page_token", "invalid")],
+            )
+        metas = await self._on_store(self._store.list)
+        after = [m for m in metas if m.name > page_token]
+        page = after[:page_size]
+        out = []
+        for m in page:
+            coll = self._collections.setdefault(m.name, _Collection(m))
+            await self._loaded(coll)
+            out.append(self._info(coll))
+        next_token = page[-1].name if len(after) > page_size else ""
+        return out, next_token
+
+    async def delete_collection(self, name: str) -> None:
+        """Deletes the collection and its points. Raises NotFound."""
+        v.check_collection_id(name, "name")
+        await self._on_store(lambda: self._store.delete(name))
+        self._collections.pop(name, None)
+        with contextlib.suppress(KeyError):
+            metrics.CACHED_POINTS.remove(name)
+
+    async def attach_collection(
+        self, chroma_collection: str, *, time_key: str, series_key: str = "", embed_model: str = ""
+    ) -> CollectionInfo:
+        """Adopts an existing Chroma collection without copying its data.
+
+        Raises:
+            InvalidArgument: bad name or empty time_key.
+            NotFound: no such Chroma collection.
+            AlreadyExists: already a driftd collection.
+            FailedPrecondition: the Chroma collection is empty.
+        """
+        v.check_collection_id(chroma_collection, "chroma_collection")
+        if not time_key:
+            raise InvalidArgument(
+                "time_key is required", field_violations=[FieldViolation("time_key", "required")]
+            )
+        meta = await self._on_store(
+            lambda: self._store.attach(
+                chroma_collection, time_key=time_key, series_key=series_key, embed_model=embed_model
+            )
+        )
+        coll = self._collections[chroma_collection] = _Collection(meta)
+        await self._loaded(coll)
+        return self._info(coll)
+
+    # --- points --------------------------------------------------------------
+
+    async def upsert(
+        self, name: str, points: Sequence[Point | Mapping], *, lenient: bool = False
+    ) -> UpsertResult:
+        """Validates, embeds and writes a batch; returns once it is durable.
+
+        Args:
+            points: Points or dicts ``{id, timestamp, text|vector, series?, payload?}``.
+            lenient: report bad points in the result and write the good ones
+                (streams); by default any bad point rejects the whole batch.
+
+        Raises:
+            NotFound: unknown collection.
+            InvalidArgument: BATCH_TOO_LARGE, or (strict) the first bad point's
+                reason with every bad field as a violation; nothing is written.
+            FailedPrecondition(NO_EMBED_MODEL): (strict) texts for a collection
+                without an embed model.
+        """
+        coll = await self._collection(name)
+        v.check_batch_size(len(points), self.settings.max_batch_points)
+        meta = coll.meta
+        reserved = frozenset(k for k in (meta.time_key, meta.series_key) if k)
+        batch, errors = v.validate_points(
+            points, dimension=meta.dimension, embed_model=meta.embed_model, reserved_keys=reserved
+        )
+        if not lenient:
+            v.raise_for_errors(errors)
+        n = len(batch.points)
+        if n == 0:
+            return UpsertResult(0, 0, meta.version, tuple(errors))
+        vectors = np.empty((n, meta.dimension), dtype=np.float32)
+        for j, p in enumerate(batch.points):
+            if p.vector is not None:
+                vectors[j] = p.vector
+        if batch.to_embed:
+            embedded = await self._embed(meta.embed_model, [batch.points[j].text for j in batch.to_embed])
+            if embedded.shape[1] != meta.dimension:
+                raise FailedPrecondition(
+                    f"embed model {meta.embed_model!r} gives {embedded.shape[1]} dimensions, "
+                    f"the collection has {meta.dimension}", reason="DIMENSION_MISMATCH",
+                )
+            vectors[batch.to_embed] = embedded
+        await self._loaded(coll)
+        async with coll.write_lock:
+            version = coll.meta.version + 1
+            cols = Columns(
+                ids=[p.id for p in batch.points],
+                vectors=vectors,
+                times=np.array([p.time.timestamp() for p in batch.points], dtype=np.float64),
+                series=[p.series for p in batch.points],
+                seqs=(version << _SEQ_SHIFT) + np.arange(n, dtype=np.int64),
+                texts=[p.text for p in batch.points],
+                payloads=[p.payload for p in batch.points],
+            )
+
+            def write() -> StoredCollection:
+                self._store.upsert(coll.meta, cols)
+                return self._store.set_version(coll.meta, version)
+
+            coll.meta = await self._on_store(write)
+            coll.cache.upsert(cols, version)
+        metrics.POINTS_INGESTED.labels(collection=name).inc(n)
+        metrics.CACHED_POINTS.labels(collection=name).set(len(coll.cache))
+        return UpsertResult(n, len(batch.to_embed), version, tuple(errors))
+
+    async def get_points(
+        self, name: str, ids: Sequence[str], *, include_vectors: bool = False
+    ) -> tuple[list[Point], list[str]]:
+        """Points by id (in request order) and the ids that do not exist.
+
+        Raises NotFound (unknown collection), InvalidArgument (BATCH_TOO_LARGE).
+        """
+        coll = await self._collection(name)
+        v.check_batch_size(len(ids), self.settings.max_batch_points, "ids")
+        records = await self._on_store(
+            lambda: self._store.fetch(coll.meta, list(ids), include_vectors=include_vectors)
+        )
+        found = [self._point(records[i]) for i in ids if i in records]
+        return found, [i for i in ids if i not in records]
+
+    @staticmethod
+    def _point(r) -> Point:
+        return Point(r.id, _utc(r.time), r.series, r.vector, r.text, r.payload)
+
+    async def delete_points(self, name: str, ids: Sequence[str]) -> tuple[int, int]:
+        """Deletes points by id; returns (deleted count, new version).
+
+        Raises NotFound (unknown collection), InvalidArgument (BATCH_TOO_LARGE).
+        """
+        coll = await self._collection(name)
+        v.check_batch_size(len(ids), self.settings.max_batch_points, "ids")
+        cache = await self._loaded(coll)
+        async with coll.write_lock:
+            present = [i for i in dict.fromkeys(ids) if cache.row_of(i) is not None]
+            if not present:
+                return 0, coll.meta.version
+            version = coll.meta.version + 1
+
+            def write() -> StoredCollection:
+                self._store.delete_points(coll.meta, present)
+                return self._store.set_version(coll.meta, version)
+
+            coll.meta = await self._on_store(write)
+            deleted = cache.delete(present, version)
+        metrics.CACHED_POINTS.labels(collection=name).set(len(cache))
+        return deleted, version
+
+    async def trajectory(
+        self, name: str, *, start: datetime | None = None, end: datetime | None = None,
+        series: str = "", include_vectors: bool = False, chunk_size: int = 500,
+    ) -> AsyncIterator[list[Point]]:
+        """Points of a time window in time order, in chunks of ``chunk_size``.
+
+        An async generator: stop iterating (or ``aclose()``) to stop the reads.
+        Raises NotFound, InvalidArgument (chunk_size outside 1-10000).
+        """
+        v.check_range(chunk_size, 1, 10_000, "chunk_size")
+        coll = await self._collection(name)
+        cache = await self._loaded(coll)
+        snap = cache.snapshot()
+        positions = snap.select(start, end, series)
+        for lo in range(0, len(positions), chunk_size):
+            pos = positions[lo : lo + chunk_size]
+            ids = [str(i) for i in snap.ids[pos]]
+            records = await self._on_store(
+                lambda ids=ids: self._store.fetch(coll.meta, ids, include_vectors=False)
+            )
+            chunk = []
+            for p, pid in zip(pos, ids, strict=True):
+                r = records.get(pid)
+                if r is None:  # deleted while streaming
+                    continue
+                vec = cache.vectors[snap.rows[p]].copy() if include_vectors else None
+                chunk.append(Point(pid, _utc(snap.times[p]), r.series, vec, r.text, r.payload))
+            yield chunk
+
+    async def search(
+        self, name: str, *, vector=None, text: str | None = None, top_k: int = 10,
+        start: datetime | None = None, end: datetime | None = None, series: str = "",
+        payload_filter: dict | None = None, include_vectors: bool = False,
+    ) -> list[ScoredPoint]:
+        """The top_k nearest points to a vector or text.
+
+        Without a time/series filter this is Chroma's HNSW search (payload filter
+        as a Chroma ``where``); with one, an exact scan of the cached trajectory.
+
+        Raises NotFound, InvalidArgument (query, top_k), FailedPrecondition (text
+        without an embed model).
+        """
+        coll = await self._collection(name)
+        v.check_range(top_k, 1, self.settings.max_top_k, "top_k")
+        query = await self._start_vector(coll, vector=vector, text=text, point_id=None, field="query")
+        where = payload_where(payload_filter or {})
+        cache = await self._loaded(coll)
+        if start is None and end is None and not series:
+            hits = await self._on_store(lambda: self._store.query(coll.meta, query, top_k, where))
+        else:
+            snap = cache.snapshot()
+            rows = snap.rows[snap.select(start, end, series)]
+            if where is not None:
+                allowed = await self._on_store(lambda: self._store.ids_where(coll.meta, where))
+                rows = np.array([r for r in rows if cache.id_of_row(r) in allowed], dtype=np.int64)
+            hits = _exact_knn(cache, rows, query, top_k, coll.meta.distance)
+        if not hits:
+            return []
+        found, _ = await self.get_points(name, [h[0] for h in hits], include_vectors=include_vectors)
+        by_id = {p.id: p for p in found}
+        return [ScoredPoint(by_id[i], d) for i, d in hits if i in by_id]
+
+    # --- flow ----------------------------------------------------------------
+
+    async def _start_vector(self, coll: _Collection, *, vector, text, point_id, field: str = "start"):
+        """The one given start as a (d,) float32 vector.
+
+        Raises InvalidArgument (none or several given, bad vector), NotFound
+        (POINT_NOT_FOUND), FailedPrecondition (NO_EMBED_MODEL).
+        """
+        given = [k for k, val in (("vector", vector), ("text", text), ("point_id", point_id))
+                 if val is not None and (k == "vector" or val)]
+        if len(given) != 1:
+            raise InvalidArgument(
+                f"{field} needs exactly one of vector, text or point_id; got {len(given)}",
+                reason="MISSING_CONTENT" if not given else "INVALID_FIELD",
+                field_violations=[FieldViolation(field, "exactly one of vector, text, point_id")],
+            )
+        meta = coll.meta
+        if vector is not None:
+            vec = np.asarray(vector, dtype=np.float32).ravel()
+            if vec.size != meta.dimension:
+                raise InvalidArgument(
+                    f"{field}.vector has {vec.size} values, the collection's dimension is {meta.dimension}",
+                    reason="DIMENSION_MISMATCH",
+                    field_violations=[FieldViolation(f"{field}.vector", f"must have {meta.dimension} values")],
+                )
+            if not np.isfinite(vec).all():
+                raise InvalidArgument(
+                    f"{field}.vector contains NaN or infinity", reason="NON_FINITE_VECTOR",
+                    field_violations=[FieldViolation(f"{field}.vector", "must be finite")],
+                )
+            return vec
+        if text:
+            if not meta.embed_model:
+                raise FailedPrecondition(
+                    "the collection has no embed model; send a vector", reason="NO_EMBED_MODEL",
+                    field_violations=[FieldViolation(f"{field}.text", "no embed model")],
+                )
+            return (await self._embed(meta.embed_model, [text]))[0]
+        cache = await self._loaded(coll)
+        row = cache.row_of(point_id)
+        if row is None:
+            raise NotFound(
+                f"point {point_id!r} does not exist", reason="POINT_NOT_FOUND",
+                field_violations=[FieldViolation(f"{field}.point_id", "not found")],
+            )
+        return cache.vectors[row].copy()
+
+    async def _model(self, coll: _Collection) -> _FlowModel:
+        """The fitted flow of the collection's current version (fitted once, shared).
+
+        Raises FailedPrecondition(NOT_ENOUGH_POINTS).
+        """
+        cache = await self._loaded(coll)
+        async with coll.fit_lock:
+            if coll.model is not None and coll.model.snapshot.version == cache.version:
+                return coll.model
+            snap = cache.snapshot()
+            if len(snap) < MIN_POINTS:
+                raise _not_enough(MIN_POINTS, len(snap))
+            key = f"{coll.meta.name}/{snap.version}/{uuid.uuid4().hex[:8]}"
+            X = cache.vectors[snap.rows]
+            t0 = time.perf_counter()
+            try:
+                fitted = await self._pool.submit(
+                    flow_tasks.fit, key, X, snap.times, snap.series,
+                    normalize=coll.meta.distance == "cosine", random_state=0,
+                )
+            except InsufficientDataError as exc:
+                raise _not_enough(exc.n_required, exc.n_available) from exc
+            metrics.FLOW_FITS.labels(collection=coll.meta.name).inc()
+            metrics.FLOW_FIT_SECONDS.observe(time.perf_counter() - t0)
+            if coll.model is None:
+                metrics.CACHED_MODELS.inc()
+            coll.model = _FlowModel(key, fitted, snap)
+            return coll.model
+
+    async def flow_vector(self, name: str, *, vector=None, text: str | None = None,
+                          point_id: str | None = None) -> FlowProbe:
+        """The flow's velocity at a vector, text or stored point.
+
+        Raises NotFound, InvalidArgument, FailedPrecondition (NOT_ENOUGH_POINTS,
+        NO_EMBED_MODEL).
+        """
+        coll = await self._collection(name)
+        x = await self._start_vector(coll, vector=vector, text=text, point_id=point_id)
+        model = await self._model(coll)
+        out = await self._pool.on_model("probe", model.key, model.field, x[None, :])
+        speed = float(out.speed[0])
+        return FlowProbe(
+            velocity=out.velocity[0].astype(np.float32),
+            speed=speed,
+            speed_per_step=speed * float(model.field.time_scale_),
+            confidence=float(out.confidence[0]),
+            support=float(out.support[0]),
+            in_support=bool(out.in_support[0]),
+            nearest_point_id=str(model.snapshot.ids[out.nearest[0]]),
+        )
+
+    async def flow_simulate(
+        self, name: str, *, vector=None, text: str | None = None, point_id: str | None = None,
+        steps: int = 100, dt_seconds: float | None = None, paths: int = 1,
+        stop_outside_support: bool = False, seed: int = 0,
+    ) -> AsyncIterator[SimulationStep]:
+        """Follows the flow from a start: yields each step of path 0, then path 1, ...
+
+        Computed SIM_CHUNK_STEPS at a time in the pool, so closing the generator
+        stops the work within one chunk.
+
+        Raises NotFound, InvalidArgument (limits, start, dt_seconds <= 0),
+        FailedPrecondition (NOT_ENOUGH_POINTS, NO_EMBED_MODEL).
+        """
+        v.check_range(steps, 1, self.settings.max_steps, "steps")
+        v.check_range(paths, 1, self.settings.max_paths, "paths")
+        if dt_seconds is not None and not (dt_seconds > 0 and np.isfinite(dt_seconds)):
+            raise InvalidArgument(
+                f"step duration must be positive, got {dt_seconds}",
+                field_violations=[FieldViolation("step_duration", "must be positive")],
+            )
+        coll = await self._collection(name)
+        x0 = await self._start_vector(coll, vector=vector, text=text, point_id=point_id)
+        model = await self._model(coll)
+        cache = coll.cache
+        if point_id:
+            t_start = cache.time_of_row(cache.row_of(point_id))
+        else:
+            t_start = time.time()
+        dt = float(dt_seconds) if dt_seconds else float(model.field.time_scale_)
+        starts = await self._pool.on_model("starts", model.key, model.field, x0, paths, seed)
+        cosine = coll.meta.distance == "cosine"
+        for path, x in enumerate(starts):
+            done = 0
+            while True:
+                n = min(SIM_CHUNK_STEPS, steps - done)
+                chunk = await self._pool.on_model(
+                    "simulate", model.key, model.field, x, n, dt, stop_outside_support
+                )
+                traj = chunk.trajectory
+                last = len(traj.positions) - 1
+                finished = traj.stop_reason != "steps" or done + last >= steps
+                # A chunk starts where the previous one ended: emit that position once.
+                for i in range(0 if done == 0 else 1, last + 1):
+                    nearest = int(chunk.nearest[i])
+                    pos = traj.positions[i]
+                    yield SimulationStep(
+                        path=path,
+                        step=done + i,
+                        time=_utc(t_start + (done + i) * dt),
+                        position=pos,
+                        speed=float(traj.speeds[i]),
+                        nearest_point_id=str(model.snapshot.ids[nearest]),
+                        nearest_similarity=_similarity(
+                            pos, cache.vectors[model.snapshot.rows[nearest]], cosine
+                        ),
+                        support=float(traj.support[i]),
+                        in_support=bool(chunk.in_support[i]),
+                        stop_reason=traj.stop_reason if finished and i == last else "",
+                    )
+                done += last
+                if finished:
+                    break
+                x = traj.positions[-1]
+
+    async def _attractors(self, coll: _Collection, model: _FlowModel, seeds: int, seed: int,
+                          k: int) -> flow_tasks.AttractorsOut:
+        if model.attractors is not None and seeds == 64 and seed == 0 and k <= 3:
+            return model.attractors
+        out = await self._pool.on_model("attractors", model.key, model.field, seeds, seed, max(k, 3))
+        if seeds == 64 and seed == 0:
+            model.attractors = out  # the default call is what chapters link to
+        return out
+
+    async def flow_attractors(self, name: str, *, seeds: int = 64, representatives: int = 3,
+                              seed: int = 0) -> AttractorSet:
+        """Fixed points of the flow, largest basin first.
+
+        Raises NotFound, InvalidArgument (limits), FailedPrecondition (NOT_ENOUGH_POINTS).
+        """
+        v.check_range(seeds, 1, self.settings.max_seeds, "seeds")
+        v.check_range(representatives, 0, 100, "representatives")
+        coll = await self._collection(name)
+        model = await self._model(coll)
+        out = await self._attractors(coll, model, seeds, seed, representatives)
+        cosine = coll.meta.distance == "cosine"
+        infos = []
+        for i, a in enumerate(out.attractors):
+            reps = await self._representatives(
+                coll, model, out.representatives[i][:representatives], a.center, cosine
+            )
+            infos.append(AttractorInfo(
+                id=f"attractor-{i}",
+                stability=a.stability,
+                center=np.asarray(a.center, dtype=np.float32),
+                basin_fraction=float(a.basin_fraction),
+                eigenvalues=tuple(float(e) for e in np.real(a.eigenvalues)),
+                speed=float(a.speed),
+                reproducibility=float(a.reproducibility),
+                representatives=reps,
+            ))
+        return AttractorSet(tuple(infos), model.snapshot.version)
+
+    async def _representatives(self, coll: _Collection, model: _FlowModel, positions,
+                               center: np.ndarray, cosine: bool) -> tuple[Representative, ...]:
+        snap = model.snapshot
+        ids = [str(snap.ids[p]) for p in positions]
+        if not ids:
+            return ()
+        records = await self._on_store(lambda: self._store.fetch(coll.meta, ids, include_vectors=False))
+        out = []
+        for p, pid in zip(positions, ids, strict=True):
+            vec = coll.cache.vectors[snap.rows[p]]
+            r = records.get(pid)
+            out.append(Representative(pid, _utc(snap.times[p]), (r.text or "") if r else "",
+                                      _similarity(center, vec, cosine)))
+        return tuple(out)
+
+    async def flow_chapters(
+        self, name: str, *, series: str = "", start: datetime | None = None,
+        end: datetime | None = None, min_size: int = 5, penalty: float | None = None,
+        representatives: int = 3,
+    ) -> ChapterSet:
+        """Chapters (regimes) of the timeline by change-point detection (ruptures PELT).
+
+        Raises NotFound, InvalidArgument (limits), FailedPrecondition (NOT_ENOUGH_POINTS).
+        """
+        v.check_range(min_size, 2, 10_000, "min_size")
+        v.check_range(representatives, 0, 100, "representatives")
+        if penalty is not None and not (penalty > 0 and np.isfinite(penalty)):
+            raise InvalidArgument(
+                f"penalty must be positive, got {penalty}",
+                field_violations=[FieldViolation("penalty", "must be positive")],
+            )
+        coll = await self._collection(name)
+        model = await self._model(coll)
+        snap = model.snapshot
+        positions = snap.select(start, end, series)
+        if len(positions) < 2 * min_size:
+            raise _not_enough(2 * min_size, len(positions), what="points in the selection")
+        out = await self._pool.on_model(
+            "chapters", model.key, model.field, positions, min_size, penalty, representatives, 0
+        )
+        basins = (await self._attractors(coll, model, 64, 0, 3)).basin
+        cosine = coll.meta.distance == "cosine"
+        chapters = []
+        for i, ((lo, hi), reps) in enumerate(zip(out.bounds, out.representatives, strict=True)):
+            seg = positions[lo:hi]
+            mean = coll.cache.vectors[snap.rows[seg]].mean(0)
+            labels = basins[seg]
+            labels = labels[labels >= 0]
+            chapters.append(ChapterInfo(
+                index=i,
+                start_time=_utc(snap.times[seg[0]]),
+                end_time=_utc(snap.times[seg[-1]]),
+                point_count=len(seg),
+                start_point_id=str(snap.ids[seg[0]]),
+                end_point_id=str(snap.ids[seg[-1]]),
+                representatives=await self._representatives(coll, model, reps, mean, cosine),
+                attractor_id=f"attractor-{np.bincount(labels).argmax()}" if len(labels) else "",
+            ))
+        return ChapterSet(tuple(chapters), snap.version)
+
+
+def _not_enough(required: int, available: int, what: str = "points") -> FailedPrecondition:
+    return FailedPrecondition(
+        f"too few {what} to fit a flow: {available} available, at least {required} needed",
+        reason="NOT_ENOUGH_POINTS",
+        metadata={"required": required, "available": available},
+    )
+
+
+def _similarity(a: np.ndarray, b: np.ndarray, cosine: bool) -> float:
+    """Cosine similarity for cosine collections, negative Euclidean distance otherwise."""
+    if cosine:
+        denom = float(np.linalg.norm(a) * np.linalg.norm(b)) or 1.0
+        return float(np.dot(a, b)) / denom
+    return -float(np.linalg.norm(a - b))
+
+
+def _exact_knn(cache: TrajectoryCache, rows: np.ndarray, query: np.ndarray, k: int,
+               distance: str) -> list[tuple[str, float]]:
+    """Exact k nearest among cache rows, in the collection's distance."""
+    if len(rows) == 0:
+        return []
+    X = cache.vectors[rows]
+    if distance == "cosine":
+        norms = np.linalg.norm(X, axis=1) * (np.linalg.norm(query) or 1.0)
+        d = 1.0 - (X @ query) / np.where(norms > 0, norms, 1.0)
+    elif distance == "ip":
+        d = 1.0 - X @ query
+    else:
+        d = ((X - query) ** 2).sum(1)
+    k = min(k, len(rows))
+    best = np.argpartition(d, k - 1)[:k]
+    best = best[np.argsort(d[best], kind="stable")]
+    return [(cache.id_of_row(rows[i]), float(d[i])) for i in best]

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the driftd process (served on the metrics sidecar port).
+
+The gRPC ones follow the names of go-grpc-prometheus / py-grpc-prometheus so
+existing dashboards work; driftd's own are prefixed ``driftd_``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+GRPC_STARTED = Counter(
+    "grpc_server_started_total",
+    "RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_HANDLING_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Time from the start of an RPC to its status (seconds).",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=_LATENCY_BUCKETS,
+)
+GRPC_MSG_RECEIVED = Counter(
+    "grpc_server_msg_received_total",
+    "Stream messages received from clients.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+GRPC_MSG_SENT = Counter(
+    "grpc_server_msg_sent_total",
+    "Stream messages sent to clients.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+)
+
+POINTS_INGESTED = Counter("driftd_points_ingested_total", "Points durably written.", ["collection"])
+EMBEDDINGS_COMPUTED = Counter(
+    "driftd_embeddings_computed_total", "Texts embedded server-side.", ["model"]
+)
+FLOW_FITS = Counter("driftd_flow_fits_total", "Flow fields fitted.", ["collection"])
+FLOW_FIT_SECONDS = Histogram(
+    "driftd_flow_fit_seconds",
+    "Wall time of one flow fit, including the process-pool queue (seconds).",
+    buckets=_LATENCY_BUCKETS,
+)
+POOL_QUEUE_DEPTH = Gauge(
+    "driftd_pool_queue_depth", "Math tasks submitted to the process pool and not yet finished."
+)
+CACHED_MODELS = Gauge("driftd_cached_flow_models", "Fitted flow models held in memory.")
+CACHED_EMBED_MODELS = Gauge("driftd_cached_embed_models", "Text embedding models loaded.")
+CACHED_POINTS = Gauge(
+    "driftd_cached_points", "Points held in the in-memory trajectory caches.", ["collection"]
+)

@@ -1,0 +1,1 @@
+"""Storage: driftd collections and points in Chroma (embedded or server)."""

@@ -1,0 +1,358 @@
+"""Chroma adapter: driftd's collections and points in Chroma collections.
+
+Synchronous by design: Chroma's local client is not safe across processes and
+blocks, so the engine calls a ChromaStore only from its one store thread.
+
+Schema. A driftd collection is a Chroma collection whose metadata carries
+``driftd:*`` keys (dimension, distance, embed model, version, time and series
+keys). Each record stores its vector as the embedding, its text as the document,
+and in its metadata the payload plus the time (seconds since the epoch, under
+the collection's time key), the series (under its series key, absent for the
+default series) and ``driftd:seq``, an insertion sequence that orders points
+with equal times. Attached collections keep their own time/series keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as _time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import chromadb
+import chromadb.errors
+import numpy as np
+
+from driftd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "driftd:"
+TIME_KEY = "driftd:time"
+SERIES_KEY = "driftd:series"
+SEQ_KEY = "driftd:seq"
+_SCHEMA_VERSION = 1
+# Rows read per Chroma get() when loading a collection into memory.
+_PAGE = 5000
+
+
+@dataclass(frozen=True)
+class StoredCollection:
+    """A driftd collection's persistent settings (its Chroma collection metadata)."""
+
+    name: str
+    dimension: int
+    distance: str  # "cosine" | "l2" | "ip" (Chroma's hnsw space names)
+    embed_model: str
+    create_time: float  # seconds since the epoch
+    version: int
+    time_key: str = TIME_KEY
+    series_key: str = SERIES_KEY
+    attached: bool = False
+
+    def to_metadata(self) -> dict:
+        return {
+            "driftd:schema": _SCHEMA_VERSION,
+            "driftd:dimension": self.dimension,
+            "driftd:distance": self.distance,
+            "driftd:embed_model": self.embed_model,
+            "driftd:create_time": self.create_time,
+            "driftd:version": self.version,
+            "driftd:time_key": self.time_key,
+            "driftd:series_key": self.series_key,
+            "driftd:attached": self.attached,
+        }
+
+    @classmethod
+    def from_metadata(cls, name: str, md: dict | None) -> StoredCollection | None:
+        """None when the Chroma collection is not a driftd collection."""
+        if not md or "driftd:schema" not in md:
+            return None
+        return cls(
+            name=name,
+            dimension=int(md["driftd:dimension"]),
+            distance=str(md["driftd:distance"]),
+            embed_model=str(md.get("driftd:embed_model", "")),
+            create_time=float(md["driftd:create_time"]),
+            version=int(md.get("driftd:version", 0)),
+            time_key=str(md.get("driftd:time_key", TIME_KEY)),
+            series_key=str(md.get("driftd:series_key", SERIES_KEY)),
+            attached=bool(md.get("driftd:attached", False)),
+        )
+
+
+@dataclass
+class Columns:
+    """Column-wise points, as written to or loaded from Chroma.
+
+    ids (n,) str; vectors (n, d) float32; times (n,) float64 seconds since the
+    epoch; series (n,) str ("" = default); seqs (n,) int64 insertion sequence.
+    texts/payloads are only filled for writes.
+    """
+
+    ids: list[str]
+    vectors: np.ndarray
+    times: np.ndarray
+    series: list[str]
+    seqs: np.ndarray
+    texts: list[str | None] | None = None
+    payloads: list[dict] | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored point as read back by id."""
+
+    id: str
+    time: float
+    series: str
+    text: str | None
+    payload: dict
+    vector: np.ndarray | None
+
+
+def parse_time_value(value: object) -> float | None:
+    """A stored time (number of epoch seconds, or RFC 3339 string) as epoch seconds."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        # Naive times are taken as UTC, like RFC 3339 without an offset.
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
+class ChromaStore:
+    """driftd's view of one Chroma client (embedded directory or server).
+
+    Args:
+        path: directory of an embedded PersistentClient.
+        url: ``http://host:port`` of a Chroma server; overrides ``path``.
+    """
+
+    def __init__(self, *, path: str = "./driftd_data", url: str = "") -> None:
+        if url:
+            from urllib.parse import urlparse
+
+            u = urlparse(url)
+            self._client = chromadb.HttpClient(
+                host=u.hostname or "localhost", port=u.port or 8000, ssl=u.scheme == "https"
+            )
+            self.location = url
+        else:
+            self._client = chromadb.PersistentClient(path=path)
+            self.location = path
+        self.max_batch_size = int(self._client.get_max_batch_size())
+
+    # --- collections ---------------------------------------------------------
+
+    def _chroma(self, name: str):
+        try:
+            return self._client.get_collection(name, embedding_function=None)
+        except (chromadb.errors.NotFoundError, ValueError) as exc:
+            raise NotFound(f"collection {name!r} does not exist") from exc
+
+    def get(self, name: str) -> StoredCollection:
+        """Raises NotFound when absent or not a driftd collection."""
+        meta = StoredCollection.from_metadata(name, self._chroma(name).metadata)
+        if meta is None:
+            raise NotFound(
+                f"Chroma collection {name!r} is not a driftd collection; attach it first"
+            )
+        return meta
+
+    def list(self) -> list[StoredCollection]:
+        """All driftd collections, in name order."""
+        out = []
+        for col in self._client.list_collections():
+            meta = StoredCollection.from_metadata(col.name, col.metadata)
+            if meta is not None:
+                out.append(meta)
+        return sorted(out, key=lambda m: m.name)
+
+    def create(self, meta: StoredCollection) -> None:
+        """Raises AlreadyExists when a Chroma collection of that name exists."""
+        existing = {c.name for c in self._client.list_collections()}
+        if meta.name in existing:
+            raise AlreadyExists(f"collection {meta.name!r} already exists")
+        self._client.create_collection(
+            meta.name,
+            metadata=meta.to_metadata(),
+            configuration={"hnsw": {"space": meta.distance}},
+            embedding_function=None,
+        )
+
+    def delete(self, name: str) -> None:
+        self.get(name)
+        self._client.delete_collection(name)
+
+    def set_version(self, meta: StoredCollection, version: int) -> StoredCollection:
+        new = replace(meta, version=version)
+        self._chroma(meta.name).modify(metadata=new.to_metadata())
+        return new
+
+    def attach(
+        self, name: str, *, time_key: str, series_key: str, embed_model: str
+    ) -> StoredCollection:
+        """Marks an existing Chroma collection as a driftd collection (no data copied).
+
+        Raises:
+            NotFound: no such Chroma collection.
+            AlreadyExists: it is a driftd collection already.
+            FailedPrecondition: it holds no embeddings to learn the dimension from.
+        """
+        col = self._chroma(name)
+        if StoredCollection.from_metadata(name, col.metadata) is not None:
+            raise AlreadyExists(f"collection {name!r} is already a driftd collection")
+        sample = col.get(limit=1, include=["embeddings"])
+        if not sample["ids"]:
+            raise FailedPrecondition(
+                f"Chroma collection {name!r} is empty: its dimension cannot be known",
+                reason="NOT_ENOUGH_POINTS",
+                metadata={"required": 1, "available": 0},
+            )
+        space = (col.configuration_json or {}).get("hnsw", {}) or {}
+        meta = StoredCollection(
+            name=name,
+            dimension=len(sample["embeddings"][0]),
+            distance=str(space.get("space", "l2")),
+            embed_model=embed_model,
+            create_time=_time.time(),
+            version=0,
+            time_key=time_key,
+            series_key=series_key or SERIES_KEY,
+            attached=True,
+        )
+        # Keep the owner's collection metadata; add driftd's keys beside it.
+        col.modify(metadata={**(col.metadata or {}), **meta.to_metadata()})
+        return meta
+
+    # --- points --------------------------------------------------------------
+
+    def upsert(self, meta: StoredCollection, cols: Columns) -> None:
+        """Writes the points in Chroma-sized chunks; durable when it returns.
+
+        The batch was validated whole before; should a later chunk still fail,
+        the earlier chunks of this batch are deleted again so nothing is half-written.
+        """
+        col = self._chroma(meta.name)
+        metadatas = []
+        for i in range(len(cols.ids)):
+            md = dict(cols.payloads[i]) if cols.payloads else {}
+            md[meta.time_key] = float(cols.times[i])
+            md[SEQ_KEY] = int(cols.seqs[i])
+            if cols.series[i]:
+                md[meta.series_key] = cols.series[i]
+            metadatas.append(md)
+        written: list[str] = []
+        step = self.max_batch_size
+        try:
+            for lo in range(0, len(cols.ids), step):
+                hi = lo + step
+                col.upsert(
+                    ids=cols.ids[lo:hi],
+                    embeddings=cols.vectors[lo:hi],
+                    metadatas=metadatas[lo:hi],
+                    documents=cols.texts[lo:hi] if cols.texts else None,
+                )
+                written.extend(cols.ids[lo:hi])
+        except Exception:
+            if written:
+                log.warning("rolling back %d points of a failed batch", len(written))
+                col.delete(ids=written)
+            raise
+
+    def fetch(self, meta: StoredCollection, ids: Sequence[str], *, include_vectors: bool) -> dict[str, Record]:
+        """Records by id (absent ids are simply missing from the result)."""
+        col = self._chroma(meta.name)
+        include = ["metadatas", "documents"] + (["embeddings"] if include_vectors else [])
+        out: dict[str, Record] = {}
+        for lo in range(0, len(ids), self.max_batch_size):
+            got = col.get(ids=list(ids[lo : lo + self.max_batch_size]), include=include)
+            for j, pid in enumerate(got["ids"]):
+                md = dict(got["metadatas"][j] or {})
+                t = parse_time_value(md.pop(meta.time_key, None))
+                series = str(md.pop(meta.series_key, "") or "")
+                payload = {k: v for k, v in md.items() if not k.startswith(KEY_PREFIX)}
+                vec = (
+                    np.asarray(got["embeddings"][j], dtype=np.float32) if include_vectors else None
+                )
+                out[pid] = Record(pid, t if t is not None else float("nan"), series,
+                                  got["documents"][j], payload, vec)
+        return out
+
+    def delete_points(self, meta: StoredCollection, ids: Sequence[str]) -> None:
+        col = self._chroma(meta.name)
+        for lo in range(0, len(ids), self.max_batch_size):
+            col.delete(ids=list(ids[lo : lo + self.max_batch_size]))
+
+    def iter_load(self, meta: StoredCollection) -> Iterator[Columns]:
+        """The whole collection, page by page (records without a parsable time are skipped)."""
+        col = self._chroma(meta.name)
+        offset = 0
+        while True:
+            got = col.get(limit=_PAGE, offset=offset, include=["embeddings", "metadatas"])
+            n = len(got["ids"])
+            if n == 0:
+                return
+            offset += n
+            keep, times, series, seqs = [], [], [], []
+            for j, md in enumerate(got["metadatas"]):
+                md = md or {}
+                t = parse_time_value(md.get(meta.time_key))
+                if t is None:
+                    continue
+                keep.append(j)
+                times.append(t)
+                series.append(str(md.get(meta.series_key, "") or ""))
+                seqs.append(int(md.get(SEQ_KEY, 0)))
+            emb = np.asarray(got["embeddings"], dtype=np.float32).reshape(n, -1)
+            yield Columns(
+                ids=[got["ids"][j] for j in keep],
+                vectors=emb[keep],
+                times=np.asarray(times, dtype=np.float64),
+                series=series,
+                seqs=np.asarray(seqs, dtype=np.int64),
+            )
+
+    def query(
+        self, meta: StoredCollection, vector: np.ndarray, k: int, where: dict | None
+    ) -> list[tuple[str, float]]:
+        """Approximate k nearest (Chroma's HNSW) as ``(id, distance)``, nearest first."""
+        col = self._chroma(meta.name)
+        got = col.query(
+            query_embeddings=[np.asarray(vector, dtype=np.float32)],
+            n_results=k,
+            where=where or None,
+            include=["distances"],
+        )
+        return list(zip(got["ids"][0], (float(d) for d in got["distances"][0]), strict=True))
+
+    def ids_where(self, meta: StoredCollection, where: dict) -> set[str]:
+        """Ids of the records whose metadata matches a Chroma ``where`` filter."""
+        return set(self._chroma(meta.name).get(where=where, include=[])["ids"])
+
+
+def payload_where(payload_filter: dict) -> dict | None:
+    """Equality on every key as a Chroma ``where`` filter.
+
+    Raises:
+        InvalidArgument: a value is not a scalar.
+    """
+    clauses = []
+    for key, value in payload_filter.items():
+        if not isinstance(value, str | int | float | bool):
+            raise InvalidArgument(
+                f"payload_filter[{key!r}] must be a string, number or bool",
+                reason="INVALID_PAYLOAD",
+            )
+        clauses.append({key: {"$eq": value}})
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}

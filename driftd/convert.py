@@ -99,10 +99,15 @@ def dict_to_struct(payload: Mapping | None) -> struct_pb2.Struct:
 
 
 def point_from_proto(p: point_pb2.Point) -> types.Point:
-    """A Point message as a value; an unset time becomes None (the engine rejects it)."""
+    """A Point message as a value; an unset or out-of-range time becomes None
+    (the engine rejects it as INVALID_TIMESTAMP)."""
+    try:
+        time = optional_time(p, "time")
+    except (OverflowError, ValueError):
+        time = None
     return types.Point(
         id=p.id,
-        time=optional_time(p, "time"),
+        time=time,
         series=p.series,
         vector=np.asarray(p.vector, dtype=np.float32) if len(p.vector) else None,
         text=p.text or None,

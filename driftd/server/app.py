@@ -1,0 +1,184 @@
+"""The driftd gRPC server: wiring, health, reflection, metrics and lifecycle.
+
+Startup: bind, start serving (health answers NOT_SERVING), open the engine,
+then mark every service SERVING. SIGTERM/SIGINT: NOT_SERVING, drain in-flight
+RPCs for ``grace_seconds``, close the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+
+import grpc
+import prometheus_client
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from driftd.config import Settings
+from driftd.engine import AsyncDriftDB
+from driftd.errors import Unavailable
+from driftd.server.collection_service import CollectionServiceServicer
+from driftd.server.flow_service import FlowServiceServicer
+from driftd.server.interceptors import MetricsInterceptor
+from driftd.server.point_service import PointServiceServicer
+from driftd.v1 import (
+    collection_pb2,
+    collection_pb2_grpc,
+    flow_pb2,
+    flow_pb2_grpc,
+    point_pb2,
+    point_pb2_grpc,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The driftd services, as health checks and reflection name them.
+SERVICE_NAMES = (
+    collection_pb2.DESCRIPTOR.services_by_name["CollectionService"].full_name,
+    point_pb2.DESCRIPTOR.services_by_name["PointService"].full_name,
+    flow_pb2.DESCRIPTOR.services_by_name["FlowService"].full_name,
+)
+
+
+class BindError(OSError):
+    """The gRPC address or the metrics port cannot be listened on."""
+
+
+class _EngineGate:
+    """Stands in for the engine in the servicers: forwards to it while it is
+    open and raises Unavailable (NOT_SERVING) before and after, so the servicers
+    can be registered before the server starts and storage opens."""
+
+    def __init__(self) -> None:
+        self.engine: AsyncDriftDB | None = None
+
+    def __getattr__(self, name: str):
+        if self.engine is None:
+            raise Unavailable("driftd is not serving: storage is not open (starting or stopping)")
+        return getattr(self.engine, name)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments of the server: explicit message limits (grpc answers
+    RESOURCE_EXHAUSTED above them), keepalive that tolerates idle client pings,
+    and no SO_REUSEPORT so a second server on the same port fails to bind."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _host(address: str) -> str:
+    """The host part of ``host:port`` (``[::]:50051`` -> ``::``); "" when absent."""
+    return address.rpartition(":")[0].strip("[]")
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Runs the gRPC server until SIGTERM/SIGINT (or cancellation), then drains it.
+
+    Health (service "" and each driftd service) is NOT_SERVING until the engine
+    is open, then SERVING; driftd RPCs meanwhile fail with UNAVAILABLE. ``ready``
+    is set once SERVING. The metrics endpoint listens on the gRPC address's host.
+
+    Raises:
+        BindError: the address or the metrics port cannot be listened on.
+        Exception: whatever ``AsyncDriftDB.open`` raises (storage cannot open).
+    """
+    gate = _EngineGate()
+    health_servicer = health.aio.HealthServicer()
+    server = grpc.aio.server(interceptors=[MetricsInterceptor()], options=server_options(settings))
+    collection_pb2_grpc.add_CollectionServiceServicer_to_server(
+        CollectionServiceServicer(gate), server
+    )
+    point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
+    flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(gate), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    for service in ("", *SERVICE_NAMES):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    try:
+        server.add_insecure_port(settings.address)
+    except RuntimeError as exc:
+        raise BindError(
+            f"cannot listen on {settings.address!r}: the port is in use or the address is invalid"
+        ) from exc
+    metrics_http = None
+    if settings.metrics_port > 0:
+        try:
+            metrics_http, _ = prometheus_client.start_http_server(
+                settings.metrics_port, addr=_host(settings.address) or "0.0.0.0"
+            )
+        except OSError as exc:
+            raise BindError(f"cannot serve metrics on port {settings.metrics_port}: {exc}") from exc
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Signal handlers can only be installed from the main thread.
+    signals = (
+        (signal.SIGTERM, signal.SIGINT)
+        if threading.current_thread() is threading.main_thread()
+        else ()
+    )
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+
+    engine = None
+    try:
+        await server.start()
+        logger.info(
+            "driftd listening on %s (storage: %s; metrics: %s)",
+            settings.address,
+            settings.chroma_url or os.path.abspath(settings.chroma_path),
+            f"port {settings.metrics_port}" if metrics_http else "off",
+        )
+        engine = gate.engine = await AsyncDriftDB.open(settings)
+        for service in ("", *SERVICE_NAMES):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("driftd ready")
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        logger.info("driftd stopping: draining RPCs for up to %gs", settings.grace_seconds)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.grace_seconds)
+        gate.engine = None
+        if engine is not None:
+            await engine.close()
+        if metrics_http is not None:
+            # shutdown() blocks until the serving thread's poll loop notices.
+            await asyncio.to_thread(metrics_http.shutdown)
+            metrics_http.server_close()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        logger.info("driftd stopped")
+
+
+def run(settings: Settings) -> None:
+    """Configures logging and runs :func:`serve` until SIGTERM/SIGINT; returns
+    normally (exit status 0) after a graceful stop.
+
+    Raises:
+        SystemExit: with a one-line message when the address or port is taken.
+    """
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except BindError as exc:
+        raise SystemExit(f"driftd: {exc}") from None

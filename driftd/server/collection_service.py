@@ -1,0 +1,63 @@
+"""CollectionService: create, get, list, delete and attach collections."""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+
+from driftd import convert
+from driftd.engine import AsyncDriftDB, parse_collection_name
+from driftd.server.status import maps_errors
+from driftd.v1 import collection_pb2, collection_pb2_grpc
+
+#: ListCollections' page size when the request says 0.
+DEFAULT_PAGE_SIZE = 100
+
+
+class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
+    """Translates CollectionService RPCs to engine calls; errors map via
+    :func:`driftd.server.status.maps_errors`."""
+
+    def __init__(self, engine: AsyncDriftDB) -> None:
+        self._engine = engine
+
+    @maps_errors
+    async def CreateCollection(self, request, context) -> collection_pb2.Collection:
+        spec = request.collection
+        info = await self._engine.create_collection(
+            request.collection_id,
+            dim=spec.dimension or None,
+            # An unknown enum number passes through as text for the engine to reject.
+            distance=convert.DISTANCE_FROM_PROTO.get(spec.distance, str(spec.distance)),
+            embed_model=spec.embed_model,
+        )
+        return convert.collection_to_proto(info)
+
+    @maps_errors
+    async def GetCollection(self, request, context) -> collection_pb2.Collection:
+        name = parse_collection_name(request.name, field="name")
+        return convert.collection_to_proto(await self._engine.get_collection(name))
+
+    @maps_errors
+    async def ListCollections(self, request, context) -> collection_pb2.ListCollectionsResponse:
+        infos, next_token = await self._engine.list_collections(
+            page_size=request.page_size or DEFAULT_PAGE_SIZE, page_token=request.page_token
+        )
+        return collection_pb2.ListCollectionsResponse(
+            collections=[convert.collection_to_proto(i) for i in infos],
+            next_page_token=next_token,
+        )
+
+    @maps_errors
+    async def DeleteCollection(self, request, context) -> empty_pb2.Empty:
+        await self._engine.delete_collection(parse_collection_name(request.name, field="name"))
+        return empty_pb2.Empty()
+
+    @maps_errors
+    async def AttachCollection(self, request, context) -> collection_pb2.Collection:
+        info = await self._engine.attach_collection(
+            request.chroma_collection,
+            time_key=request.time_key,
+            series_key=request.series_key,
+            embed_model=request.embed_model,
+        )
+        return convert.collection_to_proto(info)

@@ -1,0 +1,166 @@
+"""Server interceptor: Prometheus metrics and a DEBUG log line for every RPC.
+
+Metric names and labels follow go-grpc-prometheus / py-grpc-prometheus (see
+``driftd.metrics``); ``grpc_code`` is the ``grpc.StatusCode`` name (``OK``,
+``NOT_FOUND``...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from driftd import metrics
+
+logger = logging.getLogger(__name__)
+
+_GRPC_TYPES = {
+    (False, False): "UNARY",
+    (False, True): "SERVER_STREAM",
+    (True, False): "CLIENT_STREAM",
+    (True, True): "BIDI_STREAM",
+}
+_BEHAVIOURS = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Records started/handled counts, latency and message counts of every RPC
+    and logs its outcome at DEBUG.
+
+    Works by wrapping the behaviour of the RpcMethodHandler (async handlers
+    only, unary or streaming). A streaming response from an async generator is
+    re-emitted with ``context.write`` inside the RPC's task, so the generator is
+    closed (its ``finally`` runs) as soon as the RPC ends or is cancelled:
+    grpc.aio itself leaves that to garbage collection (grpc/grpc#42295).
+
+    A request rejected before its handler runs (e.g. over the message-size
+    limit: RESOURCE_EXHAUSTED from grpc itself) is not counted.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
+            return handler
+        return _instrument(handler, handler_call_details.method)
+
+
+class _Rpc:
+    """Bookkeeping of one RPC: its labels, start time and message counts."""
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = time.perf_counter()
+        metrics.GRPC_STARTED.labels(*labels).inc()
+
+    def received(self) -> None:
+        metrics.GRPC_MSG_RECEIVED.labels(*self.labels).inc()
+
+    def sent(self) -> None:
+        metrics.GRPC_MSG_SENT.labels(*self.labels).inc()
+
+    def finish(self, code: grpc.StatusCode, peer: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        metrics.GRPC_HANDLED.labels(*self.labels, code.name).inc()
+        metrics.GRPC_HANDLING_SECONDS.labels(*self.labels).observe(elapsed)
+        logger.debug(
+            "%s/%s %s %.1f ms peer=%s",
+            self.labels[1],
+            self.labels[2],
+            code.name,
+            elapsed * 1e3,
+            peer,
+        )
+
+
+class _CountingContext:
+    """A servicer context that counts the messages a write-style handler sends;
+    everything else goes to the real context."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, rpc: _Rpc) -> None:
+        self._context = context
+        self._rpc = rpc
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._rpc.sent()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+async def _counted(requests: AsyncIterator[Any], rpc: _Rpc) -> AsyncIterator[Any]:
+    async for request in requests:
+        rpc.received()
+        yield request
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    # grpc.aio cancels the handler task both on client cancellation and on an
+    # expired deadline; only the remaining time tells them apart.
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _instrument(handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    kind = (handler.request_streaming, handler.response_streaming)
+    rpc_labels = (_GRPC_TYPES[kind], service, method)
+    field = _BEHAVIOURS[kind]
+    behaviour = getattr(handler, field)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext, rpc: _Rpc) -> Any:
+        if not handler.response_streaming:
+            response = await behaviour(request, context)
+            rpc.sent()
+            return response
+        if inspect.isasyncgenfunction(behaviour):
+            async with contextlib.aclosing(behaviour(request, context)) as responses:
+                async for response in responses:
+                    await context.write(response)
+                    rpc.sent()
+        else:
+            await behaviour(request, _CountingContext(context, rpc))
+        return None
+
+    async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rpc = _Rpc(rpc_labels)
+        peer = context.peer()
+        if handler.request_streaming:
+            request = _counted(request, rpc)
+        else:
+            rpc.received()
+        # Anything else escaping the handler is reported by grpc as UNKNOWN.
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            response = await call(request, context, rpc)
+        except asyncio.CancelledError:
+            code = _cancelled_code(context)
+            raise
+        except grpc.aio.AbortError:
+            code = context.code()
+            raise
+        else:
+            code = context.code() or grpc.StatusCode.OK
+        finally:
+            rpc.finish(code, peer)
+        return response
+
+    return handler._replace(**{field: observed})

@@ -1,0 +1,115 @@
+"""The one mapping from exceptions to gRPC statuses (google.rpc rich error model).
+
+A ``DriftdError`` becomes its own status code with an ``ErrorInfo{reason, domain
+"driftd", metadata}`` and, when it names bad fields, a ``BadRequest``. Anything
+else is a bug: it is logged with its traceback and becomes INTERNAL with reason
+INTERNAL_ERROR. Servicer methods are wrapped with :func:`maps_errors`, so they
+contain no try/except of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from driftd.errors import DOMAIN, DriftdError
+
+logger = logging.getLogger(__name__)
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _pack(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_rpc_status(exc: Exception) -> status_pb2.Status:
+    """The google.rpc.Status for ``exc``: a DriftdError keeps its code, reason,
+    metadata and field violations; any other exception is INTERNAL_ERROR with
+    only its message (no traceback or type leaks to the client)."""
+    if isinstance(exc, DriftdError):
+        code, reason, message, metadata = exc.code, exc.reason, exc.message, exc.metadata
+    else:
+        code, reason, metadata = "INTERNAL", "INTERNAL_ERROR", {}
+        message = f"internal error: {exc}" if str(exc) else "internal error"
+    status = status_pb2.Status(code=grpc.StatusCode[code].value[0], message=message)
+    status.details.append(
+        _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+    )
+    violations = getattr(exc, "field_violations", ())
+    if violations:
+        status.details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in violations
+                    ]
+                )
+            )
+        )
+    return status
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: Exception, where: str) -> NoReturn:
+    """Ends the RPC with the status for ``exc`` (``where`` names the RPC in logs).
+
+    Raises:
+        grpc.aio.AbortError: always; grpc turns it into the status. An AbortError
+            passed in (the handler aborted by itself) is re-raised unchanged, since
+            a context can be aborted only once.
+    """
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    status = to_rpc_status(exc)
+    if status.code == code_pb2.INTERNAL:
+        logger.error("%s failed: %s", where, status.message, exc_info=exc)
+    else:
+        logger.debug("%s: %s %r", where, code_pb2.Code.Name(status.code), exc)
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+def maps_errors(method: Method) -> Method:
+    """Decorates a servicer method (coroutine or async generator) so that its
+    exceptions become rich gRPC statuses via :func:`abort`.
+
+    ``asyncio.CancelledError`` (client cancel, deadline, shutdown) is a
+    BaseException and passes through untouched. For async generators the inner
+    generator is closed deterministically when the wrapper is, so the method's
+    own ``finally`` runs in the RPC's task rather than at garbage collection.
+    """
+    where = method.__qualname__
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream(self, request, context) -> AsyncIterator[Any]:
+            try:
+                async with contextlib.aclosing(method(self, request, context)) as responses:
+                    async for response in responses:
+                        yield response
+            except Exception as exc:
+                await abort(context, exc, where)
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    async def unary(self, request, context) -> Any:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            await abort(context, exc, where)
+
+    return unary  # type: ignore[return-value]

@@ -1,0 +1,102 @@
+"""Test support importable from any test module (``tests`` is on pytest's pythonpath):
+a real ``driftd serve`` process on loopback, free ports, rich-error parsing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``driftd serve`` in a subprocess; restartable on the same data directory."""
+
+    def __init__(self, chroma_path: Path, log_path: Path, **env: str) -> None:
+        self.chroma_path = chroma_path
+        self.log_path = log_path
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.extra_env = env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        env = {
+            **os.environ,
+            "DRIFTD_ADDRESS": self.target,
+            "DRIFTD_METRICS_PORT": str(self.metrics_port),
+            "DRIFTD_CHROMA_PATH": str(self.chroma_path),
+            "DRIFTD_WORKERS": "2",
+            **self.extra_env,
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "driftd"), "serve"], env=env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"driftd exited with {self.proc.returncode}:\n{self.log()}")
+            if self.health() == "SERVING":
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"driftd not SERVING after {timeout} s:\n{self.log()}")
+
+    def health(self, service: str = "") -> str | None:
+        try:
+            with grpc.insecure_channel(self.target) as ch:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1.0
+                )
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        except grpc.RpcError:
+            return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+
+
+
+
+def error_details(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, dict, list[str]]:
+    """(code, ErrorInfo reason, ErrorInfo metadata, BadRequest fields) of a failed RPC."""
+    status = rpc_status.from_call(err)
+    reason, metadata, fields = "", {}, []
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "driftd"
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            detail.Unpack(br)
+            fields = [v.field for v in br.field_violations]
+    return err.code(), reason, metadata, fields

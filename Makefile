@@ -27,9 +27,10 @@ demo: $(STAMP)
 
 ## proto: regenerate the committed Python code from proto/
 proto: $(STAMP)
-	rm -f driftd/v1/*_pb2*.py driftd/v1/*_pb2*.pyi
+	rm -f driftd/v1/*_pb2*.py driftd/v1/*_pb2*.pyi driftd/v1/descriptor_set.binpb
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iproto \
 		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+		--include_source_info --descriptor_set_out=driftd/v1/descriptor_set.binpb \
 		proto/driftd/v1/*.proto
 
 ## lint: ruff over the package, tests and benchmarks

@@ -24,6 +24,7 @@ from driftd.errors import Unavailable
 from driftd.server.collection_service import CollectionServiceServicer
 from driftd.server.flow_service import FlowServiceServicer
 from driftd.server.interceptors import MetricsInterceptor
+from driftd.server import reflection as commented_reflection
 from driftd.server.point_service import PointServiceServicer
 from driftd.v1 import (
     collection_pb2,
@@ -103,7 +104,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
     flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(gate), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
+    commented_reflection.enable(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     for service in ("", *SERVICE_NAMES):

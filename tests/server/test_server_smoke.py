@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import descriptor_pb2, duration_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -585,7 +585,15 @@ async def test_reflection_lists_and_describes_services(ready):
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
-    assert responses[1].file_descriptor_response.file_descriptor_proto
+    files = {}
+    for raw in responses[1].file_descriptor_response.file_descriptor_proto:
+        f = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        files[f.name] = f
+    # grpcurl describe shows these comments: the proto's, not a stripped copy.
+    flow = files["driftd/v1/flow.proto"]
+    comments = " ".join(loc.leading_comments for loc in flow.source_code_info.location)
+    assert "FlowService answers questions about the motion" in comments
+    assert "driftd/v1/point.proto" in files  # dependencies come along
 
 
 async def test_metrics_endpoint(live, ready):

@@ -28,7 +28,9 @@ class Settings:
     metrics_port: int = field(
         default=9464, metadata={"help": "Prometheus metrics port (0 disables)"}
     )
-    chroma_path: str = field(default="./driftd_data", metadata={"help": "embedded Chroma directory"})
+    chroma_path: str = field(
+        default="./driftd_data", metadata={"help": "embedded Chroma directory"}
+    )
     chroma_url: str = field(
         default="", metadata={"help": "Chroma server URL (http://host:port); overrides chroma_path"}
     )
@@ -83,7 +85,9 @@ class Settings:
             )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> Settings:
         """Settings from parsed flags over the environment."""
         names: Sequence[str] = [f.name for f in fields(cls)]
         return cls.from_env(environ, **{n: getattr(args, n, None) for n in names})

@@ -77,7 +77,11 @@ def bounds_to_time_range(start: datetime | None, end: datetime | None) -> point_
 
 def collection_name(collection_id: str) -> str:
     """``"sotu"`` -> ``"collections/sotu"`` (already-prefixed names pass through)."""
-    return collection_id if collection_id.startswith(COLLECTION_PREFIX) else COLLECTION_PREFIX + collection_id
+    return (
+        collection_id
+        if collection_id.startswith(COLLECTION_PREFIX)
+        else COLLECTION_PREFIX + collection_id
+    )
 
 
 # --- points ----------------------------------------------------------------
@@ -230,7 +234,9 @@ def probe_from_proto(msg: flow_pb2.ProbeFlowResponse) -> types.FlowProbe:
     )
 
 
-def step_to_proto(s: types.SimulationStep, *, include_vectors: bool) -> flow_pb2.SimulatePathsResponse:
+def step_to_proto(
+    s: types.SimulationStep, *, include_vectors: bool
+) -> flow_pb2.SimulatePathsResponse:
     msg = flow_pb2.SimulatePathsResponse(
         path=s.path,
         step=s.step,

@@ -83,8 +83,6 @@ class ServerProcess:
             self.kill(signal.SIGTERM)
 
 
-
-
 def error_details(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, dict, list[str]]:
     """(code, ErrorInfo reason, ErrorInfo metadata, BadRequest fields) of a failed RPC."""
     status = rpc_status.from_call(err)

@@ -86,7 +86,9 @@ class TrajectoryCache:
         return float(self._times[row])
 
     def nbytes(self) -> int:
-        return int(self._vectors.nbytes + self._times.nbytes + self._seqs.nbytes + self._series.nbytes)
+        return int(
+            self._vectors.nbytes + self._times.nbytes + self._seqs.nbytes + self._series.nbytes
+        )
 
     def _grow(self, extra: int) -> None:
         need = self._n + extra

@@ -155,8 +155,12 @@ class AsyncDriftDB:
 
                 coll.cache = await self._on_store(load)
                 metrics.CACHED_POINTS.labels(collection=meta.name).set(len(coll.cache))
-                log.info("loaded %s: %d points in %.2f s", meta.name, len(coll.cache),
-                         time.perf_counter() - t0)
+                log.info(
+                    "loaded %s: %d points in %.2f s",
+                    meta.name,
+                    len(coll.cache),
+                    time.perf_counter() - t0,
+                )
         return coll.cache
 
     def _info(self, coll: _Collection) -> CollectionInfo:
@@ -181,7 +185,11 @@ class AsyncDriftDB:
     # --- collections ---------------------------------------------------------
 
     async def create_collection(
-        self, name: str, *, dim: int | None = None, distance: str = "cosine",
+        self,
+        name: str,
+        *,
+        dim: int | None = None,
+        distance: str = "cosine",
         embed_model: str | None = None,
     ) -> CollectionInfo:
         """Creates a collection.
@@ -212,7 +220,9 @@ class AsyncDriftDB:
                 raise InvalidArgument(
                     f"dimension {dim} differs from embed model {embed_model!r}'s {model_dim}",
                     reason="DIMENSION_MISMATCH",
-                    field_violations=[FieldViolation("collection.dimension", f"must be {model_dim}")],
+                    field_violations=[
+                        FieldViolation("collection.dimension", f"must be {model_dim}")
+                    ],
                 )
             dim = model_dim
         if not dim:
@@ -246,7 +256,8 @@ class AsyncDriftDB:
         v.check_range(page_size, 1, 1000, "page_size")
         if page_token and not v.COLLECTION_ID.match(page_token):
             raise InvalidArgument(
-                "page_token is not one this server issued", reason="INVALID_PAGE_TOKEN",
+                "page_token is not one this server issued",
+                reason="INVALID_PAGE_TOKEN",
                 field_violations=[FieldViolation("page_token", "invalid")],
             )
         metas = await self._on_store(self._store.list)
@@ -329,11 +340,14 @@ class AsyncDriftDB:
             if p.vector is not None:
                 vectors[j] = p.vector
         if batch.to_embed:
-            embedded = await self._embed(meta.embed_model, [batch.points[j].text for j in batch.to_embed])
+            embedded = await self._embed(
+                meta.embed_model, [batch.points[j].text for j in batch.to_embed]
+            )
             if embedded.shape[1] != meta.dimension:
                 raise FailedPrecondition(
                     f"embed model {meta.embed_model!r} gives {embedded.shape[1]} dimensions, "
-                    f"the collection has {meta.dimension}", reason="DIMENSION_MISMATCH",
+                    f"the collection has {meta.dimension}",
+                    reason="DIMENSION_MISMATCH",
                 )
             vectors[batch.to_embed] = embedded
         await self._loaded(coll)
@@ -402,8 +416,14 @@ class AsyncDriftDB:
         return deleted, version
 
     async def trajectory(
-        self, name: str, *, start: datetime | None = None, end: datetime | None = None,
-        series: str = "", include_vectors: bool = False, chunk_size: int = 500,
+        self,
+        name: str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        series: str = "",
+        include_vectors: bool = False,
+        chunk_size: int = 500,
     ) -> AsyncIterator[list[Point]]:
         """Points of a time window in time order, in chunks of ``chunk_size``.
 
@@ -431,9 +451,17 @@ class AsyncDriftDB:
             yield chunk
 
     async def search(
-        self, name: str, *, vector=None, text: str | None = None, top_k: int = 10,
-        start: datetime | None = None, end: datetime | None = None, series: str = "",
-        payload_filter: dict | None = None, include_vectors: bool = False,
+        self,
+        name: str,
+        *,
+        vector=None,
+        text: str | None = None,
+        top_k: int = 10,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        series: str = "",
+        payload_filter: dict | None = None,
+        include_vectors: bool = False,
     ) -> list[ScoredPoint]:
         """The top_k nearest points to a vector or text.
 
@@ -445,7 +473,9 @@ class AsyncDriftDB:
         """
         coll = await self._collection(name)
         v.check_range(top_k, 1, self.settings.max_top_k, "top_k")
-        query = await self._start_vector(coll, vector=vector, text=text, point_id=None, field="query")
+        query = await self._start_vector(
+            coll, vector=vector, text=text, point_id=None, field="query"
+        )
         where = payload_where(payload_filter or {})
         cache = await self._loaded(coll)
         if start is None and end is None and not series:
@@ -459,20 +489,27 @@ class AsyncDriftDB:
             hits = _exact_knn(cache, rows, query, top_k, coll.meta.distance)
         if not hits:
             return []
-        found, _ = await self.get_points(name, [h[0] for h in hits], include_vectors=include_vectors)
+        found, _ = await self.get_points(
+            name, [h[0] for h in hits], include_vectors=include_vectors
+        )
         by_id = {p.id: p for p in found}
         return [ScoredPoint(by_id[i], d) for i, d in hits if i in by_id]
 
     # --- flow ----------------------------------------------------------------
 
-    async def _start_vector(self, coll: _Collection, *, vector, text, point_id, field: str = "start"):
+    async def _start_vector(
+        self, coll: _Collection, *, vector, text, point_id, field: str = "start"
+    ):
         """The one given start as a (d,) float32 vector.
 
         Raises InvalidArgument (none or several given, bad vector), NotFound
         (POINT_NOT_FOUND), FailedPrecondition (NO_EMBED_MODEL).
         """
-        given = [k for k, val in (("vector", vector), ("text", text), ("point_id", point_id))
-                 if val is not None and (k == "vector" or val)]
+        given = [
+            k
+            for k, val in (("vector", vector), ("text", text), ("point_id", point_id))
+            if val is not None and (k == "vector" or val)
+        ]
         if len(given) != 1:
             raise InvalidArgument(
                 f"{field} needs exactly one of vector, text or point_id; got {len(given)}",
@@ -484,20 +521,25 @@ class AsyncDriftDB:
             vec = np.asarray(vector, dtype=np.float32).ravel()
             if vec.size != meta.dimension:
                 raise InvalidArgument(
-                    f"{field}.vector has {vec.size} values, the collection's dimension is {meta.dimension}",
+                    f"{field}.vector has {vec.size} values, "
+                    f"the collection's dimension is {meta.dimension}",
                     reason="DIMENSION_MISMATCH",
-                    field_violations=[FieldViolation(f"{field}.vector", f"must have {meta.dimension} values")],
+                    field_violations=[
+                        FieldViolation(f"{field}.vector", f"must have {meta.dimension} values")
+                    ],
                 )
             if not np.isfinite(vec).all():
                 raise InvalidArgument(
-                    f"{field}.vector contains NaN or infinity", reason="NON_FINITE_VECTOR",
+                    f"{field}.vector contains NaN or infinity",
+                    reason="NON_FINITE_VECTOR",
                     field_violations=[FieldViolation(f"{field}.vector", "must be finite")],
                 )
             return vec
         if text:
             if not meta.embed_model:
                 raise FailedPrecondition(
-                    "the collection has no embed model; send a vector", reason="NO_EMBED_MODEL",
+                    "the collection has no embed model; send a vector",
+                    reason="NO_EMBED_MODEL",
                     field_violations=[FieldViolation(f"{field}.text", "no embed model")],
                 )
             return (await self._embed(meta.embed_model, [text]))[0]
@@ -505,7 +547,8 @@ class AsyncDriftDB:
         row = cache.row_of(point_id)
         if row is None:
             raise NotFound(
-                f"point {point_id!r} does not exist", reason="POINT_NOT_FOUND",
+                f"point {point_id!r} does not exist",
+                reason="POINT_NOT_FOUND",
                 field_violations=[FieldViolation(f"{field}.point_id", "not found")],
             )
         return cache.vectors[row].copy()
@@ -527,8 +570,13 @@ class AsyncDriftDB:
             t0 = time.perf_counter()
             try:
                 fitted = await self._pool.submit(
-                    flow_tasks.fit, key, X, snap.times, snap.series,
-                    normalize=coll.meta.distance == "cosine", random_state=0,
+                    flow_tasks.fit,
+                    key,
+                    X,
+                    snap.times,
+                    snap.series,
+                    normalize=coll.meta.distance == "cosine",
+                    random_state=0,
                 )
             except InsufficientDataError as exc:
                 raise _not_enough(exc.n_required, exc.n_available) from exc
@@ -539,8 +587,9 @@ class AsyncDriftDB:
             coll.model = _FlowModel(key, fitted, snap)
             return coll.model
 
-    async def flow_vector(self, name: str, *, vector=None, text: str | None = None,
-                          point_id: str | None = None) -> FlowProbe:
+    async def flow_vector(
+        self, name: str, *, vector=None, text: str | None = None, point_id: str | None = None
+    ) -> FlowProbe:
         """The flow's velocity at a vector, text or stored point.
 
         Raises NotFound, InvalidArgument, FailedPrecondition (NOT_ENOUGH_POINTS,
@@ -562,9 +611,17 @@ class AsyncDriftDB:
         )
 
     async def flow_simulate(
-        self, name: str, *, vector=None, text: str | None = None, point_id: str | None = None,
-        steps: int = 100, dt_seconds: float | None = None, paths: int = 1,
-        stop_outside_support: bool = False, seed: int = 0,
+        self,
+        name: str,
+        *,
+        vector=None,
+        text: str | None = None,
+        point_id: str | None = None,
+        steps: int = 100,
+        dt_seconds: float | None = None,
+        paths: int = 1,
+        stop_outside_support: bool = False,
+        seed: int = 0,
     ) -> AsyncIterator[SimulationStep]:
         """Follows the flow from a start: yields each step of path 0, then path 1, ...
 
@@ -625,17 +682,21 @@ class AsyncDriftDB:
                     break
                 x = traj.positions[-1]
 
-    async def _attractors(self, coll: _Collection, model: _FlowModel, seeds: int, seed: int,
-                          k: int) -> flow_tasks.AttractorsOut:
+    async def _attractors(
+        self, coll: _Collection, model: _FlowModel, seeds: int, seed: int, k: int
+    ) -> flow_tasks.AttractorsOut:
         if model.attractors is not None and seeds == 64 and seed == 0 and k <= 3:
             return model.attractors
-        out = await self._pool.on_model("attractors", model.key, model.field, seeds, seed, max(k, 3))
+        out = await self._pool.on_model(
+            "attractors", model.key, model.field, seeds, seed, max(k, 3)
+        )
         if seeds == 64 and seed == 0:
             model.attractors = out  # the default call is what chapters link to
         return out
 
-    async def flow_attractors(self, name: str, *, seeds: int = 64, representatives: int = 3,
-                              seed: int = 0) -> AttractorSet:
+    async def flow_attractors(
+        self, name: str, *, seeds: int = 64, representatives: int = 3, seed: int = 0
+    ) -> AttractorSet:
         """Fixed points of the flow, largest basin first.
 
         Raises NotFound, InvalidArgument (limits), FailedPrecondition (NOT_ENOUGH_POINTS).
@@ -651,36 +712,53 @@ class AsyncDriftDB:
             reps = await self._representatives(
                 coll, model, out.representatives[i][:representatives], a.center, cosine
             )
-            infos.append(AttractorInfo(
-                id=f"attractor-{i}",
-                stability=a.stability,
-                center=np.asarray(a.center, dtype=np.float32),
-                basin_fraction=float(a.basin_fraction),
-                eigenvalues=tuple(float(e) for e in np.real(a.eigenvalues)),
-                speed=float(a.speed),
-                reproducibility=float(a.reproducibility),
-                representatives=reps,
-            ))
+            infos.append(
+                AttractorInfo(
+                    id=f"attractor-{i}",
+                    stability=a.stability,
+                    center=np.asarray(a.center, dtype=np.float32),
+                    basin_fraction=float(a.basin_fraction),
+                    eigenvalues=tuple(float(e) for e in np.real(a.eigenvalues)),
+                    speed=float(a.speed),
+                    reproducibility=float(a.reproducibility),
+                    representatives=reps,
+                )
+            )
         return AttractorSet(tuple(infos), model.snapshot.version)
 
-    async def _representatives(self, coll: _Collection, model: _FlowModel, positions,
-                               center: np.ndarray, cosine: bool) -> tuple[Representative, ...]:
+    async def _representatives(
+        self, coll: _Collection, model: _FlowModel, positions, center: np.ndarray, cosine: bool
+    ) -> tuple[Representative, ...]:
         snap = model.snapshot
         ids = [str(snap.ids[p]) for p in positions]
         if not ids:
             return ()
-        records = await self._on_store(lambda: self._store.fetch(coll.meta, ids, include_vectors=False))
+        records = await self._on_store(
+            lambda: self._store.fetch(coll.meta, ids, include_vectors=False)
+        )
         out = []
         for p, pid in zip(positions, ids, strict=True):
             vec = coll.cache.vectors[snap.rows[p]]
             r = records.get(pid)
-            out.append(Representative(pid, _utc(snap.times[p]), (r.text or "") if r else "",
-                                      _similarity(center, vec, cosine)))
+            out.append(
+                Representative(
+                    pid,
+                    _utc(snap.times[p]),
+                    (r.text or "") if r else "",
+                    _similarity(center, vec, cosine),
+                )
+            )
         return tuple(out)
 
     async def flow_chapters(
-        self, name: str, *, series: str = "", start: datetime | None = None,
-        end: datetime | None = None, min_size: int = 5, penalty: float | None = None,
+        self,
+        name: str,
+        *,
+        series: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        min_size: int = 5,
+        penalty: float | None = None,
         representatives: int = 3,
     ) -> ChapterSet:
         """Chapters (regimes) of the timeline by change-point detection (ruptures PELT).
@@ -711,16 +789,18 @@ class AsyncDriftDB:
             mean = coll.cache.vectors[snap.rows[seg]].mean(0)
             labels = basins[seg]
             labels = labels[labels >= 0]
-            chapters.append(ChapterInfo(
-                index=i,
-                start_time=_utc(snap.times[seg[0]]),
-                end_time=_utc(snap.times[seg[-1]]),
-                point_count=len(seg),
-                start_point_id=str(snap.ids[seg[0]]),
-                end_point_id=str(snap.ids[seg[-1]]),
-                representatives=await self._representatives(coll, model, reps, mean, cosine),
-                attractor_id=f"attractor-{np.bincount(labels).argmax()}" if len(labels) else "",
-            ))
+            chapters.append(
+                ChapterInfo(
+                    index=i,
+                    start_time=_utc(snap.times[seg[0]]),
+                    end_time=_utc(snap.times[seg[-1]]),
+                    point_count=len(seg),
+                    start_point_id=str(snap.ids[seg[0]]),
+                    end_point_id=str(snap.ids[seg[-1]]),
+                    representatives=await self._representatives(coll, model, reps, mean, cosine),
+                    attractor_id=f"attractor-{np.bincount(labels).argmax()}" if len(labels) else "",
+                )
+            )
         return ChapterSet(tuple(chapters), snap.version)
 
 
@@ -740,8 +820,9 @@ def _similarity(a: np.ndarray, b: np.ndarray, cosine: bool) -> float:
     return -float(np.linalg.norm(a - b))
 
 
-def _exact_knn(cache: TrajectoryCache, rows: np.ndarray, query: np.ndarray, k: int,
-               distance: str) -> list[tuple[str, float]]:
+def _exact_knn(
+    cache: TrajectoryCache, rows: np.ndarray, query: np.ndarray, k: int, distance: str
+) -> list[tuple[str, float]]:
     """Exact k nearest among cache rows, in the collection's distance."""
     if len(rows) == 0:
         return []

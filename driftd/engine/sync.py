@@ -21,9 +21,18 @@ from driftd.engine.db import AsyncDriftDB
 
 # Coroutine methods forwarded as they are; async generators are collected into lists.
 _UNARY = (
-    "create_collection", "get_collection", "list_collections", "delete_collection",
-    "attach_collection", "upsert", "get_points", "delete_points", "search",
-    "flow_vector", "flow_attractors", "flow_chapters",
+    "create_collection",
+    "get_collection",
+    "list_collections",
+    "delete_collection",
+    "attach_collection",
+    "upsert",
+    "get_points",
+    "delete_points",
+    "search",
+    "flow_vector",
+    "flow_attractors",
+    "flow_chapters",
 )
 _STREAMING = ("trajectory", "flow_simulate")
 
@@ -38,7 +47,9 @@ class DriftDB:
 
     def __init__(self, path: str | None = None, **settings: object) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="driftd-engine", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="driftd-engine", daemon=True
+        )
         self._thread.start()
         cfg = Settings.from_env(chroma_path=path, **settings)
         self._db: AsyncDriftDB = self._run(AsyncDriftDB.open(cfg))

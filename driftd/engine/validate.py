@@ -36,7 +36,9 @@ def check_collection_id(name: str, field: str = "collection_id") -> str:
             f"invalid collection id {name!r}: use 3-63 characters of [A-Za-z0-9._-], "
             "starting and ending with a letter or digit",
             reason="INVALID_NAME",
-            field_violations=[FieldViolation(field, "must match [A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")],
+            field_violations=[
+                FieldViolation(field, "must match [A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
+            ],
         )
     return name
 
@@ -50,7 +52,8 @@ def parse_collection_name(resource_name: str, field: str = "parent") -> str:
     prefix = "collections/"
     if not resource_name.startswith(prefix):
         raise InvalidArgument(
-            f"{field} must be a resource name 'collections/{{collection_id}}', got {resource_name!r}",
+            f"{field} must be a resource name 'collections/{{collection_id}}', "
+            f"got {resource_name!r}",
             reason="INVALID_NAME",
             field_violations=[FieldViolation(field, "must be 'collections/{collection_id}'")],
         )
@@ -172,7 +175,10 @@ def _check_point(
     if p.time is None:
         return "INVALID_TIMESTAMP", f"{at}.time: missing or not an RFC 3339 timestamp"
     if not isinstance(p.series, str) or len(p.series) > MAX_SERIES_CHARS:
-        return "INVALID_FIELD", f"{at}.series: must be a string of at most {MAX_SERIES_CHARS} characters"
+        return (
+            "INVALID_FIELD",
+            f"{at}.series: must be a string of at most {MAX_SERIES_CHARS} characters",
+        )
     if p.vector is not None:
         v = p.vector
         if v.ndim != 1 or v.shape[0] != dimension:
@@ -219,5 +225,7 @@ def raise_for_errors(errors: list[PointError]) -> None:
     summary = f"{len(errors)} invalid point(s); first: {first.message}"
     meta = {"invalid_count": len(errors)}
     if reasons == {"NO_EMBED_MODEL"}:
-        raise FailedPrecondition(summary, reason="NO_EMBED_MODEL", field_violations=violations, metadata=meta)
+        raise FailedPrecondition(
+            summary, reason="NO_EMBED_MODEL", field_violations=violations, metadata=meta
+        )
     raise InvalidArgument(summary, reason=first.reason, field_violations=violations, metadata=meta)

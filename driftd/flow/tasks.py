@@ -50,8 +50,15 @@ def run(task: str, key: str, field: FlowField | None, *args, **kwargs):
     return TASKS[task](_model(key, field), *args, **kwargs)
 
 
-def fit(key: str, X: np.ndarray, t: np.ndarray, series: np.ndarray, *, normalize: bool,
-        random_state: int) -> FlowField:
+def fit(
+    key: str,
+    X: np.ndarray,
+    t: np.ndarray,
+    series: np.ndarray,
+    *,
+    normalize: bool,
+    random_state: int,
+) -> FlowField:
     """Fits a FlowField on time-ordered data and keeps it in this worker under ``key``.
 
     Raises:
@@ -113,8 +120,9 @@ def _jittered_starts(field: FlowField, x0: np.ndarray, paths: int, seed: int) ->
     return starts.astype(np.float32)
 
 
-def _simulate(field: FlowField, x0: np.ndarray, n_steps: int, dt: float | None,
-              stop_outside_support: bool) -> PathChunk:
+def _simulate(
+    field: FlowField, x0: np.ndarray, n_steps: int, dt: float | None, stop_outside_support: bool
+) -> PathChunk:
     """Simulates n_steps from x0 (d,); resumable from the chunk's last position."""
     traj = simulate(field, x0, n_steps=n_steps, dt=dt, stop_outside_support=stop_outside_support)
     nearest = _nearest(field, field.transform(traj.positions))[:, 0]
@@ -152,8 +160,14 @@ class ChaptersOut:
     representatives: list[np.ndarray]
 
 
-def _chapters(field: FlowField, positions: np.ndarray, min_size: int, penalty: float | None,
-              k: int, random_state: int) -> ChaptersOut:
+def _chapters(
+    field: FlowField,
+    positions: np.ndarray,
+    min_size: int,
+    penalty: float | None,
+    k: int,
+    random_state: int,
+) -> ChaptersOut:
     Z = field.Z_[positions]
     chapters = detect_chapters(Z, min_size=min_size, penalty=penalty, random_state=random_state)
     bounds, reps = [], []

@@ -21,10 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from driftd.config import Settings
 from driftd.engine import AsyncDriftDB
 from driftd.errors import Unavailable
+from driftd.server import reflection as commented_reflection
 from driftd.server.collection_service import CollectionServiceServicer
 from driftd.server.flow_service import FlowServiceServicer
 from driftd.server.interceptors import MetricsInterceptor
-from driftd.server import reflection as commented_reflection
 from driftd.server.point_service import PointServiceServicer
 from driftd.v1 import (
     collection_pb2,

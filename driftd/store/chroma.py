@@ -268,7 +268,9 @@ class ChromaStore:
                 col.delete(ids=written)
             raise
 
-    def fetch(self, meta: StoredCollection, ids: Sequence[str], *, include_vectors: bool) -> dict[str, Record]:
+    def fetch(
+        self, meta: StoredCollection, ids: Sequence[str], *, include_vectors: bool
+    ) -> dict[str, Record]:
         """Records by id (absent ids are simply missing from the result)."""
         col = self._chroma(meta.name)
         include = ["metadatas", "documents"] + (["embeddings"] if include_vectors else [])
@@ -283,8 +285,14 @@ class ChromaStore:
                 vec = (
                     np.asarray(got["embeddings"][j], dtype=np.float32) if include_vectors else None
                 )
-                out[pid] = Record(pid, t if t is not None else float("nan"), series,
-                                  got["documents"][j], payload, vec)
+                out[pid] = Record(
+                    pid,
+                    t if t is not None else float("nan"),
+                    series,
+                    got["documents"][j],
+                    payload,
+                    vec,
+                )
         return out
 
     def delete_points(self, meta: StoredCollection, ids: Sequence[str]) -> None:

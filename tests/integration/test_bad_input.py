@@ -85,12 +85,16 @@ BAD_POINTS = [
 ]
 
 
-@pytest.mark.parametrize(("case", "bad", "reason", "field"), BAD_POINTS, ids=[c[0] for c in BAD_POINTS])
+@pytest.mark.parametrize(
+    ("case", "bad", "reason", "field"), BAD_POINTS, ids=[c[0] for c in BAD_POINTS]
+)
 def test_bad_point_rejects_whole_batch(client, stubs, vec_coll, case, bad, reason, field):
     _, points, _ = stubs
     good = point("a")
     assert_rejected(
-        lambda: points.UpsertPoints(point_pb2.UpsertPointsRequest(parent=vec_coll, points=[good, bad])),
+        lambda: points.UpsertPoints(
+            point_pb2.UpsertPointsRequest(parent=vec_coll, points=[good, bad])
+        ),
         INVALID,
         reason,
         [field],
@@ -115,7 +119,9 @@ def test_unparsable_timestamp_is_refused(client, stubs, vec_coll):
 def test_text_without_embed_model(client, stubs, vec_coll):
     _, points, _ = stubs
     req = point_pb2.UpsertPointsRequest(parent=vec_coll, points=[point("a", (), text="hello")])
-    assert_rejected(lambda: points.UpsertPoints(req), PRECONDITION, "NO_EMBED_MODEL", ["points[0].text"])
+    assert_rejected(
+        lambda: points.UpsertPoints(req), PRECONDITION, "NO_EMBED_MODEL", ["points[0].text"]
+    )
     assert_nothing_written(client, "bad-vec", ["a"])
 
 
@@ -149,7 +155,9 @@ def test_unknown_collection(stubs):
     for call in (
         lambda: collections.GetCollection(collection_pb2.GetCollectionRequest(name=missing)),
         lambda: collections.DeleteCollection(collection_pb2.DeleteCollectionRequest(name=missing)),
-        lambda: points.UpsertPoints(point_pb2.UpsertPointsRequest(parent=missing, points=[point()])),
+        lambda: points.UpsertPoints(
+            point_pb2.UpsertPointsRequest(parent=missing, points=[point()])
+        ),
         lambda: flows.FindAttractors(flow_pb2.FindAttractorsRequest(parent=missing)),
     ):
         assert_rejected(call, NOT_FOUND, "COLLECTION_NOT_FOUND")
@@ -161,7 +169,8 @@ def test_create_existing_and_invalid_names(client, stubs, vec_coll):
         collection_id="bad-vec", collection=collection_pb2.Collection(dimension=DIM)
     )
     assert_rejected(
-        lambda: collections.CreateCollection(create), grpc.StatusCode.ALREADY_EXISTS,
+        lambda: collections.CreateCollection(create),
+        grpc.StatusCode.ALREADY_EXISTS,
         "COLLECTION_ALREADY_EXISTS",
     )
     assert client.get_collection("bad-vec").dimension == DIM
@@ -169,11 +178,19 @@ def test_create_existing_and_invalid_names(client, stubs, vec_coll):
         create = collection_pb2.CreateCollectionRequest(
             collection_id=bad, collection=collection_pb2.Collection(dimension=DIM)
         )
-        assert_rejected(lambda: collections.CreateCollection(create), INVALID, "INVALID_NAME",
-                        ["collection_id"])
+        assert_rejected(
+            lambda create=create: collections.CreateCollection(create),
+            INVALID,
+            "INVALID_NAME",
+            ["collection_id"],
+        )
     assert_rejected(
-        lambda: points.UpsertPoints(point_pb2.UpsertPointsRequest(parent="bad-vec", points=[point()])),
-        INVALID, "INVALID_NAME", ["parent"],
+        lambda: points.UpsertPoints(
+            point_pb2.UpsertPointsRequest(parent="bad-vec", points=[point()])
+        ),
+        INVALID,
+        "INVALID_NAME",
+        ["parent"],
     )
     assert [c.name for c in client.list_collections()].count("bad-vec") == 1
 
@@ -182,12 +199,28 @@ def test_limits_on_steps_paths_seeds(client, stubs, vec_coll):
     _, _, flows = stubs
     start = flow_pb2.FlowStart(point_id="keep")
     cases = [
-        (lambda: list(flows.SimulatePaths(flow_pb2.SimulatePathsRequest(
-            parent=vec_coll, start=start, steps=10_001))), "steps"),
-        (lambda: list(flows.SimulatePaths(flow_pb2.SimulatePathsRequest(
-            parent=vec_coll, start=start, paths=65))), "paths"),
-        (lambda: flows.FindAttractors(flow_pb2.FindAttractorsRequest(
-            parent=vec_coll, seeds=1025)), "seeds"),
+        (
+            lambda: list(
+                flows.SimulatePaths(
+                    flow_pb2.SimulatePathsRequest(parent=vec_coll, start=start, steps=10_001)
+                )
+            ),
+            "steps",
+        ),
+        (
+            lambda: list(
+                flows.SimulatePaths(
+                    flow_pb2.SimulatePathsRequest(parent=vec_coll, start=start, paths=65)
+                )
+            ),
+            "paths",
+        ),
+        (
+            lambda: flows.FindAttractors(
+                flow_pb2.FindAttractorsRequest(parent=vec_coll, seeds=1025)
+            ),
+            "seeds",
+        ),
     ]
     for call, field in cases:
         assert_rejected(call, INVALID, "LIMIT_EXCEEDED", [field])
@@ -196,7 +229,11 @@ def test_limits_on_steps_paths_seeds(client, stubs, vec_coll):
 def test_too_few_points_for_a_flow(stubs, vec_coll):
     _, _, flows = stubs
     assert_rejected(
-        lambda: flows.ProbeFlow(flow_pb2.ProbeFlowRequest(
-            parent=vec_coll, start=flow_pb2.FlowStart(point_id="keep"))),
-        PRECONDITION, "NOT_ENOUGH_POINTS", required=10, available=1,
+        lambda: flows.ProbeFlow(
+            flow_pb2.ProbeFlowRequest(parent=vec_coll, start=flow_pb2.FlowStart(point_id="keep"))
+        ),
+        PRECONDITION,
+        "NOT_ENOUGH_POINTS",
+        required=10,
+        available=1,
     )

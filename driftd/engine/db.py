@@ -102,7 +102,7 @@ class AsyncDriftDB:
             Exception: Chroma cannot open the directory or reach the server.
         """
         db = cls(settings or Settings.from_env())
-        db._store = await db._on_store(
+        db._store = await db.on_store(
             lambda: ChromaStore(path=db.settings.chroma_path, url=db.settings.chroma_url)
         )
         db._pool = MathPool(db.settings.workers)
@@ -122,10 +122,29 @@ class AsyncDriftDB:
 
     # --- plumbing ------------------------------------------------------------
 
-    async def _on_store(self, fn):
+    async def on_store(self, fn):
+        """Runs ``fn()`` on the Chroma thread (the only thread that touches Chroma).
+
+        For the engine's other capabilities (routing, monitoring), which keep
+        their own Chroma collections through :attr:`chroma`.
+        """
         return await asyncio.get_running_loop().run_in_executor(self._store_thread, fn)
 
-    async def _embed(self, model: str, texts: list[str]) -> np.ndarray:
+    @property
+    def chroma(self):
+        """The raw chromadb client; use it only inside :meth:`on_store`."""
+        return self._store.client
+
+    @property
+    def pool(self) -> MathPool:
+        """The math process pool."""
+        return self._pool
+
+    async def embed(self, model: str, texts: list[str]) -> np.ndarray:
+        """Embeds texts on the embedding thread: (n,) str -> (n, d) float32.
+
+        Raises InvalidArgument(UNKNOWN_EMBED_MODEL).
+        """
         return await asyncio.get_running_loop().run_in_executor(
             self._embed_thread, self._embedders.embed, model, texts
         )
@@ -134,7 +153,7 @@ class AsyncDriftDB:
         v.check_collection_id(name, "name")
         coll = self._collections.get(name)
         if coll is None:
-            meta = await self._on_store(lambda: self._store.get(name))
+            meta = await self.on_store(lambda: self._store.get(name))
             coll = self._collections.setdefault(name, _Collection(meta))
         return coll
 
@@ -153,7 +172,7 @@ class AsyncDriftDB:
                         cache.upsert(cols, meta.version)
                     return cache
 
-                coll.cache = await self._on_store(load)
+                coll.cache = await self.on_store(load)
                 metrics.CACHED_POINTS.labels(collection=meta.name).set(len(coll.cache))
                 log.info(
                     "loaded %s: %d points in %.2f s",
@@ -232,7 +251,7 @@ class AsyncDriftDB:
             )
         v.check_range(dim, 1, 65_536, "collection.dimension")
         meta = StoredCollection(name, int(dim), distance, embed_model, time.time(), 0)
-        await self._on_store(lambda: self._store.create(meta))
+        await self.on_store(lambda: self._store.create(meta))
         coll = self._collections[name] = _Collection(meta, TrajectoryCache(meta.dimension, 0))
         return self._info(coll)
 
@@ -260,7 +279,7 @@ class AsyncDriftDB:
                 reason="INVALID_PAGE_TOKEN",
                 field_violations=[FieldViolation("page_token", "invalid")],
             )
-        metas = await self._on_store(self._store.list)
+        metas = await self.on_store(self._store.list)
         after = [m for m in metas if m.name > page_token]
         page = after[:page_size]
         out = []
@@ -274,7 +293,7 @@ class AsyncDriftDB:
     async def delete_collection(self, name: str) -> None:
         """Deletes the collection and its points. Raises NotFound."""
         v.check_collection_id(name, "name")
-        await self._on_store(lambda: self._store.delete(name))
+        await self.on_store(lambda: self._store.delete(name))
         self._collections.pop(name, None)
         with contextlib.suppress(KeyError):
             metrics.CACHED_POINTS.remove(name)
@@ -295,7 +314,7 @@ class AsyncDriftDB:
             raise InvalidArgument(
                 "time_key is required", field_violations=[FieldViolation("time_key", "required")]
             )
-        meta = await self._on_store(
+        meta = await self.on_store(
             lambda: self._store.attach(
                 chroma_collection, time_key=time_key, series_key=series_key, embed_model=embed_model
             )
@@ -340,7 +359,7 @@ class AsyncDriftDB:
             if p.vector is not None:
                 vectors[j] = p.vector
         if batch.to_embed:
-            embedded = await self._embed(
+            embedded = await self.embed(
                 meta.embed_model, [batch.points[j].text for j in batch.to_embed]
             )
             if embedded.shape[1] != meta.dimension:
@@ -367,7 +386,7 @@ class AsyncDriftDB:
                 self._store.upsert(coll.meta, cols)
                 return self._store.set_version(coll.meta, version)
 
-            coll.meta = await self._on_store(write)
+            coll.meta = await self.on_store(write)
             coll.cache.upsert(cols, version)
         metrics.POINTS_INGESTED.labels(collection=name).inc(n)
         metrics.CACHED_POINTS.labels(collection=name).set(len(coll.cache))
@@ -382,7 +401,7 @@ class AsyncDriftDB:
         """
         coll = await self._collection(name)
         v.check_batch_size(len(ids), self.settings.max_batch_points, "ids")
-        records = await self._on_store(
+        records = await self.on_store(
             lambda: self._store.fetch(coll.meta, list(ids), include_vectors=include_vectors)
         )
         found = [self._point(records[i]) for i in ids if i in records]
@@ -410,7 +429,7 @@ class AsyncDriftDB:
                 self._store.delete_points(coll.meta, present)
                 return self._store.set_version(coll.meta, version)
 
-            coll.meta = await self._on_store(write)
+            coll.meta = await self.on_store(write)
             deleted = cache.delete(present, version)
         metrics.CACHED_POINTS.labels(collection=name).set(len(cache))
         return deleted, version
@@ -438,7 +457,7 @@ class AsyncDriftDB:
         for lo in range(0, len(positions), chunk_size):
             pos = positions[lo : lo + chunk_size]
             ids = [str(i) for i in snap.ids[pos]]
-            records = await self._on_store(
+            records = await self.on_store(
                 lambda ids=ids: self._store.fetch(coll.meta, ids, include_vectors=False)
             )
             chunk = []
@@ -479,12 +498,12 @@ class AsyncDriftDB:
         where = payload_where(payload_filter or {})
         cache = await self._loaded(coll)
         if start is None and end is None and not series:
-            hits = await self._on_store(lambda: self._store.query(coll.meta, query, top_k, where))
+            hits = await self.on_store(lambda: self._store.query(coll.meta, query, top_k, where))
         else:
             snap = cache.snapshot()
             rows = snap.rows[snap.select(start, end, series)]
             if where is not None:
-                allowed = await self._on_store(lambda: self._store.ids_where(coll.meta, where))
+                allowed = await self.on_store(lambda: self._store.ids_where(coll.meta, where))
                 rows = np.array([r for r in rows if cache.id_of_row(r) in allowed], dtype=np.int64)
             hits = _exact_knn(cache, rows, query, top_k, coll.meta.distance)
         if not hits:
@@ -542,7 +561,7 @@ class AsyncDriftDB:
                     reason="NO_EMBED_MODEL",
                     field_violations=[FieldViolation(f"{field}.text", "no embed model")],
                 )
-            return (await self._embed(meta.embed_model, [text]))[0]
+            return (await self.embed(meta.embed_model, [text]))[0]
         cache = await self._loaded(coll)
         row = cache.row_of(point_id)
         if row is None:
@@ -733,7 +752,7 @@ class AsyncDriftDB:
         ids = [str(snap.ids[p]) for p in positions]
         if not ids:
             return ()
-        records = await self._on_store(
+        records = await self.on_store(
             lambda: self._store.fetch(coll.meta, ids, include_vectors=False)
         )
         out = []

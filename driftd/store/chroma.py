@@ -141,20 +141,20 @@ class ChromaStore:
             from urllib.parse import urlparse
 
             u = urlparse(url)
-            self._client = chromadb.HttpClient(
+            self.client = chromadb.HttpClient(
                 host=u.hostname or "localhost", port=u.port or 8000, ssl=u.scheme == "https"
             )
             self.location = url
         else:
-            self._client = chromadb.PersistentClient(path=path)
+            self.client = chromadb.PersistentClient(path=path)
             self.location = path
-        self.max_batch_size = int(self._client.get_max_batch_size())
+        self.max_batch_size = int(self.client.get_max_batch_size())
 
     # --- collections ---------------------------------------------------------
 
     def _chroma(self, name: str):
         try:
-            return self._client.get_collection(name, embedding_function=None)
+            return self.client.get_collection(name, embedding_function=None)
         except (chromadb.errors.NotFoundError, ValueError) as exc:
             raise NotFound(f"collection {name!r} does not exist") from exc
 
@@ -170,7 +170,7 @@ class ChromaStore:
     def list(self) -> list[StoredCollection]:
         """All driftd collections, in name order."""
         out = []
-        for col in self._client.list_collections():
+        for col in self.client.list_collections():
             meta = StoredCollection.from_metadata(col.name, col.metadata)
             if meta is not None:
                 out.append(meta)
@@ -178,10 +178,10 @@ class ChromaStore:
 
     def create(self, meta: StoredCollection) -> None:
         """Raises AlreadyExists when a Chroma collection of that name exists."""
-        existing = {c.name for c in self._client.list_collections()}
+        existing = {c.name for c in self.client.list_collections()}
         if meta.name in existing:
             raise AlreadyExists(f"collection {meta.name!r} already exists")
-        self._client.create_collection(
+        self.client.create_collection(
             meta.name,
             metadata=meta.to_metadata(),
             configuration={"hnsw": {"space": meta.distance}},
@@ -190,7 +190,7 @@ class ChromaStore:
 
     def delete(self, name: str) -> None:
         self.get(name)
-        self._client.delete_collection(name)
+        self.client.delete_collection(name)
 
     def set_version(self, meta: StoredCollection, version: int) -> StoredCollection:
         new = replace(meta, version=version)

@@ -22,6 +22,9 @@ COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 MAX_ID_CHARS = 512
 MAX_SERIES_CHARS = 256
 DISTANCES = ("cosine", "l2", "ip")
+#: Chroma collections of driftd's own capabilities (routing, monitoring) use this
+#: prefix; user collections may not.
+SYSTEM_PREFIX = "driftd.sys."
 
 
 def check_collection_id(name: str, field: str = "collection_id") -> str:
@@ -31,10 +34,15 @@ def check_collection_id(name: str, field: str = "collection_id") -> str:
         InvalidArgument(INVALID_NAME): not 3-63 chars of [A-Za-z0-9._-] with
             alphanumeric ends.
     """
-    if not isinstance(name, str) or not COLLECTION_ID.match(name) or ".." in name:
+    if (
+        not isinstance(name, str)
+        or not COLLECTION_ID.match(name)
+        or ".." in name
+        or name.startswith(SYSTEM_PREFIX)
+    ):
         raise InvalidArgument(
             f"invalid collection id {name!r}: use 3-63 characters of [A-Za-z0-9._-], "
-            "starting and ending with a letter or digit",
+            f"starting and ending with a letter or digit, not starting with {SYSTEM_PREFIX!r}",
             reason="INVALID_NAME",
             field_violations=[
                 FieldViolation(field, "must match [A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")

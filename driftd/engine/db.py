@@ -150,11 +150,22 @@ class AsyncDriftDB:
         )
 
     async def _collection(self, name: str) -> _Collection:
+        """The collection's state. With a shared Chroma server other replicas may
+        write too, so there its stored version is re-read on every call and a
+        newer one drops the cached trajectory and flow model."""
         v.check_collection_id(name, "name")
         coll = self._collections.get(name)
         if coll is None:
             meta = await self.on_store(lambda: self._store.get(name))
             coll = self._collections.setdefault(name, _Collection(meta))
+        elif self.settings.chroma_url:
+            try:
+                meta = await self.on_store(lambda: self._store.get(name))
+            except NotFound:
+                self._collections.pop(name, None)
+                raise
+            if meta.version != coll.meta.version:
+                coll = self._collections[name] = _Collection(meta)
         return coll
 
     async def _loaded(self, coll: _Collection) -> TrajectoryCache:

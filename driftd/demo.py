@@ -62,7 +62,7 @@ def as_point(row: dict) -> dict:
 
 def boundary_alignment(
     boundary_ids: list[str], paragraphs: dict[str, dict], truth: dict
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, float]:
     """How chapter boundaries match administration changes, in speeches.
 
     A boundary (the first point of a chapter after the first) matches a change
@@ -71,14 +71,22 @@ def boundary_alignment(
 
     Returns:
         ``(boundaries within one speech of a change, administration changes,
-        changes with such a boundary)``.
+        changes with such a boundary, chance)``, where ``chance`` is the share
+        of paragraphs within one speech of a change: the share of boundaries
+        expected to match if they were placed at random points.
     """
     order = {s["speech"]: i for i, s in enumerate(truth["speeches"])}
     changes = [order[a["first_speech"]] for a in truth["administrations"][1:]]
+
+    def near(position: int, targets: list[int]) -> bool:
+        return any(abs(position - t) <= 1 for t in targets)
+
     positions = [order[paragraphs[b]["meta"]["speech"]] for b in boundary_ids]
-    aligned = sum(1 for b in positions if any(abs(b - c) <= 1 for c in changes))
-    found = sum(1 for c in changes if any(abs(b - c) <= 1 for b in positions))
-    return aligned, len(changes), found
+    aligned = sum(1 for b in positions if near(b, changes))
+    found = sum(1 for c in changes if near(c, positions))
+    every = [order[p["meta"]["speech"]] for p in paragraphs.values()]
+    chance = sum(1 for b in every if near(b, changes)) / len(every)
+    return aligned, len(changes), found, chance
 
 
 @contextlib.contextmanager
@@ -262,10 +270,10 @@ class Demo:
         print(f"texts embedded       {ingest.accepted:,} ({ingest.points_per_second:,.0f} texts/s)")
         if chapters is not None:
             boundaries = [c.start_point_id for c in chapters.chapters[1:]]
-            aligned, changes, found = boundary_alignment(boundaries, self.by_id, self.truth)
+            aligned, changes, found, chance = boundary_alignment(boundaries, self.by_id, self.truth)
             print(
                 f"chapter boundaries   {aligned} of {len(boundaries)} within one speech of an "
-                f"administration change"
+                f"administration change (random boundaries: {chance:.0%})"
             )
             print(f"administrations      {changes} changes, {found} of them matched by a boundary")
         if self.failed:

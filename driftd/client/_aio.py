@@ -1,0 +1,313 @@
+"""AsyncDriftClient: the asyncio Python client of a driftd server (grpc.aio).
+
+Same methods, arguments, return values and errors as :class:`DriftClient`
+(see its docstrings); the unary methods are coroutines and the streaming ones
+are async iterators. Close async iterators you leave early (``contextlib.aclosing``)
+so the RPC is cancelled at once rather than at garbage collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from driftd import types
+from driftd.client import _common as common
+from driftd.client._common import PointLike, Time, UpsertAck
+
+T = TypeVar("T")
+
+
+class AsyncDriftClient:
+    """An asyncio client over one ``grpc.aio`` channel; use as an async context manager.
+
+    Arguments as :class:`driftd.client.DriftClient`. Create and use it on one
+    event loop.
+    """
+
+    def __init__(
+        self,
+        target: str = common.DEFAULT_TARGET,
+        *,
+        timeout: float | None = 30.0,
+        options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        opts = common.channel_options(options)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=opts)
+        )
+        self._stubs = common.Stubs(self._channel)
+        self._timeout = timeout
+        self.target = target
+
+    async def close(self) -> None:
+        """Closes the channel; RPCs in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncDriftClient:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def _unary(self, call: common.Call[T]) -> T:
+        with common.translate_errors(call.index_offset):
+            response = await call.bind(self._stubs)(call.request, timeout=self._timeout)
+        return call.parse(response)
+
+    @staticmethod
+    async def _stream(responses, read: Callable[[Any], Iterable[T]]) -> AsyncIterator[T]:
+        # Cancelling on the way out stops the server's work when the caller
+        # stops iterating early; after a normal end it is a no-op.
+        try:
+            with common.translate_errors():
+                async for response in responses:
+                    for item in read(response):
+                        yield item
+        finally:
+            responses.cancel()
+
+    # --- collections ---------------------------------------------------------
+
+    async def create_collection(
+        self,
+        name: str,
+        *,
+        dim: int | None = None,
+        distance: str = "cosine",
+        embed_model: str | None = None,
+    ) -> types.CollectionInfo:
+        """See :meth:`DriftClient.create_collection`."""
+        return await self._unary(common.create_collection(name, dim, distance, embed_model))
+
+    async def get_collection(self, name: str) -> types.CollectionInfo:
+        """See :meth:`DriftClient.get_collection`."""
+        return await self._unary(common.get_collection(name))
+
+    async def list_collections(
+        self, *, page_size: int = 100
+    ) -> AsyncIterator[types.CollectionInfo]:
+        """See :meth:`DriftClient.list_collections`."""
+        token = ""
+        while True:
+            infos, token = await self._unary(common.list_collections_page(page_size, token))
+            for info in infos:
+                yield info
+            if not token:
+                return
+
+    async def delete_collection(self, name: str) -> None:
+        """See :meth:`DriftClient.delete_collection`."""
+        await self._unary(common.delete_collection(name))
+
+    async def attach_collection(
+        self, chroma_collection: str, *, time_key: str, series_key: str = "", embed_model: str = ""
+    ) -> types.CollectionInfo:
+        """See :meth:`DriftClient.attach_collection`."""
+        return await self._unary(
+            common.attach_collection(chroma_collection, time_key, series_key, embed_model)
+        )
+
+    # --- points ----------------------------------------------------------------
+
+    async def upsert(
+        self, name: str, points: Iterable[PointLike], *, batch_size: int = 1000
+    ) -> types.UpsertResult:
+        """See :meth:`DriftClient.upsert`."""
+        result = None
+        for call in common.upsert_batches(name, points, batch_size):
+            result = common.add_results(result, await self._unary(call))
+        assert result is not None  # upsert_batches yields at least one call
+        return result
+
+    async def stream_upsert(
+        self,
+        name: str,
+        points: Iterable[PointLike] | AsyncIterable[PointLike],
+        *,
+        batch_size: int = 500,
+        start_sequence: int = 0,
+    ) -> AsyncIterator[UpsertAck]:
+        """See :meth:`DriftClient.stream_upsert`; ``points`` may also be an async iterable."""
+        requests = common.StreamUpsertRequests(name, points, batch_size, start_sequence)
+        async for ack in self._stream(
+            self._stubs.points.StreamUpsertPoints(requests), common.read_ack
+        ):
+            yield ack
+        requests.raise_error()
+
+    async def get_points(
+        self, name: str, ids: Sequence[str], *, include_vectors: bool = False
+    ) -> tuple[list[types.Point], list[str]]:
+        """See :meth:`DriftClient.get_points`."""
+        return await self._unary(common.get_points(name, ids, include_vectors))
+
+    async def delete_points(self, name: str, ids: Sequence[str]) -> int:
+        """See :meth:`DriftClient.delete_points`."""
+        return await self._unary(common.delete_points(name, ids))
+
+    def trajectory(
+        self,
+        name: str,
+        *,
+        start: Time = None,
+        end: Time = None,
+        series: str = "",
+        include_vectors: bool = False,
+    ) -> AsyncIterator[types.Point]:
+        """See :meth:`DriftClient.trajectory` (an async iterator)."""
+        request = common.trajectory_request(
+            name, start=start, end=end, series=series, include_vectors=include_vectors
+        )
+        return self._stream(self._stubs.points.GetTrajectory(request), common.read_trajectory)
+
+    async def search(
+        self,
+        name: str,
+        *,
+        vector=None,
+        text: str | None = None,
+        top_k: int = 10,
+        start: Time = None,
+        end: Time = None,
+        series: str = "",
+        payload_filter: Mapping[str, str | float | bool] | None = None,
+        include_vectors: bool = False,
+    ) -> list[types.ScoredPoint]:
+        """See :meth:`DriftClient.search`."""
+        return await self._unary(
+            common.search(
+                name,
+                vector=vector,
+                text=text,
+                top_k=top_k,
+                start=start,
+                end=end,
+                series=series,
+                payload_filter=payload_filter,
+                include_vectors=include_vectors,
+            )
+        )
+
+    # --- flow ------------------------------------------------------------------
+
+    async def flow_vector(
+        self, name: str, *, vector=None, text: str | None = None, point_id: str | None = None
+    ) -> types.FlowProbe:
+        """See :meth:`DriftClient.flow_vector`."""
+        return await self._unary(
+            common.probe_flow(name, vector=vector, text=text, point_id=point_id)
+        )
+
+    def simulate_stream(
+        self,
+        name: str,
+        *,
+        vector=None,
+        text: str | None = None,
+        point_id: str | None = None,
+        steps: int = 100,
+        dt_seconds: float | None = None,
+        paths: int = 1,
+        stop_outside_support: bool = False,
+        include_vectors: bool = True,
+        seed: int = 0,
+    ) -> AsyncIterator[types.SimulationStep]:
+        """See :meth:`DriftClient.simulate_stream` (an async iterator)."""
+        request = common.simulate_request(
+            name,
+            vector=vector,
+            text=text,
+            point_id=point_id,
+            steps=steps,
+            dt_seconds=dt_seconds,
+            paths=paths,
+            stop_outside_support=stop_outside_support,
+            include_vectors=include_vectors,
+            seed=seed,
+        )
+        return self._stream(self._stubs.flow.SimulatePaths(request), common.read_step)
+
+    async def flow_simulate(
+        self,
+        name: str,
+        *,
+        vector=None,
+        text: str | None = None,
+        point_id: str | None = None,
+        steps: int = 100,
+        dt_seconds: float | None = None,
+        paths: int = 1,
+        stop_outside_support: bool = False,
+        include_vectors: bool = True,
+        seed: int = 0,
+    ) -> list[types.SimulationStep]:
+        """See :meth:`DriftClient.flow_simulate`."""
+        stream = self.simulate_stream(
+            name,
+            vector=vector,
+            text=text,
+            point_id=point_id,
+            steps=steps,
+            dt_seconds=dt_seconds,
+            paths=paths,
+            stop_outside_support=stop_outside_support,
+            include_vectors=include_vectors,
+            seed=seed,
+        )
+        return [step async for step in stream]
+
+    async def flow_attractors(
+        self,
+        name: str,
+        *,
+        seeds: int = 64,
+        representatives: int = 3,
+        include_vectors: bool = False,
+        seed: int = 0,
+    ) -> types.AttractorSet:
+        """See :meth:`DriftClient.flow_attractors`."""
+        return await self._unary(
+            common.find_attractors(
+                name,
+                seeds=seeds,
+                representatives=representatives,
+                include_vectors=include_vectors,
+                seed=seed,
+            )
+        )
+
+    async def flow_chapters(
+        self,
+        name: str,
+        *,
+        series: str = "",
+        start: Time = None,
+        end: Time = None,
+        min_size: int = 5,
+        penalty: float | None = None,
+        representatives: int = 3,
+    ) -> types.ChapterSet:
+        """See :meth:`DriftClient.flow_chapters`."""
+        return await self._unary(
+            common.detect_chapters(
+                name,
+                series=series,
+                start=start,
+                end=end,
+                min_size=min_size,
+                penalty=penalty,
+                representatives=representatives,
+            )
+        )
+
+    # --- health ----------------------------------------------------------------
+
+    async def health(self, service: str = "") -> str:
+        """See :meth:`DriftClient.health`."""
+        return await self._unary(common.health_check(service))

@@ -1,0 +1,714 @@
+"""What DriftClient and AsyncDriftClient share: point parsing, request building,
+response reading and the mapping of gRPC statuses back to driftd errors.
+
+The two clients differ only in how they send a request (a blocking call or an
+awaited one), so every RPC is described here once, as a :class:`Call` (the stub
+method, the request and a function that reads the response) or, for streams, as a
+request plus a reader. Imports only grpc, grpcio-status, protobuf and numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from operator import attrgetter
+from typing import Any, Generic, NoReturn, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from driftd import convert, types
+from driftd.errors import DOMAIN, ERRORS_BY_CODE, DriftdError, FieldViolation, InvalidArgument
+from driftd.v1 import (
+    collection_pb2,
+    collection_pb2_grpc,
+    flow_pb2,
+    flow_pb2_grpc,
+    point_pb2,
+    point_pb2_grpc,
+)
+
+T = TypeVar("T")
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+#: Channel options applied unless the caller overrides them. gRPC's 4 MiB default
+#: receive limit is too small for vectors (grpc/grpc#15738); 64 MiB matches the
+#: server's default ``max_message_bytes``.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "grpc.max_send_message_length": 64 * 1024 * 1024,
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+}
+
+Time = datetime | str | None
+PointLike = types.Point | Mapping[str, Any]
+
+
+def channel_options(options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> list:
+    """:data:`DEFAULT_OPTIONS` overridden by ``options`` (pairs or a mapping)."""
+    merged = dict(DEFAULT_OPTIONS)
+    if options:
+        merged.update(options.items() if isinstance(options, Mapping) else options)
+    return list(merged.items())
+
+
+class Stubs:
+    """The generated stubs over one channel (sync or ``grpc.aio``)."""
+
+    def __init__(self, channel) -> None:
+        self.channel = channel
+        self.collections = collection_pb2_grpc.CollectionServiceStub(channel)
+        self.points = point_pb2_grpc.PointServiceStub(channel)
+        self.flow = flow_pb2_grpc.FlowServiceStub(channel)
+
+    @cached_property
+    def health(self):
+        return health_modules()[1].HealthStub(self.channel)
+
+
+def health_modules():
+    """``(health_pb2, health_pb2_grpc)`` from grpcio-health-checking, imported on
+    first use because the client does not depend on that package.
+
+    Raises:
+        ImportError: grpcio-health-checking is not installed.
+    """
+    try:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    except ImportError as exc:
+        raise ImportError(
+            "health() needs the grpcio-health-checking package: "
+            "pip install grpcio-health-checking (or driftd[server])"
+        ) from exc
+    return health_pb2, health_pb2_grpc
+
+
+# --- errors ------------------------------------------------------------------
+
+_POINT_INDEX = re.compile(r"^points\[(\d+)\]")
+
+
+def from_rpc_error(err: grpc.RpcError, index_offset: int | None = None) -> DriftdError:
+    """The driftd error for a failed RPC.
+
+    The class comes from the status code (:data:`driftd.errors.ERRORS_BY_CODE`);
+    codes outside that map give a plain :class:`DriftdError` whose ``code`` is the
+    code's name. ``reason`` and ``metadata`` come from the status's
+    ``google.rpc.ErrorInfo`` (domain ``"driftd"``), ``field_violations`` from its
+    ``google.rpc.BadRequest``. For one batch of a larger input, ``index_offset``
+    is the batch's first position: ``points[i]`` field paths are shifted by it,
+    so they name positions in the whole input, and ``metadata["batch_start"]``
+    records it.
+    """
+    # Failed sync calls are grpc.Call objects; grpc.aio.AioRpcError is not, but has
+    # the same code()/details()/trailing_metadata() methods.
+    has_status = callable(getattr(err, "code", None))
+    code = err.code() if has_status else grpc.StatusCode.UNKNOWN
+    message = (err.details() if has_status else "") or code.name
+    reason, metadata, violations = None, {}, []
+    for detail in _status_details(err) if has_status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == DOMAIN:
+                reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend(
+                FieldViolation(_shift_index(v.field, index_offset), v.description)
+                for v in bad.field_violations
+            )
+    if index_offset is not None:
+        metadata["batch_start"] = str(index_offset)
+    cls = ERRORS_BY_CODE.get(code.name, DriftdError)
+    exc = cls(message, reason=reason, field_violations=violations, metadata=metadata)
+    if cls is DriftdError:
+        exc.code = code.name
+    return exc
+
+
+def _status_details(err: grpc.RpcError) -> Sequence:
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:
+        # The rich status disagrees with the status line (a proxy rewrote it):
+        # trust the status line and drop the details.
+        return ()
+    return status.details if status is not None else ()
+
+
+def _shift_index(path: str, offset: int | None) -> str:
+    if not offset:
+        return path
+    return _POINT_INDEX.sub(lambda m: f"points[{int(m.group(1)) + offset}]", path)
+
+
+@contextlib.contextmanager
+def translate_errors(index_offset: int | None = None) -> Iterator[None]:
+    """Re-raises any ``grpc.RpcError`` inside the block as its driftd error
+    (:func:`from_rpc_error`), with the RpcError as ``__cause__``."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        raise from_rpc_error(err, index_offset) from err
+
+
+# --- parsing user input ----------------------------------------------------
+
+
+def parse_time(value: object) -> datetime | None:
+    """A datetime or an RFC 3339 string as an aware UTC datetime (naive means
+    UTC); None when ``value`` is neither or does not parse."""
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str) and value:
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def parse_point(raw: PointLike, index: int = 0) -> types.Point:
+    """One input point as a :class:`driftd.types.Point`.
+
+    ``raw`` is a Point (passed through) or a dict ``{"id": str, "timestamp":
+    RFC 3339 str | datetime, "text": str | "vector": list | ndarray, "series"?: str,
+    "payload"?: {str: str | float | int | bool}}`` (``"time"`` is accepted for
+    ``"timestamp"``; other keys are ignored). Only the row's shape is checked here;
+    the server checks it against the collection (dimension, embed model,
+    finiteness, duplicate ids).
+
+    Raises:
+        InvalidArgument: one field violation per bad field, with proto paths
+            ``points[{index}].{id,time,vector,text,series,payload}``; the reason is
+            the first problem's ErrorReason name.
+    """
+    if isinstance(raw, types.Point):
+        return raw
+    at = f"points[{index}]"
+    if not isinstance(raw, Mapping):
+        _raise_bad(
+            index, [("INVALID_FIELD", at, f"must be a dict or a Point, not {type(raw).__name__}")]
+        )
+    problems: list[tuple[str, str, str]] = []
+
+    pid = raw.get("id")
+    if not isinstance(pid, str) or not pid:
+        problems.append(("INVALID_FIELD", f"{at}.id", "must be a non-empty string"))
+
+    raw_time = raw.get("timestamp", raw.get("time"))
+    time = parse_time(raw_time)
+    if time is None:
+        problems.append(
+            (
+                "INVALID_TIMESTAMP",
+                f"{at}.time",
+                f"timestamp {raw_time!r} is missing or not RFC 3339",
+            )
+        )
+
+    raw_vector, vector = raw.get("vector"), None
+    if raw_vector is not None:
+        vector = _as_vector(raw_vector)
+        if vector is None:
+            problems.append(("INVALID_FIELD", f"{at}.vector", "must be a flat list of numbers"))
+    text = raw.get("text")
+    if text is not None and not isinstance(text, str):
+        problems.append(("INVALID_FIELD", f"{at}.text", "must be a string"))
+    elif raw_vector is None and not text:
+        problems.append(("MISSING_CONTENT", at, "needs a vector or a text"))
+
+    series = raw.get("series") or ""
+    if not isinstance(series, str):
+        problems.append(("INVALID_FIELD", f"{at}.series", "must be a string"))
+
+    payload = raw.get("payload") or {}
+    if not isinstance(payload, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str | bool | int | float) for k, v in payload.items()
+    ):
+        problems.append(
+            ("INVALID_PAYLOAD", f"{at}.payload", "must map strings to strings, numbers or bools")
+        )
+
+    if problems:
+        _raise_bad(index, problems)
+    return types.Point(
+        id=pid, time=time, series=series, vector=vector, text=text or None, payload=dict(payload)
+    )
+
+
+def parse_points(raws: Iterable[PointLike], first_index: int = 0) -> list[types.Point]:
+    """Every point of ``raws`` parsed with :func:`parse_point`, numbered from
+    ``first_index``.
+
+    Raises:
+        InvalidArgument: listing the violations of every bad point (reason of the
+            first; metadata ``invalid_count``).
+    """
+    points: list[types.Point] = []
+    errors: list[InvalidArgument] = []
+    for i, raw in enumerate(raws, first_index):
+        try:
+            points.append(parse_point(raw, i))
+        except InvalidArgument as exc:
+            errors.append(exc)
+    if errors:
+        raise InvalidArgument(
+            f"{len(errors)} invalid point(s); first: {errors[0].message}",
+            reason=errors[0].reason,
+            field_violations=[v for e in errors for v in e.field_violations],
+            metadata={"invalid_count": len(errors)},
+        )
+    return points
+
+
+def _as_vector(value: object) -> np.ndarray | None:
+    """``value`` as a float32 (d,) array; None unless it is a non-empty flat list
+    (or array) of numbers."""
+    if isinstance(value, str | bytes | Mapping):
+        return None
+    try:
+        vector = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    return vector if vector.ndim == 1 and vector.size else None
+
+
+def _raise_bad(index: int, problems: list[tuple[str, str, str]]) -> NoReturn:
+    reason, path, description = problems[0]
+    raise InvalidArgument(
+        f"{path}: {description}",
+        reason=reason,
+        field_violations=[FieldViolation(p, d) for _, p, d in problems],
+        metadata={"index": index},
+    )
+
+
+def _time_arg(value: Time, field: str) -> datetime | None:
+    if value is None:
+        return None
+    parsed = parse_time(value)
+    if parsed is None:
+        raise InvalidArgument(
+            f"{field}: {value!r} is not a datetime or an RFC 3339 string",
+            reason="INVALID_TIMESTAMP",
+            field_violations=[FieldViolation(field, "must be a datetime or an RFC 3339 string")],
+        )
+    return parsed
+
+
+def _time_range(start: Time, end: Time) -> point_pb2.TimeRange:
+    return convert.bounds_to_time_range(
+        _time_arg(start, "time_range.start_time"), _time_arg(end, "time_range.end_time")
+    )
+
+
+def _exactly_one(field: str, **options: object) -> None:
+    given = [k for k, v in options.items() if v is not None]
+    if len(given) != 1:
+        names = ", ".join(options)
+        raise InvalidArgument(
+            f"{field}: give exactly one of {names} (got {', '.join(given) or 'none'})",
+            field_violations=[FieldViolation(field, f"exactly one of {names}")],
+        )
+
+
+# --- unary RPCs ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One unary RPC ready to send.
+
+    ``method`` is a dotted path into :class:`Stubs` (``"points.GetPoints"``);
+    ``parse`` turns the response into the client's return value;
+    ``index_offset`` is set for one batch of a larger input (see
+    :func:`from_rpc_error`).
+    """
+
+    method: str
+    request: Message
+    parse: Callable[[Any], T]
+    index_offset: int | None = None
+
+    def bind(self, stubs: Stubs) -> Callable:
+        return attrgetter(self.method)(stubs)
+
+
+def create_collection(
+    name: str, dim: int | None, distance: str, embed_model: str | None
+) -> Call[types.CollectionInfo]:
+    if distance not in convert.DISTANCE_TO_PROTO:
+        raise InvalidArgument(
+            f"distance {distance!r} is not one of {', '.join(convert.DISTANCE_TO_PROTO)}",
+            field_violations=[FieldViolation("collection.distance", "cosine, l2 or ip")],
+        )
+    spec = collection_pb2.Collection(
+        dimension=dim or 0,
+        distance=convert.DISTANCE_TO_PROTO[distance],
+        embed_model=embed_model or "",
+    )
+    request = collection_pb2.CreateCollectionRequest(
+        collection_id=name.removeprefix(convert.COLLECTION_PREFIX), collection=spec
+    )
+    return Call("collections.CreateCollection", request, convert.collection_from_proto)
+
+
+def get_collection(name: str) -> Call[types.CollectionInfo]:
+    request = collection_pb2.GetCollectionRequest(name=convert.collection_name(name))
+    return Call("collections.GetCollection", request, convert.collection_from_proto)
+
+
+def list_collections_page(
+    page_size: int, page_token: str
+) -> Call[tuple[list[types.CollectionInfo], str]]:
+    request = collection_pb2.ListCollectionsRequest(page_size=page_size, page_token=page_token)
+    return Call(
+        "collections.ListCollections",
+        request,
+        lambda r: ([convert.collection_from_proto(c) for c in r.collections], r.next_page_token),
+    )
+
+
+def delete_collection(name: str) -> Call[None]:
+    request = collection_pb2.DeleteCollectionRequest(name=convert.collection_name(name))
+    return Call("collections.DeleteCollection", request, lambda _: None)
+
+
+def attach_collection(
+    chroma_collection: str, time_key: str, series_key: str, embed_model: str
+) -> Call[types.CollectionInfo]:
+    request = collection_pb2.AttachCollectionRequest(
+        chroma_collection=chroma_collection,
+        time_key=time_key,
+        series_key=series_key,
+        embed_model=embed_model,
+    )
+    return Call("collections.AttachCollection", request, convert.collection_from_proto)
+
+
+def upsert_batches(
+    name: str, points: Iterable[PointLike], batch_size: int
+) -> Iterator[Call[types.UpsertResult]]:
+    """One UpsertPoints call per ``batch_size`` points. All points are parsed
+    before the first call, so a malformed row sends nothing. An empty input gives
+    one empty call, whose answer carries the collection's version.
+
+    Raises:
+        InvalidArgument: a malformed row (see :func:`parse_points`) or batch_size < 1.
+    """
+    _check_batch_size(batch_size)
+    parsed = parse_points(points)
+    parent = convert.collection_name(name)
+    for start in range(0, max(len(parsed), 1), batch_size):
+        request = point_pb2.UpsertPointsRequest(
+            parent=parent,
+            points=[convert.point_to_proto(p) for p in parsed[start : start + batch_size]],
+        )
+        yield Call("points.UpsertPoints", request, _upsert_result, index_offset=start)
+
+
+def _upsert_result(r: point_pb2.UpsertPointsResponse) -> types.UpsertResult:
+    return types.UpsertResult(
+        upserted=r.upserted_count, embedded=r.embedded_count, version=r.collection_version
+    )
+
+
+def add_results(a: types.UpsertResult | None, b: types.UpsertResult) -> types.UpsertResult:
+    """Two consecutive batches' results as one (the later version)."""
+    if a is None:
+        return b
+    return types.UpsertResult(
+        upserted=a.upserted + b.upserted,
+        embedded=a.embedded + b.embedded,
+        version=max(a.version, b.version),
+    )
+
+
+def get_points(
+    name: str, ids: Sequence[str], include_vectors: bool
+) -> Call[tuple[list[types.Point], list[str]]]:
+    request = point_pb2.GetPointsRequest(
+        parent=convert.collection_name(name), ids=list(ids), include_vectors=include_vectors
+    )
+    return Call(
+        "points.GetPoints",
+        request,
+        lambda r: ([convert.point_from_proto(p) for p in r.points], list(r.missing_ids)),
+    )
+
+
+def delete_points(name: str, ids: Sequence[str]) -> Call[int]:
+    request = point_pb2.DeletePointsRequest(parent=convert.collection_name(name), ids=list(ids))
+    return Call("points.DeletePoints", request, lambda r: r.deleted_count)
+
+
+def search(
+    name: str,
+    *,
+    vector,
+    text: str | None,
+    top_k: int,
+    start: Time,
+    end: Time,
+    series: str,
+    payload_filter: Mapping | None,
+    include_vectors: bool,
+) -> Call[list[types.ScoredPoint]]:
+    _exactly_one("query", vector=vector, text=text)
+    request = point_pb2.SearchPointsRequest(
+        parent=convert.collection_name(name),
+        top_k=top_k,
+        time_range=_time_range(start, end),
+        series=series,
+        include_vectors=include_vectors,
+    )
+    if vector is not None:
+        request.vector.values.extend(np.asarray(vector, dtype=np.float32).ravel().tolist())
+    else:
+        request.text = text
+    if payload_filter:
+        request.payload_filter.CopyFrom(convert.dict_to_struct(payload_filter))
+    return Call(
+        "points.SearchPoints",
+        request,
+        lambda r: [
+            types.ScoredPoint(convert.point_from_proto(h.point), h.distance) for h in r.results
+        ],
+    )
+
+
+def probe_flow(name: str, *, vector, text, point_id) -> Call[types.FlowProbe]:
+    request = flow_pb2.ProbeFlowRequest(
+        parent=convert.collection_name(name), start=_flow_start(vector, text, point_id)
+    )
+    return Call("flow.ProbeFlow", request, convert.probe_from_proto)
+
+
+def _flow_start(vector, text, point_id) -> flow_pb2.FlowStart:
+    _exactly_one("start", vector=vector, text=text, point_id=point_id)
+    return convert.flow_start_to_proto(vector=vector, text=text, point_id=point_id)
+
+
+def find_attractors(
+    name: str, *, seeds: int, representatives: int, include_vectors: bool, seed: int
+) -> Call[types.AttractorSet]:
+    request = flow_pb2.FindAttractorsRequest(
+        parent=convert.collection_name(name),
+        seeds=seeds,
+        representatives=representatives,
+        include_vectors=include_vectors,
+        seed=seed,
+    )
+    return Call(
+        "flow.FindAttractors",
+        request,
+        lambda r: types.AttractorSet(
+            tuple(convert.attractor_from_proto(a) for a in r.attractors), r.collection_version
+        ),
+    )
+
+
+def detect_chapters(
+    name: str,
+    *,
+    series: str,
+    start: Time,
+    end: Time,
+    min_size: int,
+    penalty: float | None,
+    representatives: int,
+) -> Call[types.ChapterSet]:
+    request = flow_pb2.DetectChaptersRequest(
+        parent=convert.collection_name(name),
+        series=series,
+        time_range=_time_range(start, end),
+        min_size=min_size,
+        # 0 asks the server for its robust-noise penalty.
+        penalty=penalty or 0.0,
+        representatives=representatives,
+    )
+    return Call(
+        "flow.DetectChapters",
+        request,
+        lambda r: types.ChapterSet(
+            tuple(convert.chapter_from_proto(c) for c in r.chapters), r.collection_version
+        ),
+    )
+
+
+def health_check(service: str) -> Call[str]:
+    health_pb2, _ = health_modules()
+    return Call(
+        "health.Check",
+        health_pb2.HealthCheckRequest(service=service),
+        lambda r: health_pb2.HealthCheckResponse.ServingStatus.Name(r.status),
+    )
+
+
+# --- streaming RPCs ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpsertAck:
+    """The server's acknowledgement of one streamed batch, sent once it is durable.
+
+    ``errors`` index the batch's points (0-based) and name an ErrorReason;
+    ``version`` is the collection's version after the batch.
+    """
+
+    sequence: int
+    accepted: int
+    rejected: int
+    errors: tuple[types.PointError, ...]
+    version: int
+
+
+def read_ack(r: point_pb2.StreamUpsertPointsResponse) -> tuple[UpsertAck]:
+    return (
+        UpsertAck(
+            sequence=r.sequence,
+            accepted=r.accepted_count,
+            rejected=r.rejected_count,
+            errors=tuple(convert.point_error_from_proto(e) for e in r.errors),
+            version=r.collection_version,
+        ),
+    )
+
+
+def read_trajectory(r: point_pb2.GetTrajectoryResponse) -> list[types.Point]:
+    return [convert.point_from_proto(p) for p in r.points]
+
+
+def read_step(r: flow_pb2.SimulatePathsResponse) -> tuple[types.SimulationStep]:
+    return (convert.step_from_proto(r),)
+
+
+def trajectory_request(
+    name: str, *, start: Time, end: Time, series: str, include_vectors: bool
+) -> point_pb2.GetTrajectoryRequest:
+    return point_pb2.GetTrajectoryRequest(
+        parent=convert.collection_name(name),
+        time_range=_time_range(start, end),
+        series=series,
+        include_vectors=include_vectors,
+    )
+
+
+def simulate_request(
+    name: str,
+    *,
+    vector,
+    text: str | None,
+    point_id: str | None,
+    steps: int,
+    dt_seconds: float | None,
+    paths: int,
+    stop_outside_support: bool,
+    include_vectors: bool,
+    seed: int,
+) -> flow_pb2.SimulatePathsRequest:
+    request = flow_pb2.SimulatePathsRequest(
+        parent=convert.collection_name(name),
+        start=_flow_start(vector, text, point_id),
+        steps=steps,
+        paths=paths,
+        stop_outside_support=stop_outside_support,
+        include_vectors=include_vectors,
+        seed=seed,
+    )
+    if dt_seconds is not None:
+        request.step_duration.FromTimedelta(timedelta(seconds=dt_seconds))
+    return request
+
+
+@dataclass
+class StreamUpsertRequests:
+    """The requests of one StreamUpsertPoints stream: ``points`` parsed and cut
+    into batches of ``batch_size``, numbered from ``start_sequence``.
+
+    gRPC consumes request iterators on its own thread (or task) and turns an
+    exception there into a bare CANCELLED, so a bad row or a failing ``points``
+    iterator instead ends the stream cleanly (batches already sent are still
+    acknowledged) and is kept in ``error`` for the reader to raise afterwards.
+    Field paths of a bad row count points from the start of the stream.
+    """
+
+    name: str
+    points: Iterable[PointLike] | AsyncIterable[PointLike]
+    batch_size: int
+    start_sequence: int = 0
+    error: Exception | None = field(default=None, init=False)
+    _sent: int = field(default=0, init=False)
+    _sequence: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        _check_batch_size(self.batch_size)
+        self._sequence = self.start_sequence
+
+    def __iter__(self) -> Iterator[point_pb2.StreamUpsertPointsRequest]:
+        batch: list[PointLike] = []
+        try:
+            for raw in self.points:  # type: ignore[union-attr]
+                batch.append(raw)
+                if len(batch) == self.batch_size:
+                    yield self._request(batch)
+                    batch = []
+            if batch:
+                yield self._request(batch)
+        except Exception as exc:
+            self.error = exc
+
+    async def __aiter__(self):
+        """As ``__iter__``; ``points`` may be a sync or an async iterable."""
+        if not isinstance(self.points, AsyncIterable):
+            for request in self:
+                yield request
+            return
+        batch: list[PointLike] = []
+        try:
+            async for raw in self.points:
+                batch.append(raw)
+                if len(batch) == self.batch_size:
+                    yield self._request(batch)
+                    batch = []
+            if batch:
+                yield self._request(batch)
+        except Exception as exc:
+            self.error = exc
+
+    def _request(self, batch: list[PointLike]) -> point_pb2.StreamUpsertPointsRequest:
+        parsed = parse_points(batch, first_index=self._sent)
+        request = point_pb2.StreamUpsertPointsRequest(
+            parent=convert.collection_name(self.name),
+            sequence=self._sequence,
+            points=[convert.point_to_proto(p) for p in parsed],
+        )
+        self._sent += len(batch)
+        self._sequence += 1
+        return request
+
+    def raise_error(self) -> None:
+        """Raises what ended the requests early, if anything did."""
+        if self.error is not None:
+            raise self.error
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise InvalidArgument(
+            f"batch_size must be at least 1, got {batch_size}",
+            reason="LIMIT_EXCEEDED",
+            field_violations=[FieldViolation("batch_size", "must be at least 1")],
+        )

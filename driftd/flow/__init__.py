@@ -1,0 +1,24 @@
+"""driftd.flow: the pure-math core (numpy, scipy, scikit-learn, ruptures; no I/O).
+
+Everything here is picklable and deterministic under ``random_state``, so it can run
+in a forkserver process pool: fit a :class:`FlowField` on a collection's vectors,
+probe it, :func:`simulate` paths, :func:`find_attractors`, :func:`detect_chapters`.
+"""
+
+from driftd.flow.attractors import Attractor, find_attractors
+from driftd.flow.chapters import Chapter, detect_chapters
+from driftd.flow.field import MIN_POINTS, FlowField, InsufficientDataError, Probe
+from driftd.flow.simulate import Trajectory, simulate
+
+__all__ = [
+    "MIN_POINTS",
+    "Attractor",
+    "Chapter",
+    "FlowField",
+    "InsufficientDataError",
+    "Probe",
+    "Trajectory",
+    "detect_chapters",
+    "find_attractors",
+    "simulate",
+]

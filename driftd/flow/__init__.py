@@ -3,6 +3,11 @@
 Everything here is picklable and deterministic under ``random_state``, so it can run
 in a forkserver process pool: fit a :class:`FlowField` on a collection's vectors,
 probe it, :func:`simulate` paths, :func:`find_attractors`, :func:`detect_chapters`.
+
+The heavy steps are BLAS bound. Cap BLAS threads in worker processes to the cores each
+worker owns (``threadpoolctl.threadpool_limits(1)`` or ``OPENBLAS_NUM_THREADS=1`` in the
+pool initializer): on a busy 2-core machine multi-threaded OpenBLAS spin-waits and the
+flow tests ran ~10x slower (100 s vs 10 s).
 """
 
 from driftd.flow.attractors import Attractor, find_attractors

@@ -114,9 +114,8 @@ def _jittered_starts(field: FlowField, x0: np.ndarray, paths: int, seed: int) ->
     rng = np.random.default_rng(seed)
     z0 = field.transform(x0[None, :])[0]
     noise = rng.standard_normal((paths - 1, z0.size)) * (0.1 * field.bandwidth_ / np.sqrt(z0.size))
+    # inverse_transform lands on the sphere already for normalized fields.
     starts = np.vstack([x0[None, :], field.inverse_transform(z0[None, :] + noise)])
-    if field.normalize:
-        starts /= np.linalg.norm(starts, axis=1, keepdims=True)
     return starts.astype(np.float32)
 
 

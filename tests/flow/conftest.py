@@ -1,9 +1,21 @@
-"""Shared planted systems and fitted fields for the flow tests (fitted once per session)."""
+"""Shared planted systems and fitted fields for the flow tests (fitted once per session).
+
+BLAS runs single-threaded here: on a shared 2-core machine, multi-threaded OpenBLAS
+spin-waits and made the suite ~10x slower (measured 100 s vs 10 s). The engine's
+worker processes should do the same (see driftd.flow's package docstring).
+"""
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 from driftd.flow import FlowField
 from driftd.flow.planted import k_well_system, toggle_switch
+
+
+@pytest.fixture(autouse=True)
+def single_blas_thread():
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +26,8 @@ def wells():
 
 @pytest.fixture(scope="session")
 def wells_field(wells):
-    return FlowField(random_state=0).fit(wells.X, wells.t, wells.series)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return FlowField(random_state=0).fit(wells.X, wells.t, wells.series)
 
 
 @pytest.fixture(scope="session")
@@ -25,4 +38,5 @@ def toggle():
 
 @pytest.fixture(scope="session")
 def toggle_field(toggle):
-    return FlowField(random_state=0).fit(toggle.X, toggle.t, toggle.series)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return FlowField(random_state=0).fit(toggle.X, toggle.t, toggle.series)

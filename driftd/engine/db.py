@@ -34,6 +34,7 @@ from driftd.errors import FailedPrecondition, FieldViolation, InvalidArgument, N
 from driftd.flow import MIN_POINTS, InsufficientDataError
 from driftd.flow import tasks as flow_tasks
 from driftd.flow.field import FlowField
+from driftd.monitor.events import EventHub
 from driftd.store.chroma import ChromaStore, Columns, StoredCollection, payload_where
 from driftd.types import (
     AttractorInfo,
@@ -93,6 +94,8 @@ class AsyncDriftDB:
         self._embedders = Embedders()
         self._pool: MathPool | None = None
         self._collections: dict[str, _Collection] = {}
+        #: Live events of every collection; writes publish here once durable.
+        self.events = EventHub()
 
     @classmethod
     async def open(cls, settings: Settings | None = None) -> AsyncDriftDB:
@@ -399,6 +402,7 @@ class AsyncDriftDB:
 
             coll.meta = await self.on_store(write)
             coll.cache.upsert(cols, version)
+            self.events.publish_upsert(name, version, cols.ids, cols.times, cols.series)
         metrics.POINTS_INGESTED.labels(collection=name).inc(n)
         metrics.CACHED_POINTS.labels(collection=name).set(len(coll.cache))
         return UpsertResult(n, len(batch.to_embed), version, tuple(errors))
@@ -442,6 +446,7 @@ class AsyncDriftDB:
 
             coll.meta = await self.on_store(write)
             deleted = cache.delete(present, version)
+            self.events.publish_delete(name, version, present)
         metrics.CACHED_POINTS.labels(collection=name).set(len(cache))
         return deleted, version
 
@@ -808,15 +813,21 @@ class AsyncDriftDB:
         positions = snap.select(start, end, series)
         if len(positions) < 2 * min_size:
             raise _not_enough(2 * min_size, len(positions), what="points in the selection")
-        out = await self._pool.on_model(
-            "chapters", model.key, model.field, positions, min_size, penalty, representatives, 0
+        X = await asyncio.to_thread(lambda: coll.cache.vectors[snap.rows[positions]])
+        cosine = coll.meta.distance == "cosine"
+        out = await self._pool.submit(
+            flow_tasks.chapters,
+            X,
+            normalize=cosine,
+            min_size=min_size,
+            penalty=penalty,
+            k=representatives,
+            random_state=0,
         )
         basins = (await self._attractors(coll, model, 64, 0, 3)).basin
-        cosine = coll.meta.distance == "cosine"
         chapters = []
         for i, ((lo, hi), reps) in enumerate(zip(out.bounds, out.representatives, strict=True)):
             seg = positions[lo:hi]
-            mean = coll.cache.vectors[snap.rows[seg]].mean(0)
             labels = basins[seg]
             labels = labels[labels >= 0]
             chapters.append(
@@ -827,7 +838,9 @@ class AsyncDriftDB:
                     point_count=len(seg),
                     start_point_id=str(snap.ids[seg[0]]),
                     end_point_id=str(snap.ids[seg[-1]]),
-                    representatives=await self._representatives(coll, model, reps, mean, cosine),
+                    representatives=await self._representatives(
+                        coll, model, positions[reps], X[lo:hi].mean(0), cosine
+                    ),
                     attractor_id=f"attractor-{np.bincount(labels).argmax()}" if len(labels) else "",
                 )
             )

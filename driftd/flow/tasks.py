@@ -20,6 +20,7 @@ from driftd.flow.attractors import Attractor, find_attractors
 from driftd.flow.chapters import detect_chapters
 from driftd.flow.field import FlowField
 from driftd.flow.simulate import Trajectory, simulate
+from driftd.flow.timeline import spread_ties
 
 # Models kept per worker; a handful of collections are hot at a time.
 _MAX_MODELS = 8
@@ -61,10 +62,14 @@ def fit(
 ) -> FlowField:
     """Fits a FlowField on time-ordered data and keeps it in this worker under ``key``.
 
+    Tied times within a series are spread over the clock's resolution first
+    (:func:`driftd.flow.timeline.spread_ties`): their order is real.
+
     Raises:
         InsufficientDataError: too few points or transitions.
     """
-    field = FlowField(normalize=normalize, random_state=random_state).fit(X, t, series)
+    field = FlowField(normalize=normalize, random_state=random_state)
+    field.fit(X, spread_ties(t, series), series)
     _model(key, field)
     return field
 
@@ -152,30 +157,36 @@ def _attractors(field: FlowField, n_seeds: int, random_state: int, k: int) -> At
 
 @dataclass(frozen=True)
 class ChaptersOut:
-    """Chapters as [start, end) slices of the selected positions, and each chapter's
-    representative positions (nearest its mean)."""
+    """Chapters as [start, end) slices of the input rows, and each chapter's
+    representative rows (nearest its mean)."""
 
     bounds: list[tuple[int, int]]
     representatives: list[np.ndarray]
 
 
-def _chapters(
-    field: FlowField,
-    positions: np.ndarray,
+def chapters(
+    X: np.ndarray,
+    *,
+    normalize: bool,
     min_size: int,
     penalty: float | None,
     k: int,
     random_state: int,
 ) -> ChaptersOut:
-    Z = field.Z_[positions]
-    chapters = detect_chapters(Z, min_size=min_size, penalty=penalty, random_state=random_state)
+    """Chapters of a time-ordered series X (n, d) by change-point detection.
+
+    Runs on the full vectors (not a flow model's reduced data): on the SOTU
+    paragraphs that aligned better with the administrations (ARI 0.63 vs 0.50).
+    """
+    if normalize:
+        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    found = detect_chapters(X, min_size=min_size, penalty=penalty, random_state=random_state)
     bounds, reps = [], []
-    for c in chapters:
-        seg = Z[c.start : c.end]
+    for c in found:
+        seg = X[c.start : c.end]
         d2 = ((seg - seg.mean(0)) ** 2).sum(1)
-        local = np.argsort(d2, kind="stable")[:k]
         bounds.append((c.start, c.end))
-        reps.append(positions[c.start + local])
+        reps.append(c.start + np.argsort(d2, kind="stable")[:k])
     return ChaptersOut(bounds, reps)
 
 
@@ -184,5 +195,4 @@ TASKS = {
     "starts": _jittered_starts,
     "simulate": _simulate,
     "attractors": _attractors,
-    "chapters": _chapters,
 }

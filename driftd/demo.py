@@ -26,9 +26,9 @@ from driftd.client import DriftClient
 from driftd.config import DEFAULT_EMBED_MODEL, Settings
 from driftd.errors import AlreadyExists, DriftdError
 
-#: Minimum paragraphs per chapter: speeches have ~100 paragraphs, so a chapter
-#: shorter than a third of one is noise, not a regime.
-CHAPTER_MIN_SIZE = 30
+#: Minimum paragraphs per chapter: speeches have ~100 paragraphs and a regime
+#: should span more than one or two of them (a single speech's topic is not a chapter).
+CHAPTER_MIN_SIZE = 200
 SIMULATION_STEPS = 100
 #: Print every this many steps of the simulated path (and its last one).
 STEP_STRIDE = 10

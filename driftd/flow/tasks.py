@@ -24,6 +24,8 @@ from driftd.flow.timeline import spread_ties
 
 # Models kept per worker; a handful of collections are hot at a time.
 _MAX_MODELS = 8
+# Displacement per step, in kernel bandwidths, below which a path has stalled.
+_STALL = 1e-4
 _MODELS: OrderedDict[str, FlowField] = OrderedDict()
 
 
@@ -128,7 +130,17 @@ def _simulate(
     field: FlowField, x0: np.ndarray, n_steps: int, dt: float | None, stop_outside_support: bool
 ) -> PathChunk:
     """Simulates n_steps from x0 (d,); resumable from the chunk's last position."""
-    traj = simulate(field, x0, n_steps=n_steps, dt=dt, stop_outside_support=stop_outside_support)
+    # A path whose step moves less than 1e-4 bandwidths has reached a fixed point.
+    step = field.time_scale_ if dt is None else dt
+    stop_speed = _STALL * field.bandwidth_ / step
+    traj = simulate(
+        field,
+        x0,
+        n_steps=n_steps,
+        dt=dt,
+        stop_speed=stop_speed,
+        stop_outside_support=stop_outside_support,
+    )
     nearest = _nearest(field, field.transform(traj.positions))[:, 0]
     return PathChunk(traj, nearest, field.in_support(traj.positions))
 

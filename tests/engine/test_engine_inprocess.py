@@ -66,11 +66,11 @@ def test_rejected_batch_writes_nothing(db):
 
 
 def test_planted_wells_recovered_and_reopen(db, tmp_path):
-    system = k_well_system(1500, k=3, random_state=7)
+    system = k_well_system(6000, k=3, random_state=0)
     db.create_collection("wells", dim=system.X.shape[1], distance="l2")
     pts = _points(system.X, system.t, system.series)
-    for lo in range(0, len(pts), 500):
-        db.upsert("wells", pts[lo : lo + 500])
+    for lo in range(0, len(pts), 2000):
+        db.upsert("wells", pts[lo : lo + 2000])
     assert db.get_collection("wells").point_count == len(pts)
 
     found = db.flow_attractors("wells", seeds=64)

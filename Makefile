@@ -35,8 +35,8 @@ proto: $(STAMP)
 
 ## lint: ruff over the package, tests and benchmarks
 lint: $(STAMP)
-	$(PY) -m ruff check driftd tests bench
-	$(PY) -m ruff format --check driftd tests bench
+	$(PY) -m ruff check driftd tests $(wildcard bench)
+	$(PY) -m ruff format --check driftd tests $(wildcard bench)
 
 ## bench: benchmarks (ratios against the named baselines, measured in one run)
 bench: $(STAMP)

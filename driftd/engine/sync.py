@@ -92,7 +92,10 @@ def _collect(name: str):
         items = []
         async for item in gen:
             # trajectory yields chunks (lists of points): flatten them.
-            items.extend(item) if isinstance(item, list) else items.append(item)
+            if isinstance(item, list):
+                items.extend(item)
+            else:
+                items.append(item)
         return items
 
     @functools.wraps(method)

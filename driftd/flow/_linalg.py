@@ -45,20 +45,21 @@ class PCA:
     rank: int
 
 
-def select_rank(ev: np.ndarray, total: float, n: int, d: int) -> int:
-    """Rank from an eigenvalue spectrum: the smaller of the 90 %-variance rank and the
-    number of leading eigenvalues that clear a noise floor.
+def select_rank(ev: np.ndarray, total: float, n: int, d: int, max_share: float | None) -> int:
+    """Rank from an eigenvalue spectrum: the number of leading eigenvalues that clear a
+    noise floor, and at most the rank holding ``max_share`` of the variance (None: no
+    such cap).
 
     The noise floor is the mean of the remaining spectrum times the Marchenko-Pastur
     upper edge (1 + sqrt(d/n))^2, with a 1.5 margin for Tracy-Widom fluctuations
     (Gavish & Donoho 2014 style hard threshold). The floor stops the rank from filling
     up with isotropic noise directions when a low-dimensional signal sits in noise:
-    those dims would ruin the kernel distances downstream.
+    those dims would ruin the kernel distances downstream. ``d`` is the dimension the
+    spectrum lives in.
     """
     if total <= 0:
         return 1
     cum = np.cumsum(ev)
-    r90 = int(np.searchsorted(cum / total, 0.9) + 1)
     edge = 1.5 * (1.0 + np.sqrt(d / n)) ** 2
     r_mp = 0
     for i in range(min(len(ev), d - 1)):
@@ -66,62 +67,90 @@ def select_rank(ev: np.ndarray, total: float, n: int, d: int) -> int:
         if ev[i] <= edge * tail_mean:
             break
         r_mp = i + 1
-    return min(r90, max(r_mp, 1))
+    if max_share is None:
+        return max(r_mp, 1)
+    return min(int(np.searchsorted(cum / total, max_share) + 1), max(r_mp, 1))
 
 
 def fit_pca(
-    X: np.ndarray, *, rank: int | None, min_rank: int, max_rank: int, n_extra: int, seed: int
+    X: np.ndarray,
+    *,
+    rank: int | None,
+    min_rank: int,
+    max_rank: int,
+    n_extra: int,
+    seed: int,
+    max_share: float | None = 0.9,
+    exclude: np.ndarray | None = None,
+    n_eff: float | None = None,
 ) -> PCA:
     """PCA of ``X`` (n, d): exact (chunked float64 covariance + eigh) for d <= 2048,
     otherwise randomised SVD (:func:`_randomized_pca`).
 
-    ``rank`` None selects it with :func:`select_rank`, clipped to [min_rank, max_rank];
-    either way it is capped so that ``n_extra`` further components exist (returned
-    after the selected ones) and by n - 1. Signs are fixed (largest |entry| of each
-    component positive) so results are reproducible.
+    ``rank`` None selects it with :func:`select_rank` (``max_share`` passed on),
+    clipped to [min_rank, max_rank]; either way it is capped so that ``n_extra``
+    further components exist (returned after the selected ones) and by n - 1.
+    ``n_eff`` the effective number of independent rows for the noise floor (None: n;
+    autocorrelated rows spread the noise spectrum like fewer independent ones).
+    ``exclude`` (d,) unit vector or None: the PCA of the rows with their component
+    along it removed, so every component is orthogonal to it. Signs are fixed
+    (largest |entry| of each component positive) so results are reproducible.
     """
     n, d = X.shape
     mean = X.mean(axis=0, dtype=np.float64)
+    e = np.zeros((d, 0)) if exclude is None else np.asarray(exclude, dtype=np.float64)[:, None]
     if d <= _MAX_EXACT_DIM:
         cov = np.zeros((d, d))
         for s in range(0, n, CHUNK):
             block = X[s : s + CHUNK].astype(np.float64) - mean
             cov += block.T @ block
         cov /= max(n - 1, 1)
+        if e.size:  # (I - e e^T) cov (I - e e^T)
+            ce = cov @ e
+            cov += (e.T @ ce) * (e @ e.T) - ce @ e.T - e @ ce.T
         # divide and conquer: the default MRRR driver is ~20x slower on the
         # clustered noise-floor spectra of embeddings (measured 0.86 s vs 0.04 s)
         ev, vecs = scipy.linalg.eigh(cov, driver="evd")
         ev, comps, total = np.maximum(ev[::-1], 0.0), vecs[:, ::-1].T, float(np.trace(cov))
     else:
         k = min(max(max_rank, rank or 0) + n_extra + _OVERSAMPLE, n, d)
-        ev, comps = _randomized_pca(X, mean, k, seed)
+        ev, comps = _randomized_pca(X, mean, e, k, seed)
         sq = np.einsum("ij,ij->", X, X, dtype=np.float64)
         total = float(sq - n * mean @ mean) / max(n - 1, 1)
+        if e.size:  # minus the variance along e
+            along = project(X, mean, e.T)
+            total -= float(np.einsum("ij,ij->", along, along)) / max(n - 1, 1)
     if rank is None:
-        rank = int(np.clip(select_rank(ev, total, n, d), min_rank, max_rank))
+        rank = select_rank(ev, total, n_eff or n, d - e.shape[1], max_share)
+        rank = int(np.clip(rank, min_rank, max_rank))
     r = max(1, min(rank, len(ev) - n_extra, n - 1))
     comps = comps[: r + n_extra]
     signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
     return PCA(mean, comps * signs[:, None], ev[: r + n_extra], total, r)
 
 
-def _randomized_pca(X: np.ndarray, mean: np.ndarray, k: int, seed: int):
-    """Top-k variances (k,) and directions (k, d) of X (n, d) by randomised SVD with
-    power iterations (Halko, Martinsson & Tropp, SIAM Review 2011, alg. 4.4).
+def _randomized_pca(X: np.ndarray, mean: np.ndarray, e: np.ndarray, k: int, seed: int):
+    """Top-k variances (k,) and directions (k, d) of X (n, d) with its component along
+    the columns of e (d, 0 or 1) removed, by randomised SVD with power iterations
+    (Halko, Martinsson & Tropp, SIAM Review 2011, alg. 4.4).
 
-    Centring is implicit, (X - 1 mean^T) M = X M - 1 (mean^T M), so no centred
-    (n, d) copy is made; products run in X's dtype.
+    Centring and the projection P = I - e e^T are implicit,
+    (X - 1 mean^T) P M = X (P M) - 1 (mean^T P M), so no (n, d) copy is made; products
+    run in X's dtype.
     """
     n, d = X.shape
     mean_x = mean.astype(X.dtype)
 
-    def right(M):  # (X - 1 mean^T) M, M (d, k)
-        M = M.astype(X.dtype)
+    def proj(M):  # P M, M (d, k)
+        return M - e @ (e.T @ M)
+
+    def right(M):  # (X - 1 mean^T) P M
+        M = proj(M).astype(X.dtype)
         return (X @ M - mean_x @ M).astype(np.float64)
 
-    def left(Q):  # (X - 1 mean^T)^T Q, Q (n, k)
+    def left(Q):  # P (X - 1 mean^T)^T Q, Q (n, k)
         Q = Q.astype(X.dtype)
-        return (X.T @ Q - np.outer(mean_x, Q.sum(axis=0))).astype(np.float64)
+        return proj((X.T @ Q - np.outer(mean_x, Q.sum(axis=0))).astype(np.float64))
 
     rng = np.random.default_rng(seed)
     Q = np.linalg.qr(right(rng.standard_normal((d, k))))[0]

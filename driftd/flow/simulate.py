@@ -29,15 +29,16 @@ class Trajectory:
     stop_reason: str
 
 
-def advance(field, Z: np.ndarray, duration: float, max_step: float) -> np.ndarray:
-    """Advance every row of Z (n, r) by ``duration`` seconds along the reduced flow.
+def advance(field, Z: np.ndarray, duration, max_step: float) -> np.ndarray:
+    """Advance every row of Z (n, r) by ``duration`` seconds (a float, or (n,) per row)
+    along the reduced flow.
 
     Classical RK4 with a per-row sub-step of at most ``max_step`` seconds that moves
     at most 0.1 bandwidth (the scale on which the kernel field varies). Returns a new
     (n, r) float64 array.
     """
     Z = np.array(Z, dtype=np.float64)
-    remaining = np.full(len(Z), float(duration))
+    remaining = np.array(np.broadcast_to(np.asarray(duration, dtype=np.float64), len(Z)))
     active = np.flatnonzero(remaining > 0)
     move = _MAX_MOVE * field.bandwidth_
     while active.size:

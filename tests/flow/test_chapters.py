@@ -22,13 +22,30 @@ def boundary_f1(predicted, true, margin=5):
     return 2 * precision * recall / (precision + recall) if hits else 0.0
 
 
+def covering(chapters, true, n):
+    """Covering of the true segmentation (starts ``true``) by ``chapters``: sum over
+    true segments A of |A| / n * max Jaccard(A, chapter) (Arbelaez et al. 2011)."""
+    bounds = [0, *true, n]
+    total = 0.0
+    for a0, a1 in zip(bounds[:-1], bounds[1:], strict=True):
+        total += (a1 - a0) * max(
+            max(0, min(a1, c.end) - max(a0, c.start)) / (max(a1, c.end) - min(a0, c.start))
+            for c in chapters
+        )
+    return total / n
+
+
 @pytest.mark.parametrize(
-    ("n_points", "n_regimes", "seed"), [(600, 6, 0), (2000, 10, 1), (5000, 25, 2)]
+    ("n_points", "n_regimes", "seed", "excursions"),
+    [(600, 6, 0, 0.0), (2000, 10, 1, 0.0), (5000, 25, 2, 0.0), (2000, 10, 3, 0.01)],
 )
-def test_planted_regimes_found(n_points, n_regimes, seed):
-    X, t, true = regime_switches(n_points, n_regimes, dim=384, random_state=seed)
+def test_planted_regimes_found(n_points, n_regimes, seed, excursions):
+    X, t, true = regime_switches(
+        n_points, n_regimes, dim=384, random_state=seed, excursion_rate=excursions
+    )
     chapters = detect_chapters(X, min_size=5)
     assert boundary_f1([c.start for c in chapters[1:]], true) >= 0.95
+    assert covering(chapters, list(true), n_points) >= 0.9
 
 
 def test_chapters_cover_the_series_contiguously():

@@ -1,0 +1,8 @@
+"""Flow benchmark (issue 3): planted systems, the SOTU paragraphs and scale.
+
+``python -m bench.flow`` (``make bench-flow``) prints one table: for each planted
+system (a) K wells, (b) toggle switch, (c) limit cycle, (d) Lorenz, (e) regime
+switches, and for the SOTU paragraphs, driftd next to the original DriftDB method and
+ruptures, with the metric, the issue's target, the time and the ratio; then the scale
+measurements. Everything is seeded; BLAS runs on one thread.
+"""

@@ -1,0 +1,1 @@
+"""Conversation-routing benchmark: ``python -m bench.routing``."""

@@ -16,6 +16,8 @@ import grpc
 from driftd import types
 from driftd.client import _common as common
 from driftd.client._common import PointLike, Time, UpsertAck
+from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
+from driftd.v1 import behavior_pb2, monitor_pb2
 
 T = TypeVar("T")
 
@@ -305,6 +307,202 @@ class AsyncDriftClient:
                 representatives=representatives,
             )
         )
+
+    # --- monitoring --------------------------------------------------------------
+
+    async def compare_windows(
+        self,
+        name: str,
+        window_a: tuple[Time, Time],
+        window_b: tuple[Time, Time],
+        *,
+        series: str = "",
+        series_b: str | None = None,
+        permutations: int = 500,
+        alpha: float = 0.01,
+        max_points_per_window: int = 2000,
+        seed: int = 0,
+    ) -> monitor_pb2.CompareWindowsResponse:
+        """See :meth:`DriftClient.compare_windows`."""
+        return await self._unary(
+            common.compare_windows(
+                name,
+                window_a,
+                window_b,
+                series=series,
+                series_b=series_b,
+                permutations=permutations,
+                alpha=alpha,
+                max_points_per_window=max_points_per_window,
+                seed=seed,
+            )
+        )
+
+    async def embedding_health(
+        self,
+        name: str,
+        *,
+        start: Time = None,
+        end: Time = None,
+        series: str = "",
+        max_outliers: int = 10,
+        duplicate_similarity: float = 0.98,
+        max_points: int = 5000,
+        seed: int = 0,
+    ) -> monitor_pb2.EmbeddingHealthResponse:
+        """See :meth:`DriftClient.embedding_health`."""
+        return await self._unary(
+            common.embedding_health(
+                name,
+                start=start,
+                end=end,
+                series=series,
+                max_outliers=max_outliers,
+                duplicate_similarity=duplicate_similarity,
+                max_points=max_points,
+                seed=seed,
+            )
+        )
+
+    def watch(
+        self, name: str, *, after_sequence: int = 0, event_types: Sequence[str] = ()
+    ) -> AsyncIterator[monitor_pb2.WatchCollectionResponse]:
+        """See :meth:`DriftClient.watch`."""
+        request = common.watch_request(name, after_sequence=after_sequence, event_types=event_types)
+        return self._stream(self._stubs.monitor.WatchCollection(request), common.read_event)
+
+    async def create_drift_rule(
+        self,
+        name: str,
+        *,
+        window_seconds: float,
+        rule_id: str = "",
+        p_value_threshold: float = 0.01,
+        series: str = "",
+        min_points: int = 20,
+    ) -> monitor_pb2.DriftRule:
+        """See :meth:`DriftClient.create_drift_rule`."""
+        return await self._unary(
+            common.create_drift_rule(
+                name,
+                window_seconds=window_seconds,
+                rule_id=rule_id,
+                p_value_threshold=p_value_threshold,
+                series=series,
+                min_points=min_points,
+            )
+        )
+
+    async def get_drift_rule(self, name: str, rule_id: str) -> monitor_pb2.DriftRule:
+        """See :meth:`DriftClient.get_drift_rule`."""
+        return await self._unary(common.get_drift_rule(name, rule_id))
+
+    async def list_drift_rules(
+        self, name: str, *, page_size: int = 100
+    ) -> AsyncIterator[monitor_pb2.DriftRule]:
+        """See :meth:`DriftClient.list_drift_rules`."""
+        token = ""
+        while True:
+            rules, token = await self._unary(common.list_drift_rules_page(name, page_size, token))
+            for rule in rules:
+                yield rule
+            if not token:
+                return
+
+    async def delete_drift_rule(self, name: str, rule_id: str) -> None:
+        """See :meth:`DriftClient.delete_drift_rule`."""
+        await self._unary(common.delete_drift_rule(name, rule_id))
+
+    # --- behaviours ------------------------------------------------------------
+
+    async def process_behaviors(
+        self,
+        user_id: str,
+        candidates: Sequence[Mapping[str, Any]],
+        *,
+        time: Time = None,
+        policy: Mapping[str, float] | None = None,
+    ) -> behavior_pb2.ProcessBehaviorsResponse:
+        """See :meth:`DriftClient.process_behaviors`."""
+        return await self._unary(
+            common.process_behaviors(user_id, candidates, time=time, policy=policy)
+        )
+
+    async def list_behaviors(
+        self,
+        user_id: str,
+        *,
+        state: str = "",
+        time: Time = None,
+        policy: Mapping[str, float] | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[behavior_pb2.Behavior]:
+        """See :meth:`DriftClient.list_behaviors`."""
+        token = ""
+        while True:
+            found, token = await self._unary(
+                common.list_behaviors_page(
+                    user_id,
+                    state=state,
+                    time=time,
+                    policy=policy,
+                    page_size=page_size,
+                    page_token=token,
+                )
+            )
+            for behavior in found:
+                yield behavior
+            if not token:
+                return
+
+    # --- conversation routing --------------------------------------------------
+
+    async def route(
+        self,
+        conversation: str,
+        content: str = "",
+        *,
+        role: str = "user",
+        vector=None,
+        time: Time = None,
+        message_id: str = "",
+        config: Mapping[str, float | int | bool] | None = None,
+    ) -> RouteResult:
+        """See :meth:`DriftClient.route`."""
+        return await self._unary(
+            common.route_message(
+                conversation,
+                content,
+                role=role,
+                vector=vector,
+                time=time,
+                message_id=message_id,
+                config=config,
+            )
+        )
+
+    async def branches(self, conversation: str, *, page_size: int = 100) -> list[BranchInfo]:
+        """See :meth:`DriftClient.branches`."""
+        found, token = [], ""
+        while True:
+            page = await self._unary(common.list_branches_page(conversation, page_size, token))
+            found.extend(page.branches)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    async def context(
+        self, conversation: str, branch: str | None = None, *, max_messages: int = 0
+    ) -> BranchContext:
+        """See :meth:`DriftClient.context`."""
+        if branch is None:
+            page = await self._unary(common.list_branches_page(conversation, 1, ""))
+            branch = page.current_branch_id
+        return await self._unary(common.branch_context(conversation, branch, max_messages))
+
+    async def facts(self, conversation: str, branch: str) -> FactsResult:
+        """See :meth:`DriftClient.facts`."""
+        return await self._unary(common.extract_facts(conversation, branch))
 
     # --- health ----------------------------------------------------------------
 

@@ -10,6 +10,8 @@ import grpc
 from driftd import types
 from driftd.client import _common as common
 from driftd.client._common import PointLike, Time, UpsertAck
+from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
+from driftd.v1 import behavior_pb2, monitor_pb2
 
 T = TypeVar("T")
 
@@ -386,6 +388,269 @@ class DriftClient:
                 representatives=representatives,
             )
         )
+
+    # --- monitoring --------------------------------------------------------------
+    # Results are the driftd.v1 messages (driftd.v1.monitor_pb2, behavior_pb2).
+
+    def compare_windows(
+        self,
+        name: str,
+        window_a: tuple[Time, Time],
+        window_b: tuple[Time, Time],
+        *,
+        series: str = "",
+        series_b: str | None = None,
+        permutations: int = 500,
+        alpha: float = 0.01,
+        max_points_per_window: int = 2000,
+        seed: int = 0,
+    ) -> monitor_pb2.CompareWindowsResponse:
+        """Tests whether the points of ``window_b`` = (start, end) are distributed like
+        those of ``window_a`` (None bounds are open): MMD² with a permutation
+        p-value, per-component KS tests with Benjamini-Hochberg, centroid shift,
+        a domain classifier's ROC AUC and a verdict (``.report``).
+
+        Args:
+            series: only this series in both windows ("" = all); ``series_b``
+                overrides it for window B.
+            alpha: significance level of the verdict and FDR of the KS tests.
+            seed: the same seed gives the same report.
+
+        Raises:
+            FailedPrecondition: a window has fewer than 10 points (NOT_ENOUGH_POINTS,
+                ``metadata["window"]``).
+        """
+        return self._unary(
+            common.compare_windows(
+                name,
+                window_a,
+                window_b,
+                series=series,
+                series_b=series_b,
+                permutations=permutations,
+                alpha=alpha,
+                max_points_per_window=max_points_per_window,
+                seed=seed,
+            )
+        )
+
+    def embedding_health(
+        self,
+        name: str,
+        *,
+        start: Time = None,
+        end: Time = None,
+        series: str = "",
+        max_outliers: int = 10,
+        duplicate_similarity: float = 0.98,
+        max_points: int = 5000,
+        seed: int = 0,
+    ) -> monitor_pb2.EmbeddingHealthResponse:
+        """Outliers, near-duplicate rate, norms, effective rank and embed-model
+        mixing of the collection's vectors in ``[start, end)`` and ``series``."""
+        return self._unary(
+            common.embedding_health(
+                name,
+                start=start,
+                end=end,
+                series=series,
+                max_outliers=max_outliers,
+                duplicate_similarity=duplicate_similarity,
+                max_points=max_points,
+                seed=seed,
+            )
+        )
+
+    def watch(
+        self, name: str, *, after_sequence: int = 0, event_types: Sequence[str] = ()
+    ) -> Iterator[monitor_pb2.WatchCollectionResponse]:
+        """The collection's events as they happen (no deadline; close the iterator
+        to stop). ``event_types`` filters ("points_upserted", "points_deleted",
+        "chapter_detected", "drift_alarm"); ``after_sequence`` resumes after the
+        last event seen (0: from now).
+
+        Raises:
+            ResourceExhausted: the watcher fell too far behind (WATCHER_TOO_SLOW);
+                resume from the last ``sequence`` seen.
+            FailedPrecondition: the resume point is no longer buffered (EVENTS_EXPIRED).
+        """
+        request = common.watch_request(name, after_sequence=after_sequence, event_types=event_types)
+        return self._stream(self._stubs.monitor.WatchCollection(request), common.read_event)
+
+    def create_drift_rule(
+        self,
+        name: str,
+        *,
+        window_seconds: float,
+        rule_id: str = "",
+        p_value_threshold: float = 0.01,
+        series: str = "",
+        min_points: int = 20,
+    ) -> monitor_pb2.DriftRule:
+        """Registers a standing drift test: whenever the timeline enters a new
+        window of ``window_seconds`` (aligned to the epoch), the last two complete
+        windows are compared and a ``drift_alarm`` event is published when the
+        MMD² p-value is at most ``p_value_threshold``."""
+        return self._unary(
+            common.create_drift_rule(
+                name,
+                window_seconds=window_seconds,
+                rule_id=rule_id,
+                p_value_threshold=p_value_threshold,
+                series=series,
+                min_points=min_points,
+            )
+        )
+
+    def get_drift_rule(self, name: str, rule_id: str) -> monitor_pb2.DriftRule:
+        """A drift rule with its last evaluation. Raises NotFound."""
+        return self._unary(common.get_drift_rule(name, rule_id))
+
+    def list_drift_rules(
+        self, name: str, *, page_size: int = 100
+    ) -> Iterator[monitor_pb2.DriftRule]:
+        """The collection's drift rules in id order, ``page_size`` per RPC."""
+        token = ""
+        while True:
+            rules, token = self._unary(common.list_drift_rules_page(name, page_size, token))
+            yield from rules
+            if not token:
+                return
+
+    def delete_drift_rule(self, name: str, rule_id: str) -> None:
+        """Deletes a drift rule. Raises NotFound."""
+        self._unary(common.delete_drift_rule(name, rule_id))
+
+    # --- behaviours ------------------------------------------------------------
+
+    def process_behaviors(
+        self,
+        user_id: str,
+        candidates: Sequence[Mapping[str, Any]],
+        *,
+        time: Time = None,
+        policy: Mapping[str, float] | None = None,
+    ) -> behavior_pb2.ProcessBehaviorsResponse:
+        """Decides each candidate against the user's active behaviours, in order
+        (INSERT / REINFORCE / SUPERSEDE / IGNORE, ``.decisions``) and applies it.
+
+        Args:
+            candidates: dicts ``{"intent": "preference" | "habit" | "skill" |
+                "goal" | "belief", "target"?, "context"?, "polarity"?: "positive" |
+                "negative", "credibility": 0-1, "vector" | "text"}``.
+            time: when they were observed (decay is measured to it); None: now.
+            policy: overrides of BehaviorPolicy fields, e.g. ``{"half_life_days": 90}``.
+
+        Raises:
+            InvalidArgument: a bad candidate (``candidates[i].field``); nothing is written.
+        """
+        return self._unary(common.process_behaviors(user_id, candidates, time=time, policy=policy))
+
+    def list_behaviors(
+        self,
+        user_id: str,
+        *,
+        state: str = "",
+        time: Time = None,
+        policy: Mapping[str, float] | None = None,
+        page_size: int = 100,
+    ) -> Iterator[behavior_pb2.Behavior]:
+        """The user's behaviours, oldest first; ``state`` "active", "superseded" or
+        "" (all); ``effective_credibility`` decayed to ``time`` (None: now)."""
+        token = ""
+        while True:
+            found, token = self._unary(
+                common.list_behaviors_page(
+                    user_id,
+                    state=state,
+                    time=time,
+                    policy=policy,
+                    page_size=page_size,
+                    page_token=token,
+                )
+            )
+            yield from found
+            if not token:
+                return
+
+    # --- conversation routing --------------------------------------------------
+
+    def route(
+        self,
+        conversation: str,
+        content: str = "",
+        *,
+        role: str = "user",
+        vector=None,
+        time: Time = None,
+        message_id: str = "",
+        config: Mapping[str, float | int | bool] | None = None,
+    ) -> RouteResult:
+        """Routes one message of a conversation (created by its first message):
+        STAY in the current topic branch, BRANCH into a new one, or ROUTE back to
+        an earlier one. Returns once the message is durable.
+
+        Args:
+            conversation: an id ("chat-42") or "conversations/chat-42".
+            content: the text, embedded by the server unless ``vector`` is given.
+            role: "user" or "assistant".
+            vector: the message's embedding (the server's embed model's dimension).
+            time: when it was written (datetime or RFC 3339); None: now.
+            message_id: your id for the message; re-sending it returns the stored
+                decision, so retries are safe. "": the server assigns "m{index}".
+            config: RoutingConfig fields to change for this conversation from
+                this message on, e.g. ``{"stay_threshold": 0.3}``.
+
+        Raises:
+            InvalidArgument: MISSING_CONTENT, INVALID_ROLE, DIMENSION_MISMATCH,
+                INVALID_NAME, LIMIT_EXCEEDED (config); nothing is written.
+        """
+        return self._unary(
+            common.route_message(
+                conversation,
+                content,
+                role=role,
+                vector=vector,
+                time=time,
+                message_id=message_id,
+                config=config,
+            )
+        )
+
+    def branches(self, conversation: str, *, page_size: int = 100) -> list[BranchInfo]:
+        """The conversation's branches in creation order (``current`` marks the
+        current one), fetched ``page_size`` per RPC. Raises NotFound
+        (CONVERSATION_NOT_FOUND)."""
+        found, token = [], ""
+        while True:
+            page = self._unary(common.list_branches_page(conversation, page_size, token))
+            found.extend(page.branches)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    def context(
+        self, conversation: str, branch: str | None = None, *, max_messages: int = 0
+    ) -> BranchContext:
+        """A branch's messages in order (the latest ``max_messages``; 0: all) and
+        the facts of every branch, the requested one flagged ``current``.
+
+        Args:
+            branch: a branch id ("b2") or resource name; None: the conversation's
+                current branch (one more RPC).
+
+        Raises:
+            NotFound: CONVERSATION_NOT_FOUND, BRANCH_NOT_FOUND.
+        """
+        if branch is None:
+            branch = self._unary(common.list_branches_page(conversation, 1, "")).current_branch_id
+        return self._unary(common.branch_context(conversation, branch, max_messages))
+
+    def facts(self, conversation: str, branch: str) -> FactsResult:
+        """Extracts and stores a branch's facts now (the server's rules, or its
+        configured LLM endpoint). Raises NotFound, Unavailable
+        (FACTS_EXTRACTOR_FAILED)."""
+        return self._unary(common.extract_facts(conversation, branch))
 
     # --- health ----------------------------------------------------------------
 

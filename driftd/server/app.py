@@ -18,21 +18,32 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from driftd.behaviors.store import BehaviorStore
 from driftd.config import Settings
 from driftd.engine import AsyncDriftDB
 from driftd.errors import Unavailable
+from driftd.monitor.monitor import Monitor
 from driftd.server import reflection as commented_reflection
+from driftd.server.behavior_service import BehaviorServiceServicer
 from driftd.server.collection_service import CollectionServiceServicer
 from driftd.server.flow_service import FlowServiceServicer
 from driftd.server.interceptors import MetricsInterceptor
+from driftd.server.monitor_service import MonitorServiceServicer
 from driftd.server.point_service import PointServiceServicer
+from driftd.server.routing_service import RoutingServiceServicer
 from driftd.v1 import (
+    behavior_pb2,
+    behavior_pb2_grpc,
     collection_pb2,
     collection_pb2_grpc,
     flow_pb2,
     flow_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
     point_pb2,
     point_pb2_grpc,
+    routing_pb2,
+    routing_pb2_grpc,
 )
 
 logger = logging.getLogger(__name__)
@@ -42,6 +53,9 @@ SERVICE_NAMES = (
     collection_pb2.DESCRIPTOR.services_by_name["CollectionService"].full_name,
     point_pb2.DESCRIPTOR.services_by_name["PointService"].full_name,
     flow_pb2.DESCRIPTOR.services_by_name["FlowService"].full_name,
+    routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name,
+    monitor_pb2.DESCRIPTOR.services_by_name["MonitorService"].full_name,
+    behavior_pb2.DESCRIPTOR.services_by_name["BehaviorService"].full_name,
 )
 
 
@@ -103,6 +117,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     )
     point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
     flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(gate), server)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServiceServicer(gate), server)
+    monitor = Monitor(gate)
+    monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorServiceServicer(monitor), server)
+    behavior_pb2_grpc.add_BehaviorServiceServicer_to_server(
+        BehaviorServiceServicer(BehaviorStore(gate)), server
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     commented_reflection.enable(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -146,6 +166,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             f"port {settings.metrics_port}" if metrics_http else "off",
         )
         engine = gate.engine = await AsyncDriftDB.open(settings)
+        await monitor.start()
         for service in ("", *SERVICE_NAMES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("driftd ready")
@@ -155,6 +176,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     finally:
         logger.info("driftd stopping: draining RPCs for up to %gs", settings.grace_seconds)
         await health_servicer.enter_graceful_shutdown()
+        if engine is not None:
+            await monitor.stop()  # ends the watch streams, which would never drain
         await server.stop(settings.grace_seconds)
         gate.engine = None
         if engine is not None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64riftd/v1/error_reason.proto\x12\tdriftd.v1*\xe5\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cINVALID_NAME\x10\x01\x12\x16\n\x12\x44IMENSION_MISMATCH\x10\x02\x12\x15\n\x11NON_FINITE_VECTOR\x10\x03\x12\x13\n\x0fMISSING_CONTENT\x10\x04\x12\x12\n\x0eNO_EMBED_MODEL\x10\x05\x12\x15\n\x11INVALID_TIMESTAMP\x10\x06\x12\x10\n\x0c\x44UPLICATE_ID\x10\x07\x12\x18\n\x14\x43OLLECTION_NOT_FOUND\x10\x08\x12\x1d\n\x19\x43OLLECTION_ALREADY_EXISTS\x10\t\x12\x13\n\x0f\x42\x41TCH_TOO_LARGE\x10\n\x12\x12\n\x0eLIMIT_EXCEEDED\x10\x0b\x12\x15\n\x11NOT_ENOUGH_POINTS\x10\x0c\x12\x13\n\x0fPOINT_NOT_FOUND\x10\r\x12\x13\n\x0fINVALID_PAYLOAD\x10\x0e\x12\x11\n\rINVALID_FIELD\x10\x0f\x12\x17\n\x13UNKNOWN_EMBED_MODEL\x10\x10\x12\x16\n\x12INVALID_PAGE_TOKEN\x10\x11\x12\x19\n\x15SEQUENCE_OUT_OF_ORDER\x10\x12\x12\x0f\n\x0bNOT_SERVING\x10\x13\x12\x12\n\x0eINTERNAL_ERROR\x10\x14\x42\x37Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64riftd/v1/error_reason.proto\x12\tdriftd.v1*\xac\x05\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cINVALID_NAME\x10\x01\x12\x16\n\x12\x44IMENSION_MISMATCH\x10\x02\x12\x15\n\x11NON_FINITE_VECTOR\x10\x03\x12\x13\n\x0fMISSING_CONTENT\x10\x04\x12\x12\n\x0eNO_EMBED_MODEL\x10\x05\x12\x15\n\x11INVALID_TIMESTAMP\x10\x06\x12\x10\n\x0c\x44UPLICATE_ID\x10\x07\x12\x18\n\x14\x43OLLECTION_NOT_FOUND\x10\x08\x12\x1d\n\x19\x43OLLECTION_ALREADY_EXISTS\x10\t\x12\x13\n\x0f\x42\x41TCH_TOO_LARGE\x10\n\x12\x12\n\x0eLIMIT_EXCEEDED\x10\x0b\x12\x15\n\x11NOT_ENOUGH_POINTS\x10\x0c\x12\x13\n\x0fPOINT_NOT_FOUND\x10\r\x12\x13\n\x0fINVALID_PAYLOAD\x10\x0e\x12\x11\n\rINVALID_FIELD\x10\x0f\x12\x17\n\x13UNKNOWN_EMBED_MODEL\x10\x10\x12\x16\n\x12INVALID_PAGE_TOKEN\x10\x11\x12\x19\n\x15SEQUENCE_OUT_OF_ORDER\x10\x12\x12\x0f\n\x0bNOT_SERVING\x10\x13\x12\x12\n\x0eINTERNAL_ERROR\x10\x14\x12\x1a\n\x16\x43ONVERSATION_NOT_FOUND\x10\x64\x12\x14\n\x10\x42RANCH_NOT_FOUND\x10\x65\x12\x10\n\x0cINVALID_ROLE\x10\x66\x12\x1a\n\x16\x46\x41\x43TS_EXTRACTOR_FAILED\x10g\x12\x13\n\x0e\x45VENTS_EXPIRED\x10\xc8\x01\x12\x15\n\x10WATCHER_TOO_SLOW\x10\xc9\x01\x12\x19\n\x14\x44RIFT_RULE_NOT_FOUND\x10\xca\x01\x12\x1e\n\x19\x44RIFT_RULE_ALREADY_EXISTS\x10\xcb\x01\x42\x37Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1'
   _globals['_ERRORREASON']._serialized_start=44
-  _globals['_ERRORREASON']._serialized_end=529
+  _globals['_ERRORREASON']._serialized_end=728
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,30 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the server is starting or shutting down."""
     INTERNAL_ERROR: _ErrorReason.ValueType  # 20
     """INTERNAL: an unexpected failure; the message has details for the operator."""
+    CONVERSATION_NOT_FOUND: _ErrorReason.ValueType  # 100
+    """NOT_FOUND: the conversation has no messages."""
+    BRANCH_NOT_FOUND: _ErrorReason.ValueType  # 101
+    """NOT_FOUND: the conversation has no branch of this id."""
+    INVALID_ROLE: _ErrorReason.ValueType  # 102
+    """INVALID_ARGUMENT: a message's role is unset or not one RoutingService knows."""
+    FACTS_EXTRACTOR_FAILED: _ErrorReason.ValueType  # 103
+    """UNAVAILABLE: the configured fact-extraction endpoint failed or gave an
+    unusable answer; metadata has "url" and "model".
+    """
+    EVENTS_EXPIRED: _ErrorReason.ValueType  # 200
+    """FAILED_PRECONDITION: a watch resumed after an event the server no longer
+    buffers (or from before a restart); metadata has "after_sequence" and
+    "oldest_sequence". Re-read the state and watch from now.
+    """
+    WATCHER_TOO_SLOW: _ErrorReason.ValueType  # 201
+    """RESOURCE_EXHAUSTED: a watcher fell too far behind the events and was
+    disconnected; metadata has "max_queued_events". Resume from the last
+    sequence seen and read faster.
+    """
+    DRIFT_RULE_NOT_FOUND: _ErrorReason.ValueType  # 202
+    """NOT_FOUND: the drift rule does not exist."""
+    DRIFT_RULE_ALREADY_EXISTS: _ErrorReason.ValueType  # 203
+    """ALREADY_EXISTS: a drift rule with this id exists on the collection."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` of the google.rpc.ErrorInfo that accompanies every driftd error
@@ -113,4 +137,28 @@ NOT_SERVING: ErrorReason.ValueType  # 19
 """UNAVAILABLE: the server is starting or shutting down."""
 INTERNAL_ERROR: ErrorReason.ValueType  # 20
 """INTERNAL: an unexpected failure; the message has details for the operator."""
+CONVERSATION_NOT_FOUND: ErrorReason.ValueType  # 100
+"""NOT_FOUND: the conversation has no messages."""
+BRANCH_NOT_FOUND: ErrorReason.ValueType  # 101
+"""NOT_FOUND: the conversation has no branch of this id."""
+INVALID_ROLE: ErrorReason.ValueType  # 102
+"""INVALID_ARGUMENT: a message's role is unset or not one RoutingService knows."""
+FACTS_EXTRACTOR_FAILED: ErrorReason.ValueType  # 103
+"""UNAVAILABLE: the configured fact-extraction endpoint failed or gave an
+unusable answer; metadata has "url" and "model".
+"""
+EVENTS_EXPIRED: ErrorReason.ValueType  # 200
+"""FAILED_PRECONDITION: a watch resumed after an event the server no longer
+buffers (or from before a restart); metadata has "after_sequence" and
+"oldest_sequence". Re-read the state and watch from now.
+"""
+WATCHER_TOO_SLOW: ErrorReason.ValueType  # 201
+"""RESOURCE_EXHAUSTED: a watcher fell too far behind the events and was
+disconnected; metadata has "max_queued_events". Resume from the last
+sequence seen and read faster.
+"""
+DRIFT_RULE_NOT_FOUND: ErrorReason.ValueType  # 202
+"""NOT_FOUND: the drift rule does not exist."""
+DRIFT_RULE_ALREADY_EXISTS: ErrorReason.ValueType  # 203
+"""ALREADY_EXISTS: a drift rule with this id exists on the collection."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

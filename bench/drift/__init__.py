@@ -1,0 +1,1 @@
+"""Drift-detection benchmark: ``python -m bench.drift``."""

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo proto lint bench clean
+.PHONY: run test demo proto lint bench bench-drift bench-flow bench-routing clean clients clients-check buf-check deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,38 @@ lint: $(STAMP)
 ## bench: benchmarks (ratios against the named baselines, measured in one run)
 bench: $(STAMP)
 	$(PY) -m bench
+
+## bench-flow: flow math on planted systems and SOTU chapters vs DriftDB and ruptures; scale
+bench-flow: $(STAMP)
+	$(PY) -m bench.flow
+
+## bench-drift: drift tests on planted 384-d Gaussians: false-positive rate, power curve, timings
+bench-drift: $(STAMP)
+	$(PY) -m bench.drift
+
+## bench-routing: conversation routing on real SGD dialogues vs driftos-embed: calibration, F1, latency
+bench-routing: $(STAMP)
+	$(PY) -m bench.routing
+
+## clients: regenerate the committed Go and TypeScript client code from proto/ (buf)
+clients: $(STAMP)
+	bash ci/gen_clients.sh
+
+## clients-check: generated code current; Go and TypeScript client tests and examples against a live driftd
+clients-check: $(STAMP)
+	bash ci/clients_check.sh
+
+## buf-check: buf lint (STANDARD) and buf breaking against the latest release tag
+buf-check: $(STAMP)
+	bash ci/buf_check.sh
+
+## deploy-check: offline validation of deploy/ (kustomize overlays, schemas, Dockerfile)
+deploy-check: $(STAMP)
+	bash deploy/validate.sh
+
+## grpcurl-check: run README.md's grpcurl session against a live driftd
+grpcurl-check: $(STAMP)
+	bash ci/grpcurl_check.sh
 
 clean:
 	rm -rf $(VENV) driftd_data .pytest_cache

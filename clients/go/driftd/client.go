@@ -3,10 +3,10 @@
 //
 // The generated stubs (package driftdv1) carry the whole API; this package
 // wraps them with what every caller needs: a connection with sensible
-// defaults (a deadline on unary calls, retries with backoff on UNAVAILABLE,
-// keepalive, message limits), Go 1.23 iterators over the server streams, a
-// batching stream writer that resumes after the last acknowledged batch, and
-// access to driftd's rich errors.
+// defaults (a deadline on unary calls, retries with backoff on UNAVAILABLE
+// for the methods safe to repeat, keepalive, message limits), Go 1.23
+// iterators over the server streams, a batching stream writer that resumes
+// after the last acknowledged batch, and access to driftd's rich errors.
 //
 //	c, err := driftd.New("127.0.0.1:50051")
 //	...
@@ -22,8 +22,9 @@ package driftd
 
 import (
 	"context"
-	"fmt"
+	"encoding/json"
 	"iter"
+	"slices"
 	"strings"
 	"time"
 
@@ -73,8 +74,9 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 
 // WithMaxAttempts sets how many times a call that fails with UNAVAILABLE
 // before any response is tried in all, with exponential backoff (0.1 s to
-// 2 s); 1 disables retries. Default 4. StreamUpsertPoints is never retried
-// by the transport: the Writer resumes it itself.
+// 2 s); 1 disables retries. Default 4 (gRPC caps it at 5). Only the methods
+// safe to repeat are retried (see RetryableMethods); StreamUpsertPoints is
+// never retried by the transport: the Writer resumes it itself.
 func WithMaxAttempts(n int) Option { return func(o *options) { o.maxAttempts = n } }
 
 // WithTransportCredentials sets TLS (default: plaintext, as driftd serves).
@@ -87,19 +89,85 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dial = append(o.dial, opts...) }
 }
 
-// serviceConfig retries UNAVAILABLE on every method except the bidi stream
-// upsert, and balances round-robin over every address the target resolves
-// to (with "dns:///driftd-headless:50051" that is every replica).
+// retryableMethods are the RPCs the transport sends again after UNAVAILABLE,
+// as "/package.Service/Method": the reads, and the writes whose repetition
+// changes nothing (UpsertPoints replaces points by id; DeletePoints ignores ids
+// already gone; ExtractFacts recomputes a branch's facts from its messages).
+// The server-streaming ones are retried only until their first response.
+//
+// Every other RPC fails at the first UNAVAILABLE, because a connection lost
+// after the server did the work would repeat it: CreateCollection,
+// AttachCollection, CreateDriftRule (a repeat fails with ALREADY_EXISTS or
+// creates a second rule), DeleteCollection, DeleteDriftRule (a repeat fails
+// with NOT_FOUND), ProcessBehaviors (a repeat applies the candidates twice),
+// RouteMessage (safe only with a message_id, which a per-method policy cannot
+// see), StreamUpsertPoints (the Writer resumes it instead) and
+// grpc.health.v1.Health/Check (a probe must see the outage).
+//
+// The reference is the Python client's RETRYABLE_METHODS
+// (driftd/client/_common.py): keep this list equal to it. The tests fail on an
+// RPC of driftdv1 that is neither here nor in their list of non-retryable ones.
+var retryableMethods = []string{
+	"/driftd.v1.CollectionService/GetCollection",
+	"/driftd.v1.CollectionService/ListCollections",
+	"/driftd.v1.PointService/UpsertPoints",
+	"/driftd.v1.PointService/GetPoints",
+	"/driftd.v1.PointService/DeletePoints",
+	"/driftd.v1.PointService/GetTrajectory",
+	"/driftd.v1.PointService/SearchPoints",
+	"/driftd.v1.FlowService/ProbeFlow",
+	"/driftd.v1.FlowService/SimulatePaths",
+	"/driftd.v1.FlowService/FindAttractors",
+	"/driftd.v1.FlowService/DetectChapters",
+	"/driftd.v1.MonitorService/CompareWindows",
+	"/driftd.v1.MonitorService/EmbeddingHealth",
+	"/driftd.v1.MonitorService/WatchCollection",
+	"/driftd.v1.MonitorService/GetDriftRule",
+	"/driftd.v1.MonitorService/ListDriftRules",
+	"/driftd.v1.BehaviorService/ListBehaviors",
+	"/driftd.v1.RoutingService/ListBranches",
+	"/driftd.v1.RoutingService/GetBranchContext",
+	"/driftd.v1.RoutingService/ExtractFacts",
+}
+
+// RetryableMethods returns the full names ("/driftd.v1.PointService/GetPoints")
+// of the methods a Client retries after UNAVAILABLE; every other method is
+// sent once. It is the Python client's RETRYABLE_METHODS.
+func RetryableMethods() []string { return slices.Clone(retryableMethods) }
+
+// serviceConfig retries UNAVAILABLE on the retryableMethods only (a method
+// named in no methodConfig gets no retry policy), and balances round-robin
+// over every address the target resolves to (with
+// "dns:///driftd-headless:50051" that is every replica).
 func serviceConfig(maxAttempts int) string {
-	retry := ""
-	if maxAttempts > 1 {
-		retry = fmt.Sprintf(`,"retryPolicy":{"maxAttempts":%d,"initialBackoff":"0.1s",`+
-			`"maxBackoff":"2s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}`,
-			min(maxAttempts, 5))
+	type name struct {
+		Service string `json:"service"`
+		Method  string `json:"method"`
 	}
-	return `{"loadBalancingConfig":[{"round_robin":{}}],"methodConfig":[` +
-		`{"name":[{}]` + retry + `},` +
-		`{"name":[{"service":"driftd.v1.PointService","method":"StreamUpsertPoints"}]}]}`
+	type methodConfig struct {
+		Name        []name         `json:"name"`
+		RetryPolicy map[string]any `json:"retryPolicy"`
+	}
+	config := map[string]any{"loadBalancingConfig": []any{map[string]any{"round_robin": map[string]any{}}}}
+	if maxAttempts > 1 {
+		names := make([]name, 0, len(retryableMethods))
+		for _, m := range retryableMethods {
+			service, method, _ := strings.Cut(strings.TrimPrefix(m, "/"), "/")
+			names = append(names, name{service, method})
+		}
+		config["methodConfig"] = []methodConfig{{Name: names, RetryPolicy: map[string]any{
+			"maxAttempts":          min(maxAttempts, 5),
+			"initialBackoff":       "0.1s",
+			"maxBackoff":           "2s",
+			"backoffMultiplier":    2,
+			"retryableStatusCodes": []string{"UNAVAILABLE"},
+		}}}
+	}
+	js, err := json.Marshal(config)
+	if err != nil {
+		panic(err) // plain maps, slices and strings always marshal
+	}
+	return string(js)
 }
 
 // New connects to a driftd server at target ("host:port", or any gRPC target

@@ -49,18 +49,24 @@ import {
   type StreamUpsertPointsResponse,
   type UpsertPointsResponse,
 } from "./gen/driftd/v1/point_pb.js";
+import { retryUnavailable } from "./retry.js";
 
 export * from "./gen/driftd/v1/collection_pb.js";
 export * from "./gen/driftd/v1/error_reason_pb.js";
 export * from "./gen/driftd/v1/flow_pb.js";
 export * from "./gen/driftd/v1/point_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
+export { RETRYABLE_METHODS } from "./retry.js";
 
 /** Options of {@link DriftClient}. */
 export interface DriftClientOptions {
   /** Deadline of unary calls made without one (ms); default 30 000, 0 for none. Streams get none. */
   timeoutMs?: number;
-  /** Tries in all for a unary call failing with UNAVAILABLE, with exponential backoff; default 4. */
+  /**
+   * Tries in all for a call failing with UNAVAILABLE before any response, with
+   * exponential backoff; default 4, 1 for none. Only the {@link RETRYABLE_METHODS}
+   * (those safe to repeat) are retried; a `transport` of your own is used as is.
+   */
   maxAttempts?: number;
   /** A transport of your own (TLS, interceptors...); `target` is then ignored. */
   transport?: Transport;
@@ -109,22 +115,6 @@ function toPoint(p: PointInput): MessageInitShape<typeof PointSchema> {
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Retries unary calls that fail with UNAVAILABLE (0.1 s doubling to 2 s). */
-function retryUnavailable(maxAttempts: number): Interceptor {
-  return (next) => async (req) => {
-    if (req.stream) return next(req);
-    for (let attempt = 1, backoff = 100; ; attempt++, backoff = Math.min(2 * backoff, 2000)) {
-      try {
-        return await next(req);
-      } catch (err) {
-        const code = ConnectError.from(err).code;
-        if (code !== Code.Unavailable || attempt >= maxAttempts || req.signal.aborted) throw err;
-        await sleep(backoff * (0.5 + Math.random() / 2));
-      }
-    }
-  };
-}
 
 /** A connection to a driftd server. */
 export class DriftClient {

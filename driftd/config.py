@@ -47,11 +47,25 @@ class Settings:
     max_steps: int = field(default=10_000, metadata={"help": "SimulatePaths steps per path"})
     max_paths: int = field(default=64, metadata={"help": "SimulatePaths paths per call"})
     max_seeds: int = field(default=1_024, metadata={"help": "FindAttractors seeds"})
+    ensemble_size: int = field(
+        default=8,
+        metadata={
+            "help": "bootstrap refits behind ProbeFlow confidence, the SimulatePaths band "
+            "and FindAttractors reproducibility (>= 2)"
+        },
+    )
+    max_bootstrap: int = field(default=64, metadata={"help": "FindAttractors bootstrap refits"})
     max_top_k: int = field(default=1_000, metadata={"help": "SearchPoints results"})
     grace_seconds: float = field(
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+
+    def __post_init__(self) -> None:
+        # A spread needs two refits; a bad value should stop the server at start-up.
+        for name in ("ensemble_size", "max_bootstrap"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

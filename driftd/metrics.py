@@ -41,10 +41,15 @@ POINTS_INGESTED = Counter("driftd_points_ingested_total", "Points durably writte
 EMBEDDINGS_COMPUTED = Counter(
     "driftd_embeddings_computed_total", "Texts embedded server-side.", ["model"]
 )
-FLOW_FITS = Counter("driftd_flow_fits_total", "Flow fields fitted.", ["collection"])
+FLOW_FITS = Counter(
+    "driftd_flow_fits_total",
+    "Flow fields fitted: kind full (from scratch) or incremental (refreshed with appended points).",
+    ["collection", "kind"],
+)
 FLOW_FIT_SECONDS = Histogram(
     "driftd_flow_fit_seconds",
     "Wall time of one flow fit, including the process-pool queue (seconds).",
+    ["kind"],
     buckets=_LATENCY_BUCKETS,
 )
 POOL_QUEUE_DEPTH = Gauge(

@@ -67,6 +67,10 @@ class TrajectoryCache:
         self.series_names: list[str] = []
         self._series_code: dict[str, int] = {}
         self._snapshot: Snapshot | None = None
+        #: The last version that overwrote or removed rows present before it: a model
+        #: fitted at a version >= this one saw rows that are all still unchanged, and
+        #: rows after them have only been appended.
+        self.rewrite_version = version
 
     def __len__(self) -> int:
         return self._n
@@ -111,8 +115,11 @@ class TrajectoryCache:
     def upsert(self, cols: Columns, version: int) -> None:
         """Inserts new ids and overwrites existing ones."""
         self._grow(len(cols.ids))
+        n_before = self._n
         for i, pid in enumerate(cols.ids):
             row = self._row.get(pid)
+            if row is not None and row < n_before:
+                self.rewrite_version = version
             if row is None:
                 row = self._row[pid] = self._n
                 self._ids.append(pid)
@@ -141,6 +148,8 @@ class TrajectoryCache:
             self._ids.pop()
             self._n -= 1
             removed += 1
+        if removed:
+            self.rewrite_version = version
         self.version = version
         self._snapshot = None
         return removed
@@ -173,3 +182,10 @@ class TrajectoryCache:
         if self._n == 0:
             return 0
         return int(np.unique(self._series[: self._n]).size)
+
+    def series_size(self, series: str) -> int:
+        """Number of points of ``series`` (0 for an unknown one)."""
+        code = self._series_code.get(series)
+        if code is None:
+            return 0
+        return int(np.count_nonzero(self._series[: self._n] == code))

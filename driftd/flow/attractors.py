@@ -7,12 +7,13 @@ using the analytic Jacobian, whose eigenvalues classify each point (Strogatz,
 Nonlinear Dynamics and Chaos, ch. 6). Saddles are not reached by forward
 integration, so they are root-found from where the flow along the segment between
 two stable points turns round. Fixed points outside the data's support are dropped.
-Reproducibility counts how often a moving-block bootstrap refit (Kuensch 1989) has a
-fixed point of the same type within half a bandwidth (root-found from the point). A
-refit with unit multiplicities is the fit itself (same subspace, centres,
-hyperparameters, bias-correcting pilot and weights), so replicates differ by
-resampling alone: the score measures sampling variability (a weak focus whose
-stability flips under resampling scores below 1), not estimator bias.
+Reproducibility counts how often a moving-block bootstrap refit (Kuensch 1989; the
+replicates of a :class:`driftd.flow.ensemble.FlowEnsemble`) has a fixed point of the
+same type within half a bandwidth (root-found from the point). A refit with unit
+multiplicities is the fit itself (same subspace, centres, hyperparameters,
+bias-correcting pilot and weights), so replicates differ by resampling alone: the
+score measures sampling variability (a weak focus whose stability flips under
+resampling scores below 1), not estimator bias.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Attractor:
     the centre per second (~0); ``members`` (k,) int64 indices into the data of the
     basin's points, nearest to the centre first; ``reproducibility`` share of
     bootstrap refits that find a fixed point of the same type within half a bandwidth
-    (1.0 without bootstrap).
+    (NaN when no ensemble was given: not measured).
     """
 
     center: np.ndarray
@@ -63,17 +64,20 @@ class Attractor:
     reproducibility: float
 
 
-def find_attractors(field, X=None, *, n_seeds=64, n_bootstrap=0, random_state=0) -> list[Attractor]:
+def find_attractors(field, X=None, *, n_seeds=64, ensemble=None, random_state=0) -> list[Attractor]:
     """Fixed points of a fitted FlowField with basins, sorted by basin_fraction (desc).
 
     X (n, d) data for seeds and basins, or None for the field's own fitted data
-    (``members`` then index the fit input). ``n_seeds`` integration seeds,
-    ``n_bootstrap`` moving-block bootstrap refits for ``reproducibility``.
-    Deterministic under ``random_state``.
+    (``members`` then index the fit input). ``n_seeds`` integration seeds.
+    ``ensemble`` a FlowEnsemble fitted on ``field`` whose B replicates measure
+    ``reproducibility`` (each costs about one root finding per fixed point); None
+    leaves it NaN. Deterministic under ``random_state``. Raises ValueError for bad
+    arguments or an ensemble of another field.
     """
     check_is_fitted(field, "coef_")
     n_seeds = check_int(n_seeds, "n_seeds", minimum=1)
-    n_bootstrap = check_int(n_bootstrap, "n_bootstrap", minimum=0)
+    if ensemble is not None and ensemble.field_ is not field:
+        raise ValueError("ensemble must be fitted on this field")
     rng = check_random_state(random_state)
     Zd = field.Z_.astype(np.float64) if X is None else field.transform(X)
     if len(Zd) == 0:
@@ -84,11 +88,14 @@ def find_attractors(field, X=None, *, n_seeds=64, n_bootstrap=0, random_state=0)
     stable = [i for i, (_, _, kind) in enumerate(points) if kind == "stable"]
     labels = _basins(field, Zd, seeds, [points[i][0] for i in stable], speed_scale, rng)
 
-    hits = np.zeros(len(points))
-    for _ in range(n_bootstrap):
-        refit = field._refit(_block_bootstrap_counts(field.n_transitions_, rng))
-        for i, (z, _, kind) in enumerate(points):
-            hits[i] += _persists(refit, z, kind, speed_scale)
+    reproducibility = np.full(len(points), np.nan)
+    if ensemble is not None:
+        hits = np.zeros(len(points))
+        for b in range(ensemble.n_replicates_):
+            refit = ensemble.replicate(b)
+            for i, (z, _, kind) in enumerate(points):
+                hits[i] += _persists(refit, z, kind, speed_scale)
+        reproducibility = hits / ensemble.n_replicates_
 
     result = []
     for i, (z, eig, kind) in enumerate(points):
@@ -108,7 +115,7 @@ def find_attractors(field, X=None, *, n_seeds=64, n_bootstrap=0, random_state=0)
                     np.linalg.norm(field._lift_velocity(z[None], field._velocity(z[None])))
                 ),
                 members=members,
-                reproducibility=hits[i] / n_bootstrap if n_bootstrap else 1.0,
+                reproducibility=float(reproducibility[i]),
             )
         )
     result.sort(key=lambda a: (-a.basin_fraction, _ORDER[a.stability], a.speed))
@@ -226,12 +233,3 @@ def _basins(field, Zd, seeds, stable, speed_scale, rng):
     which, dist = nearest(ends, np.asarray(stable))
     which[dist > field.bandwidth_] = -1
     return which[nearest(Zd, starts)[0]]
-
-
-def _block_bootstrap_counts(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Multiplicities (n,) of a moving-block bootstrap resample of n time-ordered
-    transitions, block length n^(1/3)."""
-    length = max(1, round(n ** (1 / 3)))
-    first = rng.integers(0, n - length + 1, size=-(-n // length))
-    idx = (first[:, None] + np.arange(length)).ravel()[:n]
-    return np.bincount(idx, minlength=n).astype(np.float64)

@@ -83,3 +83,15 @@ def detect_chapters(X, *, min_size=5, penalty=None, rank=None, random_state=0) -
     ends = rpt.KernelCPD(kernel="linear", min_size=min_size).fit(Z).predict(pen=penalty)
     starts = [0, *ends[:-1]]
     return [Chapter(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
+
+
+def nearest_to_means(X, bounds, k: int) -> list[np.ndarray]:
+    """For each chapter ``(start, end)`` of X (n, d), the row positions (int64, at most
+    ``k``, nearest first, ties by position) of its rows nearest the chapter's mean in
+    Euclidean distance: the chapter's representatives. Normalise X first for cosine."""
+    reps = []
+    for start, end in bounds:
+        seg = X[start:end]
+        d2 = ((seg - seg.mean(0)) ** 2).sum(1)
+        reps.append(start + np.argsort(d2, kind="stable")[:k])
+    return reps

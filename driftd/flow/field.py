@@ -30,6 +30,11 @@ velocity (SparseVFC in dynamo: Qiu et al., Cell 2022; Ma et al., Pattern Recogni
    reversion towards the subspace, with a rate fitted to the lagged residual
    correlation exp(-rate dt), so ``predict`` gives a full-space velocity.
 
+:meth:`FlowField.update` refreshes a fitted field with appended points from their
+transitions alone: the normal equations of step 3 are sums over transitions, so the
+new rows are added and the system solved again, with subspace, centres and
+hyperparameters kept until a full refit.
+
 For ``normalize=True`` the reduced model lives on the sphere: ``inverse_transform``
 lifts a reduced point z to the unit vector whose projection is exactly z, adding the
 missing norm along the off-subspace part of the mean direction (the hemisphere over
@@ -92,6 +97,16 @@ _SUPPORT_QUANTILE = 0.01
 _SUPPORT_FACTOR = 0.5
 _SUPPORT_SAMPLE = 5000
 _RESIDUAL_QUANTILE = 0.99
+# update() refuses (RefitRequired) when the appended data may need a new subspace,
+# centres or hyperparameters: the points added since the last full fit exceed this
+# share of it (on the planted 3 wells, 5,000 -> 6,000 points kept the CV choice and
+# rank, and the update's velocity had cosine 0.9997 to the refit's), the new points'
+# mean off-subspace energy exceeds the fitted points' by this factor (a direction the
+# PCA never saw), or more than this share of them lie outside the fitted support (a
+# region without control points; the threshold leaves out < 1 % of the data).
+_REFIT_GROWTH = 0.25
+_REFIT_RESIDUAL = 1.5
+_REFIT_OUTSIDE = 0.05
 
 
 class InsufficientDataError(ValueError):
@@ -113,14 +128,21 @@ class InsufficientDataError(ValueError):
         return type(self), (self.n_required, self.n_available, self.what)
 
 
+class RefitRequired(ValueError):
+    """:meth:`FlowField.update` cannot absorb the new points; fit from scratch instead.
+    The message says why."""
+
+
 @dataclass(frozen=True)
 class Probe:
     """Local flow at query points (n of them), from :meth:`FlowField.probe`.
 
     ``velocity`` (n, d) float64, full-space units per second; ``speed`` (n,) its norm;
     ``support`` (n,) effective number of nearby observations (kernel-weighted count);
-    ``in_support`` (n,) bool; ``confidence`` (n,) in [0, 1], support / (support +
-    threshold): 0.5 exactly at the support threshold, -> 1 deep inside the data.
+    ``in_support`` (n,) bool; ``confidence`` (n,) in [0, 1], from
+    :meth:`FlowField.probe` support / (support + threshold): 0.5 exactly at the support
+    threshold, -> 1 deep inside the data; from :meth:`FlowEnsemble.probe
+    <driftd.flow.ensemble.FlowEnsemble.probe>` the bootstrap replicates' agreement.
     """
 
     velocity: np.ndarray
@@ -164,6 +186,16 @@ class FlowField(BaseEstimator):
     seconds, ``transition_weight_`` (T,) final regression weights, ``pilot_coef_``
     (min(M, 300), r) the pilot on the first centres (cross-validated, then refitted on
     its own bias-corrected targets; it corrects the targets), ``n_features_in_``.
+
+    Kept for :meth:`update`: ``gram_`` (M, M) and ``target_moment_`` (M, r), the
+    unnormalised weighted normal equations, and ``weight_sum_``; ``weight_profile_``
+    the fitted weighting rule; ``gap_window_`` (2,) usable gaps, seconds;
+    ``residual_sq_`` (N,) squared off-subspace residual of each point;
+    ``transition_cross_`` (T,) lagged residual products (NaN: not known);
+    ``tail_series_``, ``tail_index_``, ``tail_time_`` (S,) each series' code, last
+    point (input index) and its time; ``n_samples_full_fit_`` points at the last full
+    fit; ``transition_batches_`` (u + 1,) int64 transition counts after the full fit
+    and after each of u updates (the bootstrap resamples each batch on its own).
     """
 
     def __init__(
@@ -220,9 +252,11 @@ class FlowField(BaseEstimator):
                 + f", got {self.rank}"
             )
 
-        order, keep, dt = _transitions(t, series)
+        order, keep, dt, self.gap_window_ = _transitions(t, series)
         start, end = order[:-1][keep], order[1:][keep]
         self.time_scale_ = float(np.median(dt))
+        self.n_samples_full_fit_ = n
+        self.tail_series_, self.tail_index_, self.tail_time_ = _series_tails(order, t, series)
 
         Xn = normalize_rows(X) if self.normalize else X
         pca = fit_pca(
@@ -265,6 +299,7 @@ class FlowField(BaseEstimator):
         self.transitions_ = np.stack([start, end], axis=1)
         self.transition_dt_ = dt
         self.n_transitions_ = len(dt)
+        self.transition_batches_ = np.array([self.n_transitions_])
         Zs = Z[start]
         Y = (Z[end] - Zs) / dt[:, None]
         h0 = _median_distance(Z_sorted, rng)
@@ -275,15 +310,22 @@ class FlowField(BaseEstimator):
         pilot_centers = self.centers_[:_CV_MAX_CENTERS]
         for _ in range(_PILOT_ROUNDS):
             Y, P = self._targets(Z, sub)
-            w = _transition_weights(dt[sub], Y - P)
+            w, _ = _transition_weights(dt[sub], Y - P)
             self.pilot_coef_ = _solve(Zs[sub], Y, w, pilot_centers, h, lam)
         Y, P = self._targets(Z)
-        self.transition_weight_ = _transition_weights(dt, Y - P)
-        self.coef_ = _solve(Zs, Y, self.transition_weight_, self.centers_, h, lam)
+        self.transition_weight_, self.weight_profile_ = _transition_weights(dt, Y - P)
+        # The normal equations are kept: update() adds new transitions' rows to them.
+        self.gram_, self.target_moment_, self.weight_sum_ = _gram(
+            Zs, Y, self.transition_weight_, self.centers_, h
+        )
+        self.coef_ = self._solve_normal()
 
         cross, own = self._residual_products(Xn, Z, order)
+        self.residual_sq_ = np.empty(n)
+        self.residual_sq_[order] = own
+        self.transition_cross_ = cross[keep]
         self.residual_scale_ = float(np.sqrt(np.quantile(own, _RESIDUAL_QUANTILE)))
-        self.reversion_rate_ = _fit_reversion(cross[keep], own[keep], dt, self.time_scale_)
+        self.reversion_rate_ = _fit_reversion(cross[keep], own[:-1][keep], dt, self.time_scale_)
         self.center_counts_ = np.bincount(nearest(Z, self.centers_)[0], minlength=n_centers)
         sample = Z_sorted[rng.permutation(n)[:_SUPPORT_SAMPLE]]
         self.support_threshold_ = _SUPPORT_FACTOR * float(
@@ -321,16 +363,26 @@ class FlowField(BaseEstimator):
         return h, lam, sub, _solve(Zc, Yc, wc, centers, h, lam)
 
     def _residual_products(self, Xn, Z, order):
-        """e_i . e_(i+1) and |e_i|^2 (N - 1,) over consecutive rows of ``order``, where
-        e = x - lift(z) is the part of a point the reduced model does not represent."""
+        """e_i . e_(i+1) (N - 1,) over consecutive rows of ``order`` and |e_i|^2 (N,) of
+        each, where e = x - lift(z) is the part of a point the reduced model does not
+        represent."""
         cross = np.empty(len(order) - 1)
-        own = np.empty(len(order) - 1)
-        for s in range(0, len(order) - 1, CHUNK):
+        own = np.empty(len(order))
+        for s in range(0, len(order), CHUNK):
             idx = order[s : s + CHUNK + 1]
             E = Xn[idx].astype(np.float64) - self._lift(Z[idx])
             cross[s : s + len(idx) - 1] = np.einsum("ij,ij->i", E[:-1], E[1:])
-            own[s : s + len(idx) - 1] = np.einsum("ij,ij->i", E[:-1], E[:-1])
+            own[s : s + len(idx)] = np.einsum("ij,ij->i", E, E)
         return cross, own
+
+    def _solve_normal(self) -> np.ndarray:
+        """Coefficients (M, r) from the kept normal equations."""
+        return _ridge(
+            self.gram_ / self.weight_sum_,
+            self.target_moment_ / self.weight_sum_,
+            gaussian_kernel(self.centers_, self.centers_, self.bandwidth_),
+            self.alpha_,
+        )
 
     # ------------------------------------------------------------ reduced space
 
@@ -486,6 +538,141 @@ class FlowField(BaseEstimator):
         clone.coef_ = _solve(Zs, Y, w, self.centers_, self.bandwidth_, self.alpha_)
         return clone
 
+    def update(self, X, t, series=None, *, positions=None) -> FlowField:
+        """A copy refreshed with appended points, touching only their transitions.
+
+        X (m, d) float32/float64 new vectors; t (m,) float64 epoch seconds; series (m,)
+        integer codes as in :meth:`fit` (None: series 0); positions (m,) int64 or None:
+        where the new rows go in the combined input order of n + m rows (the fitted
+        rows keep their relative order in the remaining slots; None: after them).
+        ``Z_``, ``transitions_`` and ``tail_index_`` of the copy index that order.
+
+        Subspace, centres, bandwidth, ridge strength, pilot, time scale, gap window and
+        weight profile stay as fitted. The new transitions (each series' last point to
+        its first new one, then consecutive new points) get pilot-corrected targets and
+        weights; their rows are added to the kept normal equations, which are solved
+        again (recursive least squares in batch form, e.g. Hastie, Tibshirani &
+        Friedman 2009, sec. 3.2: the Gram and moment matrices are sums over rows).
+        Centre counts, support threshold, residual scale and OU rate are recomputed
+        over all points; the OU fit leaves out transitions from a fitted point (its
+        full-space residual is not kept). Appended transitions follow the fitted
+        ones, in (series, t) order. Costs O(m M^2 + M^3), not O(N M^2) plus
+        cross-validation; deterministic under ``random_state``.
+
+        Raises:
+            RefitRequired: a new point precedes (or ties and precedes in input order)
+                the last fitted point of its series; or the points added since the
+                last full fit exceed 25 % of it, or their mean off-subspace energy is
+                above 1.5x the fitted points', or more than 5 % of them are outside
+                the fitted support.
+            ValueError: malformed input.
+        """
+        check_is_fitted(self, "gram_")
+        X = check_matrix(X, n_features=self.n_features_in_)
+        m, n = len(X), len(self.Z_)
+        t = check_vector(t, "t", m)
+        series = (
+            np.zeros(m, dtype=np.int64)
+            if series is None
+            else check_vector(series, "series", m, integer=True)
+        )
+        if positions is None:
+            positions = np.arange(n, n + m)
+        else:
+            positions = check_vector(positions, "positions", m, integer=True)
+            if np.any((positions < 0) | (positions >= n + m)) or len(np.unique(positions)) < m:
+                raise ValueError(f"positions must be {m} distinct integers in [0, {n + m})")
+        if m == 0:
+            return copy.copy(self)
+        is_new = np.zeros(n + m, dtype=bool)
+        is_new[positions] = True
+        old_at = np.flatnonzero(~is_new)  # combined position of each fitted row
+
+        # New rows in the stable (series, t) order, each paired with its predecessor.
+        o = np.lexsort((positions, t, series))
+        s_o, t_o, p_o = series[o], t[o], positions[o]
+        first = np.append(True, s_o[1:] != s_o[:-1])
+        k = np.minimum(np.searchsorted(self.tail_series_, s_o), len(self.tail_series_) - 1)
+        has_tail = self.tail_series_[k] == s_o
+        tail_pos, tail_t = old_at[self.tail_index_[k]], self.tail_time_[k]
+        if np.any(has_tail & ((t_o < tail_t) | ((t_o == tail_t) & (p_o < tail_pos)))):
+            raise RefitRequired("new points precede the last fitted point of their series")
+        grown = n + m - self.n_samples_full_fit_
+        if grown > _REFIT_GROWTH * self.n_samples_full_fit_:
+            raise RefitRequired(
+                f"{grown} points added since the last full fit of {self.n_samples_full_fit_}"
+            )
+        Xn = (normalize_rows(X) if self.normalize else X).astype(np.float64)
+        Z_new = project(Xn, self.mean_, self.components_).astype(np.float32)
+        Zd = Z_new.astype(np.float64)
+        E = Xn - self._lift(Zd)
+        own = np.einsum("ij,ij->i", E, E)
+        energy = own.mean() / max(self.residual_sq_.mean(), 1e-300)
+        if energy > _REFIT_RESIDUAL:
+            raise RefitRequired(f"new points' off-subspace energy is {energy:.2f}x the fitted")
+        outside = np.mean(self._support(Xn, Zd) < self.support_threshold_)
+        if outside > _REFIT_OUTSIDE:
+            raise RefitRequired(f"{outside:.1%} of the new points are outside the support")
+
+        prev_pos = np.append(-1, p_o[:-1])
+        prev_t = np.append(t_o[0], t_o[:-1])
+        prev_pos[first], prev_t[first] = tail_pos[first], np.where(has_tail, tail_t, t_o)[first]
+        dt = t_o - prev_t  # 0 for a new series' first point: no predecessor
+        lo, hi = self.gap_window_
+        keep = (dt > 0) & (dt >= lo) & (dt <= hi)
+        start, end, dt = prev_pos[keep], p_o[keep], dt[keep]
+        cross = np.full(m, np.nan)  # unknown from a fitted point
+        cross[1:] = np.einsum("ij,ij->i", E[o[:-1]], E[o[1:]])
+        cross[first] = np.nan
+
+        clone = copy.copy(self)
+        clone.Z_ = np.empty((n + m, self.rank_), dtype=np.float32)
+        clone.Z_[old_at], clone.Z_[positions] = self.Z_, Z_new
+        clone.residual_sq_ = np.empty(n + m)
+        clone.residual_sq_[old_at], clone.residual_sq_[positions] = self.residual_sq_, own
+        clone.transitions_ = np.concatenate(
+            [old_at[self.transitions_], np.stack([start, end], axis=1)]
+        )
+        clone.transition_dt_ = np.concatenate([self.transition_dt_, dt])
+        clone.transition_cross_ = np.concatenate([self.transition_cross_, cross[keep]])
+        clone.n_transitions_ = len(clone.transition_dt_)
+        clone.transition_batches_ = np.append(self.transition_batches_, clone.n_transitions_)
+        Z = clone.Z_.astype(np.float64)
+        Y, P = clone._targets(Z, np.arange(self.n_transitions_, clone.n_transitions_))
+        w = self.weight_profile_(dt, Y - P)
+        G, B, W = _gram(Z[start], Y, w, self.centers_, self.bandwidth_)
+        clone.transition_weight_ = np.concatenate([self.transition_weight_, w])
+        clone.gram_ = self.gram_ + G
+        clone.target_moment_ = self.target_moment_ + B
+        clone.weight_sum_ = self.weight_sum_ + W
+        clone.coef_ = clone._solve_normal()
+
+        known = np.isfinite(clone.transition_cross_)
+        clone.reversion_rate_ = _fit_reversion(
+            clone.transition_cross_[known],
+            clone.residual_sq_[clone.transitions_[known, 0]],
+            clone.transition_dt_[known],
+            self.time_scale_,
+        )
+        clone.residual_scale_ = float(np.sqrt(np.quantile(clone.residual_sq_, _RESIDUAL_QUANTILE)))
+        clone.center_counts_ = self.center_counts_ + np.bincount(
+            nearest(Zd, self.centers_)[0], minlength=len(self.centers_)
+        )
+        rng = check_random_state(self.random_state)
+        sample = Z[rng.permutation(n + m)[:_SUPPORT_SAMPLE]]
+        clone.support_threshold_ = _SUPPORT_FACTOR * float(
+            np.quantile(clone._support_z(sample), _SUPPORT_QUANTILE)
+        )
+        # The last point of a series is its last new one, else its fitted tail.
+        last = np.append(s_o[1:] != s_o[:-1], True)
+        codes = np.concatenate([self.tail_series_, s_o[last]])
+        index = np.concatenate([old_at[self.tail_index_], p_o[last]])
+        times = np.concatenate([self.tail_time_, t_o[last]])
+        codes, rev = np.unique(codes[::-1], return_index=True)
+        pick = len(index) - 1 - rev
+        clone.tail_series_, clone.tail_index_, clone.tail_time_ = codes, index[pick], times[pick]
+        return clone
+
 
 # ----------------------------------------------------------------------- helpers
 
@@ -502,19 +689,28 @@ def _kernel_apply(Z: np.ndarray, centers: np.ndarray, h: float, coef: np.ndarray
 def _transitions(t: np.ndarray, series: np.ndarray):
     """Stable (series, t) order and the usable consecutive pairs.
 
-    Returns order (N,), keep (N - 1,) bool over consecutive pairs of ``order``, and
-    dt (T,) of the kept pairs. Raises InsufficientDataError if too few remain.
+    Returns order (N,), keep (N - 1,) bool over consecutive pairs of ``order``, dt (T,)
+    of the kept pairs and the usable gap window (2,) seconds. Raises
+    InsufficientDataError if too few remain.
     """
     order = np.lexsort((t, series))
     dt = np.diff(t[order])
     valid = (series[order][1:] == series[order][:-1]) & (dt > 0)
     if valid.sum() < MIN_TRANSITIONS:
         raise InsufficientDataError(MIN_TRANSITIONS, int(valid.sum()), "transitions")
-    tau = np.median(dt[valid])
-    keep = valid & (dt >= _MIN_GAP * tau) & (dt <= _MAX_GAP * tau)
+    window = np.median(dt[valid]) * np.array([_MIN_GAP, _MAX_GAP])
+    keep = valid & (dt >= window[0]) & (dt <= window[1])
     if keep.sum() < MIN_TRANSITIONS:
         raise InsufficientDataError(MIN_TRANSITIONS, int(keep.sum()), "transitions")
-    return order, keep, dt[keep]
+    return order, keep, dt[keep], window
+
+
+def _series_tails(order: np.ndarray, t: np.ndarray, series: np.ndarray):
+    """The last point of every series in the stable (series, t) ``order``: sorted codes
+    (S,) int64, their input indices (S,) int64 and times (S,) float64."""
+    codes = series[order]
+    last = np.flatnonzero(np.append(codes[1:] != codes[:-1], True))
+    return codes[last].astype(np.int64), order[last].astype(np.int64), t[order][last]
 
 
 def _effective_size(Xn: np.ndarray, start: np.ndarray, end: np.ndarray) -> float:
@@ -613,9 +809,33 @@ def _ridge(G, B, K, lam):
     return scipy.linalg.cho_solve(scipy.linalg.cho_factor(A, check_finite=False), B)
 
 
-def _transition_weights(dt: np.ndarray, resid: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class _GapWeights:
+    """Regression weights of transitions from their gaps and pilot residuals, as fitted
+    by :func:`_transition_weights`: the variance profile g (``level`` (g,) at the
+    ``log_gap`` (g,) nodes, log seconds), the outlier cut-off ``cut`` of the
+    standardised residual and ``scale``, the mean raw weight of the fitted transitions
+    (so their weights have mean 1)."""
+
+    log_gap: np.ndarray
+    level: np.ndarray
+    cut: float
+    scale: float
+
+    def __call__(self, dt: np.ndarray, resid: np.ndarray) -> np.ndarray:
+        """Weights (T,) of transitions with gaps dt (T,) seconds and residuals resid (T, r)."""
+        energy = dt * np.einsum("ij,ij->i", resid, resid)
+        profile = np.interp(np.log(dt), self.log_gap, self.level)
+        z = np.sqrt(energy / profile)  # sqrt(w) |resid|
+        w = dt / profile
+        w *= np.where(z <= self.cut, 1.0, (self.cut / np.maximum(z, 1e-300)) ** 2)
+        return w / self.scale
+
+
+def _transition_weights(dt: np.ndarray, resid: np.ndarray) -> tuple[np.ndarray, _GapWeights]:
     """Regression weights (T,), mean 1, of transitions with gaps dt (T,) and pilot
-    residuals resid (T, r): inverse variances, then Cauchy down-weighting of outliers.
+    residuals resid (T, r): inverse variances, then Cauchy down-weighting of outliers;
+    and the fitted rule, which weighs further transitions on the same scale.
 
     Under pure diffusion dt |resid|^2 has the same law for every gap (weights ~ dt);
     discretisation and model error make it grow with the gap. Its median over ten
@@ -631,13 +851,13 @@ def _transition_weights(dt: np.ndarray, resid: np.ndarray) -> np.ndarray:
     level = np.maximum(level, 1e-12 * level.max() + 1e-300)
     # equal gaps in several groups (ties, regular clocks): keep the last, largest level
     mid, last = np.unique(mid[::-1], return_index=True)
-    profile = np.interp(np.log(dt), np.log(mid), level[::-1][last])
-    w = dt / profile
-    z = np.sqrt(energy / profile)  # sqrt(w) |resid|
+    log_gap, level = np.log(mid), level[::-1][last]
+    z = np.sqrt(energy / np.interp(np.log(dt), log_gap, level))
     med = np.median(z)
-    cut = med + _OUTLIER_MADS * 1.4826 * np.median(np.abs(z - med))
-    w *= np.where(z <= cut, 1.0, (cut / np.maximum(z, 1e-300)) ** 2)
-    return w / w.mean()
+    cut = float(med + _OUTLIER_MADS * 1.4826 * np.median(np.abs(z - med)))
+    raw = _GapWeights(log_gap, level, cut, 1.0)(dt, resid)
+    rule = _GapWeights(log_gap, level, cut, float(raw.mean()))
+    return raw / rule.scale, rule
 
 
 def _jacobian(z, centers, coef, h):
@@ -646,7 +866,15 @@ def _jacobian(z, centers, coef, h):
     return -(coef * k[:, None]).T @ diff / h**2
 
 
+def _gram(Zs, Y, w, centers, h):
+    """Unnormalised normal equations of the weighted kernel regression of velocities
+    Y (n, r) at Zs (n, r): Phi^T W Phi (M, M), Phi^T W Y (M, r) and sum w. Sums over
+    rows, so blocks of rows add up."""
+    G, B, _, Wk = _normal_equations(Zs, Y, w, centers, h, np.zeros(len(Zs), dtype=np.int64), 1)
+    return G[0], B[0], float(Wk[0])
+
+
 def _solve(Zs, Y, w, centers, h, lam):
     """Coefficients (M, r) of the weighted kernel ridge fit of velocities Y (n, r) at Zs."""
-    G, B, _, Wk = _normal_equations(Zs, Y, w, centers, h, np.zeros(len(Zs), dtype=np.int64), 1)
-    return _ridge(G[0] / Wk[0], B[0] / Wk[0], gaussian_kernel(centers, centers, h), lam)
+    G, B, W = _gram(Zs, Y, w, centers, h)
+    return _ridge(G / W, B / W, gaussian_kernel(centers, centers, h), lam)

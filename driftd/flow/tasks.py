@@ -4,7 +4,11 @@ The engine runs these in a forkserver ``ProcessPoolExecutor``; this module
 imports only numpy and driftd.flow. A fitted FlowField is sent to a worker once
 and kept there under a key (collection, version, fit id): later tasks on the same
 model send only the key, and a worker that does not hold it raises
-:class:`ModelMissing` so the engine resends the model with the task.
+:class:`ModelMissing` so the engine resends the model with the task. A model's
+bootstrap ensemble (:class:`driftd.flow.ensemble.FlowEnsemble`) is built right
+after the fit, carried over by "update" (which refreshes a held model from
+appended rows alone), and travels with the model when it is resent; a worker
+builds it on first use only if it got the model without one.
 
 All positions are indices into the time-ordered data the field was fitted on.
 """
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from driftd.flow.attractors import Attractor, find_attractors
-from driftd.flow.chapters import detect_chapters
+from driftd.flow.chapters import detect_chapters, nearest_to_means
+from driftd.flow.ensemble import FlowEnsemble
 from driftd.flow.field import FlowField
 from driftd.flow.simulate import Trajectory, simulate
 from driftd.flow.timeline import spread_ties
@@ -27,30 +32,61 @@ _MAX_MODELS = 8
 # Displacement per step, in kernel bandwidths, below which a path has stalled.
 _STALL = 1e-4
 _MODELS: OrderedDict[str, FlowField] = OrderedDict()
+# The largest bootstrap ensemble built so far for each held model.
+_ENSEMBLES: dict[str, FlowEnsemble] = {}
 
 
 class ModelMissing(LookupError):
     """This worker does not hold the model ``key``: resend it with the task."""
 
 
-def _model(key: str, field: FlowField | None) -> FlowField:
+def _model(key: str, field: FlowField | None, ensemble: FlowEnsemble | None = None) -> FlowField:
     if field is not None:
-        _MODELS[key] = field
+        # A key names one fitted model: a resend to a worker that holds it (after a
+        # ModelMissing elsewhere) keeps the held copy, which its ensemble refers to.
+        if _MODELS.setdefault(key, field) is field and ensemble is not None:
+            _ENSEMBLES[key] = ensemble
     elif key not in _MODELS:
         raise ModelMissing(key)
     _MODELS.move_to_end(key)
     while len(_MODELS) > _MAX_MODELS:
-        _MODELS.popitem(last=False)
+        _ENSEMBLES.pop(_MODELS.popitem(last=False)[0], None)
     return _MODELS[key]
 
 
-def run(task: str, key: str, field: FlowField | None, *args, **kwargs):
-    """Runs ``task`` (a name in TASKS) on the model ``key``.
+def _ensemble(key: str, field: FlowField, n: int) -> FlowEnsemble:
+    """The model's first ``n`` bootstrap refits, built on first use (a larger request
+    rebuilds: replicate b depends only on b, the seed and the field's batches, so the
+    first ones stay, up to the span truncation if they were carried over updates)."""
+    built = _ENSEMBLES.get(key)
+    if built is None or built.n_replicates_ < n:
+        seed = field.random_state if field.random_state is not None else 0
+        built = _ENSEMBLES[key] = FlowEnsemble(n, random_state=seed).fit(field)
+    return built.subset(n)
+
+
+def run(
+    task: str,
+    key: str,
+    field: FlowField | None,
+    ensemble: FlowEnsemble | None,
+    *args,
+    replicates: int = 0,
+    **kwargs,
+):
+    """Runs ``task`` (a name in TASKS) on the model ``key``, given as ``field`` and its
+    ``ensemble`` (of ``field``, or None) when resent, else both None; with
+    ``replicates`` >= 2 the task also gets ``ensemble=``, the model's FlowEnsemble of
+    that many refits (built here if missing: ~1.6 s at 20k points, 5 s at 100k;
+    bench/flow/scale.py).
 
     Raises:
         ModelMissing: ``field`` is None and this worker does not hold ``key``.
     """
-    return TASKS[task](_model(key, field), *args, **kwargs)
+    model = _model(key, field, ensemble)
+    if replicates:
+        kwargs["ensemble"] = _ensemble(key, model, replicates)
+    return TASKS[task](model, *args, **kwargs)
 
 
 def fit(
@@ -61,8 +97,11 @@ def fit(
     *,
     normalize: bool,
     random_state: int,
-) -> FlowField:
-    """Fits a FlowField on time-ordered data and keeps it in this worker under ``key``.
+    replicates: int,
+) -> tuple[FlowField, FlowEnsemble]:
+    """Fits a FlowField on time-ordered data and its FlowEnsemble of ``replicates``
+    refits, keeps both in this worker under ``key`` and returns them (the engine
+    resends the ensemble with the model, so no other worker builds it).
 
     Tied times within a series are spread over the clock's resolution first
     (:func:`driftd.flow.timeline.spread_ties`): their order is real.
@@ -73,7 +112,38 @@ def fit(
     field = FlowField(normalize=normalize, random_state=random_state)
     field.fit(X, spread_ties(t, series), series)
     _model(key, field)
-    return field
+    return field, _ensemble(key, field, replicates)
+
+
+def _update(
+    field: FlowField,
+    key: str,
+    X: np.ndarray,
+    t: np.ndarray,
+    series: np.ndarray,
+    positions: np.ndarray,
+    replicates: int,
+) -> tuple[FlowField, FlowEnsemble | None]:
+    """The model refreshed with rows appended to its data (:meth:`FlowField.update`)
+    and the first ``replicates`` of its held ensemble carried over
+    (:meth:`FlowEnsemble.update`), both kept in this worker under ``key`` next to the
+    old ones; the ensemble is None if this worker holds none (or fewer replicates)
+    for the old model: it is then built on first use.
+
+    X (m, d), t (m,) spread times (:func:`driftd.flow.timeline.spread_appended`),
+    series (m,) codes, positions (m,) of the new rows in the new time order.
+
+    Raises:
+        RefitRequired: the rows cannot be absorbed; fit from scratch.
+    """
+    updated = field.update(X, t, series, positions=positions)
+    # Ensembles refer to their held model: at most _MAX_MODELS to look through.
+    held = next((e for e in _ENSEMBLES.values() if e.field_ is field), None)
+    ensemble = None
+    if held is not None and held.n_replicates_ >= replicates:
+        ensemble = held.subset(replicates).update(updated)
+    _model(key, updated, ensemble)
+    return updated, ensemble
 
 
 def _nearest(field: FlowField, Z: np.ndarray, k: int = 1) -> np.ndarray:
@@ -99,8 +169,9 @@ class ProbeOut:
     nearest: np.ndarray
 
 
-def _probe(field: FlowField, X: np.ndarray) -> ProbeOut:
-    p = field.probe(X)
+def _probe(field: FlowField, X: np.ndarray, *, ensemble: FlowEnsemble) -> ProbeOut:
+    """The ensemble's probe (confidence = bootstrap agreement) at X (n, d)."""
+    p = ensemble.probe(X)
     nearest = _nearest(field, field.transform(X))[:, 0]
     return ProbeOut(p.velocity, p.speed, p.support, p.in_support, p.confidence, nearest)
 
@@ -127,9 +198,19 @@ def _jittered_starts(field: FlowField, x0: np.ndarray, paths: int, seed: int) ->
 
 
 def _simulate(
-    field: FlowField, x0: np.ndarray, n_steps: int, dt: float | None, stop_outside_support: bool
+    field: FlowField,
+    x0: np.ndarray,
+    n_steps: int,
+    dt: float | None,
+    stop_outside_support: bool,
+    band_coverage: float,
+    ensemble_state: np.ndarray | None,
+    *,
+    ensemble: FlowEnsemble,
 ) -> PathChunk:
-    """Simulates n_steps from x0 (d,); resumable from the chunk's last position."""
+    """Simulates n_steps from x0 (d,) with the ensemble's band at ``band_coverage``;
+    resumable from the chunk's last position and ``trajectory.ensemble_state``
+    (None: the replicates start at x0)."""
     # A path whose step moves less than 1e-4 bandwidths has reached a fixed point.
     step = field.time_scale_ if dt is None else dt
     stop_speed = _STALL * field.bandwidth_ / step
@@ -140,6 +221,9 @@ def _simulate(
         dt=dt,
         stop_speed=stop_speed,
         stop_outside_support=stop_outside_support,
+        ensemble=ensemble,
+        band_coverage=band_coverage,
+        ensemble_state=ensemble_state,
     )
     nearest = _nearest(field, field.transform(traj.positions))[:, 0]
     return PathChunk(traj, nearest, field.in_support(traj.positions))
@@ -156,14 +240,11 @@ class AttractorsOut:
 
 
 def _attractors(
-    field: FlowField, n_seeds: int, random_state: int, k: int, n_bootstrap: int = 0
+    field: FlowField, n_seeds: int, random_state: int, k: int, *, ensemble: FlowEnsemble
 ) -> AttractorsOut:
-    """find_attractors with k representatives each. ``n_bootstrap`` refits make
-    ``reproducibility`` a measurement (1.0 without); each costs about one fit's
-    final solve (~1 s at 20k points, ~4 s at 100k, d = 384, one thread)."""
-    found = find_attractors(
-        field, n_seeds=n_seeds, n_bootstrap=n_bootstrap, random_state=random_state
-    )
+    """find_attractors with k representatives each; the ensemble's refits measure
+    ``reproducibility``."""
+    found = find_attractors(field, n_seeds=n_seeds, ensemble=ensemble, random_state=random_state)
     basin = np.full(len(field.Z_), -1, dtype=np.int64)
     for i, a in enumerate(found):
         basin[a.members] = i
@@ -200,16 +281,12 @@ def chapters(
     if normalize:
         X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     found = detect_chapters(X, min_size=min_size, penalty=penalty, random_state=random_state)
-    bounds, reps = [], []
-    for c in found:
-        seg = X[c.start : c.end]
-        d2 = ((seg - seg.mean(0)) ** 2).sum(1)
-        bounds.append((c.start, c.end))
-        reps.append(c.start + np.argsort(d2, kind="stable")[:k])
-    return ChaptersOut(bounds, reps)
+    bounds = [(c.start, c.end) for c in found]
+    return ChaptersOut(bounds, nearest_to_means(X, bounds, k))
 
 
 TASKS = {
+    "update": _update,
     "probe": _probe,
     "starts": _jittered_starts,
     "simulate": _simulate,

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from driftd.flow import Attractor, FlowField, find_attractors
+from driftd.flow import Attractor, FlowEnsemble, FlowField, find_attractors
 from driftd.flow.planted import k_well_system, limit_cycle, lorenz
 
 
@@ -60,7 +60,8 @@ def test_saddles_between_wells_have_one_unstable_direction(wells, well_attractor
 
 
 def test_toggle_switch_two_stable_states_and_a_saddle(toggle, toggle_field):
-    found = find_attractors(toggle_field, n_seeds=64, n_bootstrap=3, random_state=0)
+    ensemble = FlowEnsemble(3).fit(toggle_field)
+    found = find_attractors(toggle_field, n_seeds=64, ensemble=ensemble, random_state=0)
     kinds = [a.stability for a in found]
     assert kinds.count("stable") == 2 and kinds.count("saddle") == 1 and len(found) == 3
     for a in found:
@@ -90,7 +91,7 @@ def test_lorenz_wing_centres_are_saddles_not_attractors():
     # between samples made them look like stable foci before the flow-map correction.
     ps = lorenz(3000, random_state=0)
     field = FlowField().fit(ps.X, ps.t, ps.series)
-    found = find_attractors(field, n_seeds=16, n_bootstrap=3)
+    found = find_attractors(field, n_seeds=16, ensemble=FlowEnsemble(3).fit(field))
     assert found and all(a.stability == "saddle" for a in found)
     wings = np.linalg.norm(ps.saddles[1] - ps.saddles[2])
     for wing in ps.saddles[1:]:
@@ -100,8 +101,9 @@ def test_lorenz_wing_centres_are_saddles_not_attractors():
 
 
 def test_deterministic_under_seed(toggle_field):
-    a = find_attractors(toggle_field, n_seeds=16, random_state=3)
-    b = find_attractors(toggle_field, n_seeds=16, random_state=3)
+    ensemble = FlowEnsemble(2).fit(toggle_field)
+    a = find_attractors(toggle_field, n_seeds=16, ensemble=ensemble, random_state=3)
+    b = find_attractors(toggle_field, n_seeds=16, ensemble=ensemble, random_state=3)
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x.center, y.center)
@@ -135,10 +137,12 @@ def test_pure_noise_has_no_spurious_structure_out_of_support():
         assert field.in_support(a.center[None])[0]
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [({"n_seeds": 0}, "n_seeds must be >= 1"), ({"n_bootstrap": -1}, "n_bootstrap must be >= 0")],
-)
-def test_rejects_bad_arguments(toggle_field, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        find_attractors(toggle_field, **kwargs)
+def test_reproducibility_is_not_measured_without_an_ensemble(toggle_field):
+    assert all(np.isnan(a.reproducibility) for a in find_attractors(toggle_field, n_seeds=8))
+
+
+def test_rejects_bad_arguments(toggle_field, wells_field):
+    with pytest.raises(ValueError, match="n_seeds must be >= 1"):
+        find_attractors(toggle_field, n_seeds=0)
+    with pytest.raises(ValueError, match="ensemble must be fitted on this field"):
+        find_attractors(toggle_field, ensemble=FlowEnsemble(2).fit(wells_field))

@@ -1,0 +1,87 @@
+"""Big NumPy arrays for the math workers, through POSIX shared memory.
+
+ProcessPoolExecutor pickles a task's arguments in a thread of the server process
+that holds the GIL throughout the copies: a 100k x 384 float32 array (154 MB)
+stalled the event loop for ~100 ms per task (measured with a 1 ms ticker), and so
+every health check and RPC waiting behind it. Instead the server copies such an
+array into a shared-memory block on a thread, a chunk of rows at a time so the
+GIL is released in between (:func:`share`), and the task carries only a
+:class:`SharedArray` naming the block; :func:`call`, run in the worker, hands the
+task a private copy. The server unlinks the block once the task is done.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+#: Bytes copied per step: small enough that the GIL is never held for long.
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SharedArray:
+    """A NumPy array in the shared-memory block ``name``: shape, dtype string."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def share(source: np.ndarray, index: np.ndarray | None = None) -> tuple[SharedArray, SharedMemory]:
+    """Copies ``source`` (n, ...), or its rows ``source[index]`` (``index`` (m,) int),
+    into a new shared-memory block, CHUNK_BYTES at a time. Run it on a thread.
+
+    Returns the block's descriptor and the block; the caller closes and unlinks the
+    block once the task that reads it has finished.
+
+    Raises:
+        OSError: no room for the block (ENOSPC: a container's /dev/shm is 64 MiB
+            unless enlarged); the space is reserved up front, so a full tmpfs
+            fails here instead of killing the process with SIGBUS on a write.
+    """
+    n = len(source) if index is None else len(index)
+    shape = (n, *source.shape[1:])
+    dtype = source.dtype
+    size = max(1, int(np.prod(shape)) * dtype.itemsize)
+    block = SharedMemory(create=True, size=size)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(block._fd, 0, size)
+        out = np.ndarray(shape, dtype, buffer=block.buf)
+        row_bytes = max(1, out[0].nbytes) if n else 1
+        step = max(1, CHUNK_BYTES // row_bytes)
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            if index is None:
+                out[lo:hi] = source[lo:hi]
+            else:  # take releases the GIL while it gathers
+                np.take(source, index[lo:hi], axis=0, out=out[lo:hi])
+        del out  # the block cannot close while a view exports its buffer
+    except BaseException:
+        block.close()
+        block.unlink()
+        raise
+    return SharedArray(block.name, shape, dtype.str), block
+
+
+def _load(value):
+    if not isinstance(value, SharedArray):
+        return value
+    block = SharedMemory(name=value.name)
+    try:
+        view = np.ndarray(value.shape, np.dtype(value.dtype), buffer=block.buf)
+        array = view.copy()  # the task may keep it; the block goes when the task ends
+        del view
+    finally:
+        block.close()
+    return array
+
+
+def call(fn, args: tuple, kwargs: dict):
+    """Runs ``fn(*args, **kwargs)`` (in a worker) with every :class:`SharedArray`
+    argument replaced by a private copy of its array."""
+    return fn(*(_load(a) for a in args), **{k: _load(v) for k, v in kwargs.items()})

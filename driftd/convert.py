@@ -246,10 +246,13 @@ def step_to_proto(
         support=s.support,
         in_support=s.in_support,
         stop_reason=s.stop_reason,
+        band_radius=s.band_radius,
     )
     msg.time.CopyFrom(datetime_to_timestamp(s.time))
     if include_vectors:
         msg.position.extend(np.asarray(s.position, dtype=np.float32).tolist())
+        if s.ensemble_position is not None:
+            msg.ensemble_position.extend(np.asarray(s.ensemble_position, dtype=np.float32).tolist())
     return msg
 
 
@@ -265,6 +268,8 @@ def step_from_proto(msg: flow_pb2.SimulatePathsResponse) -> types.SimulationStep
         support=msg.support,
         in_support=msg.in_support,
         stop_reason=msg.stop_reason,
+        ensemble_position=np.asarray(msg.ensemble_position, dtype=np.float32),
+        band_radius=msg.band_radius,
     )
 
 

@@ -81,7 +81,9 @@ class ScoredPoint:
 
 @dataclass(frozen=True)
 class FlowProbe:
-    """The flow at one position. ``velocity`` (d,) float32 in units per second."""
+    """The flow at one position. ``velocity`` (d,) float32 in units per second;
+    ``confidence`` in [0, 1], the bootstrap refits' agreement on its direction, damped
+    outside the data's support (see ProbeFlowResponse in flow.proto)."""
 
     velocity: np.ndarray
     speed: float
@@ -94,7 +96,12 @@ class FlowProbe:
 
 @dataclass(frozen=True)
 class SimulationStep:
-    """One step of one simulated path; ``position`` (d,) float32."""
+    """One step of one simulated path; ``position`` (d,) float32.
+
+    ``ensemble_position`` (d,) float32, the mean of the bootstrap refits' paths (empty
+    without vectors), and ``band_radius`` (embedding units) the radius around it that
+    holds the requested coverage of them (see SimulatePathsResponse in flow.proto).
+    """
 
     path: int
     step: int
@@ -106,6 +113,8 @@ class SimulationStep:
     support: float
     in_support: bool
     stop_reason: str = ""
+    ensemble_position: np.ndarray | None = None
+    band_radius: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,11 +157,13 @@ class ChapterInfo:
 
 @dataclass(frozen=True)
 class AttractorSet:
-    """FindAttractors' answer: fixed points, largest basin first, and the
-    collection version the flow was fitted on."""
+    """FindAttractors' answer: fixed points, largest basin first, the collection
+    version the flow was fitted on and the number of bootstrap refits behind each
+    attractor's ``reproducibility``."""
 
     attractors: tuple[AttractorInfo, ...]
     version: int
+    bootstrap: int = 0
 
 
 @dataclass(frozen=True)

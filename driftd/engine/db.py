@@ -7,7 +7,8 @@ Threads and processes, so the event loop never blocks:
 - Flow math: a forkserver process pool (:mod:`driftd.engine.pool`).
 
 Each collection keeps an in-memory trajectory (:mod:`driftd.engine.cache`) loaded
-on first use, and one fitted flow model per collection version.
+on first use, and one fitted flow model per collection version; after appends the
+model is refreshed from the new points alone (:meth:`AsyncDriftDB._refresh`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,26 @@ import numpy as np
 
 from driftd import metrics
 from driftd.config import Settings
+from driftd.engine import memory
 from driftd.engine import validate as v
 from driftd.engine.cache import Snapshot, TrajectoryCache
 from driftd.engine.embedding import Embedders
-from driftd.engine.pool import MathPool
+from driftd.engine.pool import MathPool, Rows
 from driftd.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from driftd.flow import MIN_POINTS, InsufficientDataError
 from driftd.flow import tasks as flow_tasks
-from driftd.flow.field import FlowField
+from driftd.flow.chapters import nearest_to_means
+from driftd.flow.ensemble import FlowEnsemble
+from driftd.flow.field import FlowField, RefitRequired
+from driftd.flow.timeline import spread_appended
 from driftd.monitor.events import EventHub
-from driftd.store.chroma import ChromaStore, Columns, StoredCollection, payload_where
+from driftd.store.chroma import (
+    ChromaStore,
+    Columns,
+    SeenWrites,
+    StoredCollection,
+    payload_where,
+)
 from driftd.types import (
     AttractorInfo,
     AttractorSet,
@@ -54,7 +65,12 @@ log = logging.getLogger(__name__)
 
 # Steps computed per pool task while streaming a simulation: small enough that a
 # cancelled stream stops within one chunk, big enough to amortise the round trip.
+# A path's first chunk is one step (the first step streams after ~1/50 of a chunk's
+# work), and each next one doubles, up to SIM_CHUNK_STEPS.
 SIM_CHUNK_STEPS = 50
+# Bytes of vectors upserted between two returns of freed heap memory to the OS
+# (driftd.engine.memory): the batches' temporary copies otherwise stay resident.
+TRIM_BYTES = 16 << 20
 # Sequence numbers: version << 24 | index in batch, so ties in time keep write order.
 _SEQ_SHIFT = 24
 
@@ -65,11 +81,13 @@ def _utc(seconds: float) -> datetime:
 
 @dataclass
 class _FlowModel:
-    """A fitted field for one collection version and the data order it was fitted on."""
+    """A fitted field for one collection version, the data order it was fitted on and
+    its bootstrap ensemble (None: the pool builds it on first use)."""
 
     key: str
     field: FlowField
     snapshot: Snapshot
+    ensemble: FlowEnsemble | None = None
     attractors: flow_tasks.AttractorsOut | None = None
 
 
@@ -77,6 +95,8 @@ class _FlowModel:
 class _Collection:
     meta: StoredCollection
     cache: TrajectoryCache | None = None
+    #: Server mode: the write journal's entries that ``cache`` reflects.
+    seen: SeenWrites = field(default_factory=SeenWrites)
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -94,6 +114,7 @@ class AsyncDriftDB:
         self._embedders = Embedders()
         self._pool: MathPool | None = None
         self._collections: dict[str, _Collection] = {}
+        self._untrimmed_bytes = 0  # vector bytes upserted since the last memory.trim
         #: Live events of every collection; writes publish here once durable.
         self.events = EventHub()
 
@@ -125,13 +146,15 @@ class AsyncDriftDB:
 
     # --- plumbing ------------------------------------------------------------
 
-    async def on_store(self, fn):
-        """Runs ``fn()`` on the Chroma thread (the only thread that touches Chroma).
+    def on_store(self, fn) -> asyncio.Future:
+        """Runs ``fn()`` on the Chroma thread (the only thread that touches Chroma);
+        await the result. Submitted at once, so calls run in the order they are
+        made, even one started from a synchronous callback.
 
         For the engine's other capabilities (routing, monitoring), which keep
         their own Chroma collections through :attr:`chroma`.
         """
-        return await asyncio.get_running_loop().run_in_executor(self._store_thread, fn)
+        return asyncio.get_running_loop().run_in_executor(self._store_thread, fn)
 
     @property
     def chroma(self):
@@ -154,22 +177,38 @@ class AsyncDriftDB:
 
     async def _collection(self, name: str) -> _Collection:
         """The collection's state. With a shared Chroma server other replicas may
-        write too, so there its stored version is re-read on every call and a
-        newer one drops the cached trajectory and flow model."""
+        write too, so there its settings are re-read on every call (one small
+        request) and a write id or incarnation other than the cached one drops the
+        cached trajectory and flow model."""
         v.check_collection_id(name, "name")
         coll = self._collections.get(name)
-        if coll is None:
+        if coll is not None and not self.settings.chroma_url:
+            return coll
+        try:
             meta = await self.on_store(lambda: self._store.get(name))
-            coll = self._collections.setdefault(name, _Collection(meta))
-        elif self.settings.chroma_url:
-            try:
-                meta = await self.on_store(lambda: self._store.get(name))
-            except NotFound:
-                self._collections.pop(name, None)
-                raise
-            if meta.version != coll.meta.version:
-                coll = self._collections[name] = _Collection(meta)
+        except NotFound:
+            gone = self._collections.pop(name, None)
+            if gone is not None:
+                self.events.drop(name, gone.meta.uid)  # deleted through another replica
+            raise
+        return self._current(meta)
+
+    def _current(self, meta: StoredCollection) -> _Collection:
+        """The state for settings just read from Chroma: a cached state of another
+        incarnation, or from before another replica's write, is replaced."""
+        coll = self._collections.get(meta.name)
+        if coll is None or coll.meta.state != meta.state:
+            if coll is not None and coll.meta.uid != meta.uid:
+                # Deleted and created again through another replica.
+                self.events.drop(meta.name, coll.meta.uid)
+            coll = self._collections[meta.name] = _Collection(meta)
         return coll
+
+    def _invalidate(self, coll: _Collection) -> None:
+        """Drops a cache that misses another replica's concurrent write (see
+        :meth:`ChromaStore.commit`): the next call reloads it."""
+        if self._collections.get(coll.meta.name) is coll:
+            self._collections[coll.meta.name] = _Collection(coll.meta)
 
     async def _loaded(self, coll: _Collection) -> TrajectoryCache:
         """The collection's trajectory cache, read from Chroma on first use."""
@@ -180,13 +219,15 @@ class AsyncDriftDB:
                 meta = coll.meta
                 t0 = time.perf_counter()
 
-                def load() -> TrajectoryCache:
+                def load() -> tuple[TrajectoryCache, SeenWrites]:
+                    seen = self._store.seen_writes(meta)  # before the points it covers
                     cache = TrajectoryCache(meta.dimension, meta.version)
                     for cols in self._store.iter_load(meta):
                         cache.upsert(cols, meta.version)
-                    return cache
+                    memory.trim()  # Chroma's pages of embeddings, now in the cache
+                    return cache, seen
 
-                coll.cache = await self.on_store(load)
+                coll.cache, coll.seen = await self.on_store(load)
                 metrics.CACHED_POINTS.labels(collection=meta.name).set(len(coll.cache))
                 log.info(
                     "loaded %s: %d points in %.2f s",
@@ -195,6 +236,20 @@ class AsyncDriftDB:
                     time.perf_counter() - t0,
                 )
         return coll.cache
+
+    async def trajectory_cache(self, name: str) -> tuple[StoredCollection, TrajectoryCache]:
+        """The collection's stored settings and its in-memory trajectory (read from
+        Chroma on first use), for the engine's other capabilities (monitoring) that
+        read windows of vectors without going back to Chroma.
+
+        The cache is the live one, replaced when the collection is recreated or
+        reloaded: read it on the event loop (a snapshot, then rows of ``vectors``)
+        before the next await, copy what a thread or worker needs, never mutate it.
+
+        Raises NotFound (COLLECTION_NOT_FOUND).
+        """
+        coll = await self._collection(name)
+        return coll.meta, await self._loaded(coll)
 
     def _info(self, coll: _Collection) -> CollectionInfo:
         m, cache = coll.meta, coll.cache
@@ -265,7 +320,10 @@ class AsyncDriftDB:
             )
         v.check_range(dim, 1, 65_536, "collection.dimension")
         meta = StoredCollection(name, int(dim), distance, embed_model, time.time(), 0)
-        await self.on_store(lambda: self._store.create(meta))
+        meta = await self.on_store(lambda: self._store.create(meta))
+        gone = self._collections.pop(name, None)
+        if gone is not None:  # an incarnation deleted through another replica
+            self.events.drop(name, gone.meta.uid)
         coll = self._collections[name] = _Collection(meta, TrajectoryCache(meta.dimension, 0))
         return self._info(coll)
 
@@ -298,7 +356,7 @@ class AsyncDriftDB:
         page = after[:page_size]
         out = []
         for m in page:
-            coll = self._collections.setdefault(m.name, _Collection(m))
+            coll = self._current(m)
             await self._loaded(coll)
             out.append(self._info(coll))
         next_token = page[-1].name if len(after) > page_size else ""
@@ -307,8 +365,9 @@ class AsyncDriftDB:
     async def delete_collection(self, name: str) -> None:
         """Deletes the collection and its points. Raises NotFound."""
         v.check_collection_id(name, "name")
-        await self.on_store(lambda: self._store.delete(name))
+        gone = await self.on_store(lambda: self._store.delete(name))
         self._collections.pop(name, None)
+        self.events.drop(name, gone.uid)
         with contextlib.suppress(KeyError):
             metrics.CACHED_POINTS.remove(name)
 
@@ -396,16 +455,24 @@ class AsyncDriftDB:
                 payloads=[p.payload for p in batch.points],
             )
 
-            def write() -> StoredCollection:
+            def write() -> tuple[StoredCollection, SeenWrites | None]:
                 self._store.upsert(coll.meta, cols)
-                return self._store.set_version(coll.meta, version)
+                return self._store.commit(coll.meta, version, coll.seen)
 
-            coll.meta = await self.on_store(write)
-            coll.cache.upsert(cols, version)
-            self.events.publish_upsert(name, version, cols.ids, cols.times, cols.series)
+            coll.meta, seen = await self.on_store(write)
+            if seen is None:
+                self._invalidate(coll)
+            else:
+                coll.seen = seen
+                coll.cache.upsert(cols, version)
+                metrics.CACHED_POINTS.labels(collection=name).set(len(coll.cache))
+            self.events.publish_upsert(name, coll.meta.version, cols.ids, cols.times, cols.series)
         metrics.POINTS_INGESTED.labels(collection=name).inc(n)
-        metrics.CACHED_POINTS.labels(collection=name).set(len(coll.cache))
-        return UpsertResult(n, len(batch.to_embed), version, tuple(errors))
+        self._untrimmed_bytes += vectors.nbytes
+        if self._untrimmed_bytes >= TRIM_BYTES:
+            self._untrimmed_bytes = 0
+            self._store_thread.submit(memory.trim)  # after the writes queued there
+        return UpsertResult(n, len(batch.to_embed), coll.meta.version, tuple(errors))
 
     async def get_points(
         self, name: str, ids: Sequence[str], *, include_vectors: bool = False
@@ -440,15 +507,19 @@ class AsyncDriftDB:
                 return 0, coll.meta.version
             version = coll.meta.version + 1
 
-            def write() -> StoredCollection:
+            def write() -> tuple[StoredCollection, SeenWrites | None]:
                 self._store.delete_points(coll.meta, present)
-                return self._store.set_version(coll.meta, version)
+                return self._store.commit(coll.meta, version, coll.seen)
 
-            coll.meta = await self.on_store(write)
-            deleted = cache.delete(present, version)
-            self.events.publish_delete(name, version, present)
-        metrics.CACHED_POINTS.labels(collection=name).set(len(cache))
-        return deleted, version
+            coll.meta, seen = await self.on_store(write)
+            if seen is None:
+                self._invalidate(coll)
+            else:
+                coll.seen = seen
+                cache.delete(present, version)
+                metrics.CACHED_POINTS.labels(collection=name).set(len(cache))
+            self.events.publish_delete(name, coll.meta.version, present)
+        return len(present), coll.meta.version
 
     async def trajectory(
         self,
@@ -601,26 +672,57 @@ class AsyncDriftDB:
             if len(snap) < MIN_POINTS:
                 raise _not_enough(MIN_POINTS, len(snap))
             key = f"{coll.meta.name}/{snap.version}/{uuid.uuid4().hex[:8]}"
-            X = cache.vectors[snap.rows]
             t0 = time.perf_counter()
-            try:
-                fitted = await self._pool.submit(
-                    flow_tasks.fit,
-                    key,
-                    X,
-                    snap.times,
-                    snap.series,
-                    normalize=coll.meta.distance == "cosine",
-                    random_state=0,
-                )
-            except InsufficientDataError as exc:
-                raise _not_enough(exc.n_required, exc.n_available) from exc
-            metrics.FLOW_FITS.labels(collection=coll.meta.name).inc()
-            metrics.FLOW_FIT_SECONDS.observe(time.perf_counter() - t0)
+            fitted = None if coll.model is None else await self._refresh(coll, snap, key)
+            kind = "full" if fitted is None else "incremental"
+            if fitted is None:
+                try:
+                    fitted = await self._pool.submit(
+                        flow_tasks.fit,
+                        key,
+                        Rows(cache.vectors, snap.rows),  # gathered off the event loop
+                        snap.times,
+                        snap.series,
+                        normalize=coll.meta.distance == "cosine",
+                        random_state=0,
+                        replicates=self.settings.ensemble_size,
+                    )
+                except InsufficientDataError as exc:
+                    raise _not_enough(exc.n_required, exc.n_available) from exc
+            metrics.FLOW_FITS.labels(collection=coll.meta.name, kind=kind).inc()
+            metrics.FLOW_FIT_SECONDS.labels(kind=kind).observe(time.perf_counter() - t0)
             if coll.model is None:
                 metrics.CACHED_MODELS.inc()
-            coll.model = _FlowModel(key, fitted, snap)
+            coll.model = _FlowModel(key, fitted[0], snap, fitted[1])
             return coll.model
+
+    async def _refresh(
+        self, coll: _Collection, snap: Snapshot, key: str
+    ) -> tuple[FlowField, FlowEnsemble | None] | None:
+        """The collection's model refreshed with the points appended since its version
+        (:meth:`FlowField.update`, in the pool worker that holds it: only the new rows
+        travel) and its ensemble carried over (:meth:`FlowEnsemble.update`; None if
+        that worker has none), kept there under ``key``; None when a full fit is
+        needed: rows were overwritten or deleted since, a new point lands before its
+        series' last one or changes how tied times spread, or the field refuses
+        (:class:`RefitRequired`). Call under the fit lock."""
+        old, cache = coll.model, coll.cache
+        if cache.rewrite_version > old.snapshot.version:
+            return None
+        # No row changed or went since the model's version: the new ones come after.
+        positions = np.flatnonzero(snap.rows >= len(old.snapshot))
+        series = snap.series[positions]
+        t = spread_appended(old.snapshot.times, old.snapshot.series, snap.times[positions], series)
+        if t is None:
+            return None
+        X = cache.vectors[snap.rows[positions]]
+        try:
+            return await self._pool.on_model(
+                "update", old, key, X, t, series, positions, self.settings.ensemble_size
+            )
+        except RefitRequired as exc:
+            log.info("full refit of %s: %s", coll.meta.name, exc)
+            return None
 
     async def flow_vector(
         self, name: str, *, vector=None, text: str | None = None, point_id: str | None = None
@@ -633,7 +735,9 @@ class AsyncDriftDB:
         coll = await self._collection(name)
         x = await self._start_vector(coll, vector=vector, text=text, point_id=point_id)
         model = await self._model(coll)
-        out = await self._pool.on_model("probe", model.key, model.field, x[None, :])
+        out = await self._pool.on_model(
+            "probe", model, x[None, :], replicates=self.settings.ensemble_size
+        )
         speed = float(out.speed[0])
         return FlowProbe(
             velocity=out.velocity[0].astype(np.float32),
@@ -657,14 +761,20 @@ class AsyncDriftDB:
         paths: int = 1,
         stop_outside_support: bool = False,
         seed: int = 0,
+        band_coverage: float = 0.9,
     ) -> AsyncIterator[SimulationStep]:
         """Follows the flow from a start: yields each step of path 0, then path 1, ...
 
-        Computed SIM_CHUNK_STEPS at a time in the pool, so closing the generator
-        stops the work within one chunk.
+        Each path carries the uncertainty band of the flow's bootstrap ensemble
+        (``settings.ensemble_size`` refits, each following its own flow from the
+        path's start): the refits' mean position and the radius holding
+        ``band_coverage`` of them. Computed in the pool in chunks of 1, 2, 4, ... up to
+        SIM_CHUNK_STEPS steps, so the first step comes at once and closing the
+        generator stops the work within one chunk.
 
-        Raises NotFound, InvalidArgument (limits, start, dt_seconds <= 0),
-        FailedPrecondition (NOT_ENOUGH_POINTS, NO_EMBED_MODEL).
+        Raises NotFound, InvalidArgument (limits, start, dt_seconds <= 0,
+        band_coverage outside (0, 1)), FailedPrecondition (NOT_ENOUGH_POINTS,
+        NO_EMBED_MODEL).
         """
         v.check_range(steps, 1, self.settings.max_steps, "steps")
         v.check_range(paths, 1, self.settings.max_paths, "paths")
@@ -672,6 +782,11 @@ class AsyncDriftDB:
             raise InvalidArgument(
                 f"step duration must be positive, got {dt_seconds}",
                 field_violations=[FieldViolation("step_duration", "must be positive")],
+            )
+        if not 0.0 < band_coverage < 1.0:
+            raise InvalidArgument(
+                f"band_coverage must be between 0 and 1 (exclusive), got {band_coverage}",
+                field_violations=[FieldViolation("band_coverage", "must be in (0, 1)")],
             )
         coll = await self._collection(name)
         x0 = await self._start_vector(coll, vector=vector, text=text, point_id=point_id)
@@ -682,14 +797,23 @@ class AsyncDriftDB:
         else:
             t_start = time.time()
         dt = float(dt_seconds) if dt_seconds else float(model.field.time_scale_)
-        starts = await self._pool.on_model("starts", model.key, model.field, x0, paths, seed)
+        starts = await self._pool.on_model("starts", model, x0, paths, seed)
         cosine = coll.meta.distance == "cosine"
         for path, x in enumerate(starts):
-            done = 0
+            done, state, size = 0, None, 1
             while True:
-                n = min(SIM_CHUNK_STEPS, steps - done)
+                n = min(size, steps - done)
+                size = min(2 * size, SIM_CHUNK_STEPS)
                 chunk = await self._pool.on_model(
-                    "simulate", model.key, model.field, x, n, dt, stop_outside_support
+                    "simulate",
+                    model,
+                    x,
+                    n,
+                    dt,
+                    stop_outside_support,
+                    band_coverage,
+                    state,
+                    replicates=self.settings.ensemble_size,
                 )
                 traj = chunk.trajectory
                 last = len(traj.positions) - 1
@@ -711,41 +835,67 @@ class AsyncDriftDB:
                         support=float(traj.support[i]),
                         in_support=bool(chunk.in_support[i]),
                         stop_reason=traj.stop_reason if finished and i == last else "",
+                        ensemble_position=traj.ensemble_positions[i],
+                        band_radius=float(traj.band_radius[i]),
                     )
                 done += last
                 if finished:
                     break
-                x = traj.positions[-1]
+                x, state = traj.positions[-1], traj.ensemble_state
 
     async def _attractors(
-        self, coll: _Collection, model: _FlowModel, seeds: int, seed: int, k: int
+        self,
+        coll: _Collection,
+        model: _FlowModel,
+        seeds: int,
+        seed: int,
+        k: int,
+        bootstrap: int | None = None,
     ) -> flow_tasks.AttractorsOut:
-        if model.attractors is not None and seeds == 64 and seed == 0 and k <= 3:
+        """find_attractors in the pool; ``bootstrap`` refits (None: the server's
+        ensemble) measure reproducibility. The default call is cached with the model."""
+        default = seeds == 64 and seed == 0 and bootstrap in (None, self.settings.ensemble_size)
+        if model.attractors is not None and default and k <= 3:
             return model.attractors
         out = await self._pool.on_model(
-            "attractors", model.key, model.field, seeds, seed, max(k, 3)
+            "attractors",
+            model,
+            seeds,
+            seed,
+            max(k, 3),
+            replicates=bootstrap or self.settings.ensemble_size,
         )
-        if seeds == 64 and seed == 0:
+        if default:
             model.attractors = out  # the default call is what chapters link to
         return out
 
     async def flow_attractors(
-        self, name: str, *, seeds: int = 64, representatives: int = 3, seed: int = 0
+        self,
+        name: str,
+        *,
+        seeds: int = 64,
+        representatives: int = 3,
+        seed: int = 0,
+        bootstrap: int | None = None,
     ) -> AttractorSet:
-        """Fixed points of the flow, largest basin first.
+        """Fixed points of the flow, largest basin first; ``bootstrap`` refits
+        (2 to ``settings.max_bootstrap``; None: the server's ensemble of
+        ``settings.ensemble_size``) measure each one's reproducibility.
 
         Raises NotFound, InvalidArgument (limits), FailedPrecondition (NOT_ENOUGH_POINTS).
         """
         v.check_range(seeds, 1, self.settings.max_seeds, "seeds")
         v.check_range(representatives, 0, 100, "representatives")
+        if bootstrap is not None:
+            v.check_range(bootstrap, 2, self.settings.max_bootstrap, "bootstrap")
         coll = await self._collection(name)
         model = await self._model(coll)
-        out = await self._attractors(coll, model, seeds, seed, representatives)
+        out = await self._attractors(coll, model, seeds, seed, representatives, bootstrap)
         cosine = coll.meta.distance == "cosine"
         infos = []
         for i, a in enumerate(out.attractors):
             reps = await self._representatives(
-                coll, model, out.representatives[i][:representatives], a.center, cosine
+                coll, model.snapshot, out.representatives[i][:representatives], a.center, cosine
             )
             infos.append(
                 AttractorInfo(
@@ -759,12 +909,13 @@ class AsyncDriftDB:
                     representatives=reps,
                 )
             )
-        return AttractorSet(tuple(infos), model.snapshot.version)
+        return AttractorSet(
+            tuple(infos), model.snapshot.version, bootstrap or self.settings.ensemble_size
+        )
 
     async def _representatives(
-        self, coll: _Collection, model: _FlowModel, positions, center: np.ndarray, cosine: bool
+        self, coll: _Collection, snap: Snapshot, positions, center: np.ndarray, cosine: bool
     ) -> tuple[Representative, ...]:
-        snap = model.snapshot
         ids = [str(snap.ids[p]) for p in positions]
         if not ids:
             return ()
@@ -813,7 +964,8 @@ class AsyncDriftDB:
         positions = snap.select(start, end, series)
         if len(positions) < 2 * min_size:
             raise _not_enough(2 * min_size, len(positions), what="points in the selection")
-        X = await asyncio.to_thread(lambda: coll.cache.vectors[snap.rows[positions]])
+        # np.take lets the GIL go while it copies (fancy indexing held it ~50 ms at 100k).
+        X = await asyncio.to_thread(np.take, coll.cache.vectors, snap.rows[positions], 0)
         cosine = coll.meta.distance == "cosine"
         out = await self._pool.submit(
             flow_tasks.chapters,
@@ -827,24 +979,104 @@ class AsyncDriftDB:
         basins = (await self._attractors(coll, model, 64, 0, 3)).basin
         chapters = []
         for i, ((lo, hi), reps) in enumerate(zip(out.bounds, out.representatives, strict=True)):
-            seg = positions[lo:hi]
-            labels = basins[seg]
+            labels = basins[positions[lo:hi]]
             labels = labels[labels >= 0]
             chapters.append(
-                ChapterInfo(
-                    index=i,
-                    start_time=_utc(snap.times[seg[0]]),
-                    end_time=_utc(snap.times[seg[-1]]),
-                    point_count=len(seg),
-                    start_point_id=str(snap.ids[seg[0]]),
-                    end_point_id=str(snap.ids[seg[-1]]),
-                    representatives=await self._representatives(
-                        coll, model, positions[reps], X[lo:hi].mean(0), cosine
-                    ),
-                    attractor_id=f"attractor-{np.bincount(labels).argmax()}" if len(labels) else "",
+                await self._chapter(
+                    coll,
+                    snap,
+                    i,
+                    positions[lo:hi],
+                    positions[reps],
+                    X[lo:hi].mean(0),
+                    f"attractor-{np.bincount(labels).argmax()}" if len(labels) else "",
                 )
             )
         return ChapterSet(tuple(chapters), snap.version)
+
+    async def split_chapters(
+        self,
+        name: str,
+        starts,
+        *,
+        series: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        min_size: int = 5,
+        representatives: int = 3,
+    ) -> ChapterSet:
+        """Chapters of a selection split at given chapter starts, with no change-point
+        search and no flow fit: how DetectChapters(ONLINE) turns the monitor's online
+        detector (:mod:`driftd.monitor.bocpd`) into chapters. ``attractor_id`` is empty.
+
+        Args:
+            starts: (m,) epoch seconds at which chapters after the first begin; a
+                chapter begins at the first selected point at or after its time.
+            series, start, end: the selection, as in :meth:`flow_chapters`.
+            min_size: a chapter with fewer selected points merges into the one before
+                it (the first one, cut short by ``start``, into the one after it).
+            representatives: points nearest each chapter's mean, 0-100.
+
+        Raises NotFound, InvalidArgument (limits), FailedPrecondition
+        (NOT_ENOUGH_POINTS: fewer than 2 ``min_size`` selected points).
+        """
+        v.check_range(min_size, 2, 10_000, "min_size")
+        v.check_range(representatives, 0, 100, "representatives")
+        coll = await self._collection(name)
+        cache = await self._loaded(coll)
+        snap = cache.snapshot()
+        positions = snap.select(start, end, series)
+        n = len(positions)
+        if n < 2 * min_size:
+            raise _not_enough(2 * min_size, n, what="points in the selection")
+        cuts = np.searchsorted(snap.times[positions], np.asarray(starts, dtype=np.float64))
+        edges = [0]
+        for c in np.unique(cuts):
+            if c - edges[-1] >= min_size and c < n:
+                edges.append(int(c))
+        while len(edges) > 1 and n - edges[-1] < min_size:
+            edges.pop()
+        bounds = list(zip(edges, [*edges[1:], n], strict=True))
+        cosine = coll.meta.distance == "cosine"
+
+        def centres():
+            # On a thread, with take (which lets the GIL go): a long series is a large copy.
+            X = np.take(cache.vectors, snap.rows[positions], axis=0)
+            if cosine:
+                X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+            means = [X[lo:hi].mean(0) for lo, hi in bounds]
+            return nearest_to_means(X, bounds, representatives), means
+
+        reps, means = await asyncio.to_thread(centres)
+        chapters = [
+            await self._chapter(coll, snap, i, positions[lo:hi], positions[r], mean, "")
+            for i, ((lo, hi), r, mean) in enumerate(zip(bounds, reps, means, strict=True))
+        ]
+        return ChapterSet(tuple(chapters), snap.version)
+
+    async def _chapter(
+        self,
+        coll: _Collection,
+        snap: Snapshot,
+        index: int,
+        segment: np.ndarray,
+        reps: np.ndarray,
+        centre: np.ndarray,
+        attractor_id: str,
+    ) -> ChapterInfo:
+        """The chapter of time-ordered positions ``segment`` of ``snap``, with the
+        points at positions ``reps`` as its representatives (similarity to ``centre``)."""
+        cosine = coll.meta.distance == "cosine"
+        return ChapterInfo(
+            index=index,
+            start_time=_utc(snap.times[segment[0]]),
+            end_time=_utc(snap.times[segment[-1]]),
+            point_count=len(segment),
+            start_point_id=str(snap.ids[segment[0]]),
+            end_point_id=str(snap.ids[segment[-1]]),
+            representatives=await self._representatives(coll, snap, reps, centre, cosine),
+            attractor_id=attractor_id,
+        )
 
 
 def _not_enough(required: int, available: int, what: str = "points") -> FailedPrecondition:

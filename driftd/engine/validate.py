@@ -15,16 +15,13 @@ from datetime import UTC, datetime
 import numpy as np
 
 from driftd.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from driftd.store.chroma import KEY_PREFIX
+from driftd.store.chroma import KEY_PREFIX, SYSTEM_PREFIX
 from driftd.types import Point, PointError
 
 COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 MAX_ID_CHARS = 512
 MAX_SERIES_CHARS = 256
 DISTANCES = ("cosine", "l2", "ip")
-#: Chroma collections of driftd's own capabilities (routing, monitoring) use this
-#: prefix; user collections may not.
-SYSTEM_PREFIX = "driftd.sys."
 
 
 def check_collection_id(name: str, field: str = "collection_id") -> str:

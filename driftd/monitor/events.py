@@ -30,6 +30,7 @@ from driftd.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
     Unavailable,
 )
@@ -150,12 +151,16 @@ class Watcher:
     Use as an async context manager (or call :meth:`close`) so the hub forgets it.
     """
 
-    def __init__(self, hub: EventHub, channel: _Channel, cursor: int, types: frozenset[str]):
+    def __init__(
+        self, hub: EventHub, collection: str, channel: _Channel, cursor: int, types: frozenset[str]
+    ):
         self._hub = hub
+        self._collection = collection
         self._channel = channel
         self.cursor = cursor  # sequence of the next event to read
         self._types = types
-        self.lost = asyncio.Event()  # set when an unread event was evicted
+        self.lost = asyncio.Event()  # set when an unread event was evicted (or the watch ends)
+        self.deleted = False  # the collection was deleted
 
     async def __aenter__(self) -> Watcher:
         return self
@@ -167,6 +172,8 @@ class Watcher:
         self._channel.watchers.discard(self)
 
     def _check(self) -> None:
+        if self.deleted:
+            raise NotFound(f"collection {self._collection!r} was deleted; the watch has ended")
         if self._hub.closed:
             raise Unavailable(
                 "driftd is shutting down; resume from the last sequence seen when it is back"
@@ -243,6 +250,7 @@ class EventHub:
         self._base = int(clock() * 1_000_000)
         self._channels: dict[str, _Channel] = {}
         self._listeners: list[Callable[[Event], None]] = []
+        self._drop_listeners: list[Callable[[str, str], None]] = []
         self.closed = False
 
     def close(self) -> None:
@@ -263,6 +271,34 @@ class EventHub:
         """Calls ``fn(event)`` synchronously for every event published from now on.
         ``fn`` must be quick and must not raise."""
         self._listeners.append(fn)
+
+    def add_drop_listener(self, fn: Callable[[str, str], None]) -> None:
+        """Calls ``fn(collection, uid)`` synchronously whenever a collection is
+        dropped. ``fn`` must be quick and must not raise."""
+        self._drop_listeners.append(fn)
+
+    def drop(self, collection: str, uid: str) -> None:
+        """The collection was deleted (here or through another replica): ends its
+        watches (their next read raises NotFound), forgets its buffered events and
+        tells the drop listeners. ``uid`` is Chroma's id of the deleted collection,
+        which a new collection of the same name does not share.
+
+        Sequence numbers go on from the last one, so resuming a watch from before
+        the deletion is reported as expired, never served from the events of a
+        new collection of the same name.
+        """
+        ch = self._channels.get(collection)
+        if ch is not None:
+            for w in ch.watchers:
+                w.deleted = True
+                w.lost.set()
+            ch.watchers.clear()
+            ch.events.clear()
+            ch.weight = 0
+            ch.changed.set()
+            ch.changed = asyncio.Event()
+        for fn in self._drop_listeners:
+            fn(collection, uid)
 
     def publish(
         self,
@@ -343,6 +379,6 @@ class EventHub:
             cursor = after_sequence + 1
         else:
             cursor = ch.last + 1
-        watcher = Watcher(self, ch, cursor, types)
+        watcher = Watcher(self, collection, ch, cursor, types)
         ch.watchers.add(watcher)
         return watcher

@@ -116,9 +116,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         CollectionServiceServicer(gate), server
     )
     point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
-    flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(gate), server)
-    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServiceServicer(gate), server)
+    # The monitor runs the online chapter detectors that DetectChapters(ONLINE) reads.
     monitor = Monitor(gate)
+    flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(gate, monitor), server)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServiceServicer(gate), server)
     monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorServiceServicer(monitor), server)
     behavior_pb2_grpc.add_BehaviorServiceServicer_to_server(
         BehaviorServiceServicer(BehaviorStore(gate)), server

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 from driftd import convert
 from driftd.engine import AsyncDriftDB, parse_collection_name
+from driftd.errors import FieldViolation, InvalidArgument
+from driftd.monitor.monitor import Monitor
 from driftd.server.status import maps_errors
 from driftd.v1 import flow_pb2, flow_pb2_grpc
 
@@ -15,14 +17,17 @@ DEFAULT_PATHS = 1
 DEFAULT_SEEDS = 64
 DEFAULT_REPRESENTATIVES = 3
 DEFAULT_MIN_SIZE = 5
+DEFAULT_BAND_COVERAGE = 0.9
 
 
 class FlowServiceServicer(flow_pb2_grpc.FlowServiceServicer):
-    """Translates FlowService RPCs to engine calls; errors map via
+    """Translates FlowService RPCs to engine calls (online chapters to the
+    monitor, which runs the live detectors); errors map via
     :func:`driftd.server.status.maps_errors`."""
 
-    def __init__(self, engine: AsyncDriftDB) -> None:
+    def __init__(self, engine: AsyncDriftDB, monitor: Monitor) -> None:
         self._engine = engine
+        self._monitor = monitor
 
     @maps_errors
     async def ProbeFlow(self, request, context) -> flow_pb2.ProbeFlowResponse:
@@ -50,6 +55,7 @@ class FlowServiceServicer(flow_pb2_grpc.FlowServiceServicer):
             paths=request.paths or DEFAULT_PATHS,
             stop_outside_support=request.stop_outside_support,
             seed=request.seed,
+            band_coverage=request.band_coverage or DEFAULT_BAND_COVERAGE,
         )
         try:
             async for step in steps:
@@ -65,6 +71,7 @@ class FlowServiceServicer(flow_pb2_grpc.FlowServiceServicer):
             seeds=request.seeds or DEFAULT_SEEDS,
             representatives=request.representatives or DEFAULT_REPRESENTATIVES,
             seed=request.seed,
+            bootstrap=request.bootstrap or None,
         )
         return flow_pb2.FindAttractorsResponse(
             attractors=[
@@ -72,21 +79,39 @@ class FlowServiceServicer(flow_pb2_grpc.FlowServiceServicer):
                 for a in found.attractors
             ],
             collection_version=found.version,
+            bootstrap=found.bootstrap,
         )
 
     @maps_errors
     async def DetectChapters(self, request, context) -> flow_pb2.DetectChaptersResponse:
         name = parse_collection_name(request.parent)
         start, end = convert.time_range_to_bounds(request.time_range)
-        found = await self._engine.flow_chapters(
-            name,
-            series=request.series,
-            start=start,
-            end=end,
-            min_size=request.min_size or DEFAULT_MIN_SIZE,
-            penalty=request.penalty or None,
-            representatives=request.representatives or DEFAULT_REPRESENTATIVES,
-        )
+        selection = {
+            "series": request.series,
+            "start": start,
+            "end": end,
+            "min_size": request.min_size or DEFAULT_MIN_SIZE,
+            "representatives": request.representatives or DEFAULT_REPRESENTATIVES,
+        }
+        if request.method == flow_pb2.CHANGE_POINT_METHOD_ONLINE:
+            if request.penalty:
+                raise InvalidArgument(
+                    "penalty applies to the OFFLINE method only",
+                    field_violations=[FieldViolation("penalty", "must be unset with ONLINE")],
+                )
+            found = await self._monitor.online_chapters(name, **selection)
+        elif request.method in (
+            flow_pb2.CHANGE_POINT_METHOD_UNSPECIFIED,
+            flow_pb2.CHANGE_POINT_METHOD_OFFLINE,
+        ):
+            found = await self._engine.flow_chapters(
+                name, penalty=request.penalty or None, **selection
+            )
+        else:
+            raise InvalidArgument(
+                f"unknown method {request.method}",
+                field_violations=[FieldViolation("method", "must be OFFLINE or ONLINE")],
+            )
         return flow_pb2.DetectChaptersResponse(
             chapters=[convert.chapter_to_proto(c) for c in found.chapters],
             collection_version=found.version,

@@ -4,18 +4,24 @@ Synchronous by design: Chroma's local client is not safe across processes and
 blocks, so the engine calls a ChromaStore only from its one store thread.
 
 Schema. A driftd collection is a Chroma collection whose metadata carries
-``driftd:*`` keys (dimension, distance, embed model, version, time and series
-keys). Each record stores its vector as the embedding, its text as the document,
-and in its metadata the payload plus the time (seconds since the epoch, under
-the collection's time key), the series (under its series key, absent for the
-default series) and ``driftd:seq``, an insertion sequence that orders points
+``driftd:*`` keys (dimension, distance, embed model, version and write id, time
+and series keys). Each record stores its vector as the embedding, its text as the
+document, and in its metadata the payload plus the time (seconds since the epoch,
+under the collection's time key), the series (under its series key, absent for
+the default series) and ``driftd:seq``, an insertion sequence that orders points
 with equal times. Attached collections keep their own time/series keys.
+
+Several replicas on one Chroma server (server mode) tell whether another one
+wrote by the collection's write id, fresh for every write, and by the write
+journal (:data:`WRITES_COLLECTION`), which catches the writes whose id a
+concurrent writer overwrote: see :meth:`ChromaStore.commit`.
 """
 
 from __future__ import annotations
 
 import logging
 import time as _time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,9 +38,20 @@ KEY_PREFIX = "driftd:"
 TIME_KEY = "driftd:time"
 SERIES_KEY = "driftd:series"
 SEQ_KEY = "driftd:seq"
+#: Chroma collections of driftd's own capabilities (write journal, routing,
+#: monitoring) use this prefix; user collections may not.
+SYSTEM_PREFIX = "driftd.sys."
+#: Server mode: one record per write of any driftd collection (id
+#: ``{collection uid}/{write id}``, metadata ``collection`` and ``time``). Unlike
+#: the collection's metadata, records with distinct ids are never overwritten.
+WRITES_COLLECTION = SYSTEM_PREFIX + "writes"
 _SCHEMA_VERSION = 1
 # Rows read per Chroma get() when loading a collection into memory.
 _PAGE = 5000
+# Clock difference tolerated between replicas when the journal is read by time.
+_JOURNAL_SKEW = 60.0
+# Journal entries are pruned after this long: far longer than one write lasts.
+_JOURNAL_KEEP = 600.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,17 @@ class StoredCollection:
     time_key: str = TIME_KEY
     series_key: str = SERIES_KEY
     attached: bool = False
+    #: Fresh for every write: unlike ``version``, two replicas writing at once
+    #: never store the same one.
+    write_id: str = ""
+    #: Chroma's id of the collection (not in its metadata): a collection deleted
+    #: and created again under the same name has a new one.
+    uid: str = ""
+
+    @property
+    def state(self) -> tuple[str, str, int]:
+        """What a cached copy is compared on: same incarnation, same last write."""
+        return self.uid, self.write_id, self.version
 
     def to_metadata(self) -> dict:
         return {
@@ -62,15 +90,17 @@ class StoredCollection:
             "driftd:time_key": self.time_key,
             "driftd:series_key": self.series_key,
             "driftd:attached": self.attached,
+            "driftd:write_id": self.write_id,
         }
 
     @classmethod
-    def from_metadata(cls, name: str, md: dict | None) -> StoredCollection | None:
-        """None when the Chroma collection is not a driftd collection."""
+    def of(cls, col) -> StoredCollection | None:
+        """A Chroma collection's driftd settings; None when it is not a driftd collection."""
+        md = col.metadata
         if not md or "driftd:schema" not in md:
             return None
         return cls(
-            name=name,
+            name=col.name,
             dimension=int(md["driftd:dimension"]),
             distance=str(md["driftd:distance"]),
             embed_model=str(md.get("driftd:embed_model", "")),
@@ -79,7 +109,18 @@ class StoredCollection:
             time_key=str(md.get("driftd:time_key", TIME_KEY)),
             series_key=str(md.get("driftd:series_key", SERIES_KEY)),
             attached=bool(md.get("driftd:attached", False)),
+            write_id=str(md.get("driftd:write_id", "")),
+            uid=str(col.id),
         )
+
+
+@dataclass(frozen=True)
+class SeenWrites:
+    """The journal entries of one collection that a replica's cache reflects,
+    read at ``at`` (epoch seconds, this host's clock; 0 = never read)."""
+
+    ids: frozenset[str] = frozenset()
+    at: float = 0.0
 
 
 @dataclass
@@ -149,6 +190,13 @@ class ChromaStore:
             self.client = chromadb.PersistentClient(path=path)
             self.location = path
         self.max_batch_size = int(self.client.get_max_batch_size())
+        # Embedded, this process is the only writer and needs no journal.
+        self._journal = (
+            self.client.get_or_create_collection(WRITES_COLLECTION, embedding_function=None)
+            if url
+            else None
+        )
+        self._pruned: dict[str, float] = {}  # collection uid -> last journal prune
 
     # --- collections ---------------------------------------------------------
 
@@ -160,7 +208,7 @@ class ChromaStore:
 
     def get(self, name: str) -> StoredCollection:
         """Raises NotFound when absent or not a driftd collection."""
-        meta = StoredCollection.from_metadata(name, self._chroma(name).metadata)
+        meta = StoredCollection.of(self._chroma(name))
         if meta is None:
             raise NotFound(
                 f"Chroma collection {name!r} is not a driftd collection; attach it first"
@@ -171,31 +219,105 @@ class ChromaStore:
         """All driftd collections, in name order."""
         out = []
         for col in self.client.list_collections():
-            meta = StoredCollection.from_metadata(col.name, col.metadata)
+            meta = StoredCollection.of(col)
             if meta is not None:
                 out.append(meta)
         return sorted(out, key=lambda m: m.name)
 
-    def create(self, meta: StoredCollection) -> None:
-        """Raises AlreadyExists when a Chroma collection of that name exists."""
+    def create(self, meta: StoredCollection) -> StoredCollection:
+        """Returns ``meta`` with its Chroma id.
+
+        Raises AlreadyExists when a Chroma collection of that name exists.
+        """
         existing = {c.name for c in self.client.list_collections()}
         if meta.name in existing:
             raise AlreadyExists(f"collection {meta.name!r} already exists")
-        self.client.create_collection(
+        col = self.client.create_collection(
             meta.name,
             metadata=meta.to_metadata(),
             configuration={"hnsw": {"space": meta.distance}},
             embedding_function=None,
         )
+        return replace(meta, uid=str(col.id))
 
-    def delete(self, name: str) -> None:
-        self.get(name)
+    def delete(self, name: str) -> StoredCollection:
+        """Deletes the collection (and its journal entries); returns what it was.
+
+        Raises NotFound.
+        """
+        meta = self.get(name)
         self.client.delete_collection(name)
+        if self._journal is not None:
+            self._journal.delete(where={"collection": meta.uid})
+            self._pruned.pop(meta.uid, None)
+        return meta
 
-    def set_version(self, meta: StoredCollection, version: int) -> StoredCollection:
-        new = replace(meta, version=version)
-        self._chroma(meta.name).modify(metadata=new.to_metadata())
-        return new
+    # --- writes of several replicas (server mode) ----------------------------
+
+    def seen_writes(self, meta: StoredCollection) -> SeenWrites:
+        """The journal entries a cache loaded from now on reflects (read it first)."""
+        if self._journal is None:
+            return SeenWrites()
+        now = _time.time()
+        return SeenWrites(self._journal_ids(meta.uid, now - _JOURNAL_SKEW), now)
+
+    def commit(
+        self, meta: StoredCollection, version: int, seen: SeenWrites
+    ) -> tuple[StoredCollection, SeenWrites | None]:
+        """Publishes a write whose points are durable: stores ``version`` under a
+        fresh write id, which is what other replicas' freshness checks compare.
+
+        Chroma has no compare-and-set, so when two replicas write at once the later
+        one's settings overwrite the earlier one's: the later writer's cache then
+        misses the earlier writer's points while its write id looks current. So in
+        server mode each write then appends its entry to the journal and reads the
+        entries added since the writer's cache was last known complete (``seen``).
+        Of two overlapping writes, the one that reads later sees the other's entry:
+        it stores yet another write id, so that every replica reloads, itself
+        included.
+
+        Returns:
+            The stored settings, and the journal entries the writer's cache
+            reflects once it applies this write; None when it must reload instead.
+        """
+        col = self._chroma(meta.name)
+        new = replace(meta, version=version, write_id=uuid.uuid4().hex)
+        # Keep an attached collection's own metadata beside driftd's keys.
+        col.modify(metadata={**(col.metadata or {}), **new.to_metadata()})
+        if self._journal is None:
+            return new, seen
+        now = _time.time()
+        entry = f"{meta.uid}/{new.write_id}"
+        self._journal.add(
+            ids=[entry], embeddings=[[0.0]], metadatas=[{"collection": meta.uid, "time": now}]
+        )
+        ids = self._journal_ids(meta.uid, seen.at - _JOURNAL_SKEW)
+        others = ids - seen.ids - {entry}
+        if others:
+            col = self._chroma(meta.name)
+            current = StoredCollection.of(col) or new
+            log.info(
+                "%d concurrent write(s) to %s by other replicas: caches reload",
+                len(others),
+                meta.name,
+            )
+            new = replace(
+                current, version=max(current.version, version) + 1, write_id=uuid.uuid4().hex
+            )
+            col.modify(metadata={**(col.metadata or {}), **new.to_metadata()})
+            return new, None
+        if now - self._pruned.setdefault(meta.uid, now) > _JOURNAL_KEEP:
+            self._journal.delete(
+                where={"$and": [{"collection": meta.uid}, {"time": {"$lt": now - _JOURNAL_KEEP}}]}
+            )
+            self._pruned[meta.uid] = now
+        return new, SeenWrites(frozenset(ids), now)
+
+    def _journal_ids(self, uid: str, since: float) -> set[str]:
+        got = self._journal.get(
+            where={"$and": [{"collection": uid}, {"time": {"$gte": since}}]}, include=[]
+        )
+        return set(got["ids"])
 
     def attach(
         self, name: str, *, time_key: str, series_key: str, embed_model: str
@@ -208,7 +330,7 @@ class ChromaStore:
             FailedPrecondition: it holds no embeddings to learn the dimension from.
         """
         col = self._chroma(name)
-        if StoredCollection.from_metadata(name, col.metadata) is not None:
+        if StoredCollection.of(col) is not None:
             raise AlreadyExists(f"collection {name!r} is already a driftd collection")
         sample = col.get(limit=1, include=["embeddings"])
         if not sample["ids"]:
@@ -228,6 +350,7 @@ class ChromaStore:
             time_key=time_key,
             series_key=series_key or SERIES_KEY,
             attached=True,
+            uid=str(col.id),
         )
         # Keep the owner's collection metadata; add driftd's keys beside it.
         col.modify(metadata={**(col.metadata or {}), **meta.to_metadata()})

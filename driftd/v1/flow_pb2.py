@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64riftd/v1/flow.proto\x12\tdriftd.v1\x1a\x15\x64riftd/v1/point.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\tFlowStart\x12(\n\x06vector\x18\x01 \x01(\x0b\x32\x16.driftd.v1.FloatVectorH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x12\n\x08point_id\x18\x03 \x01(\tH\x00\x42\x07\n\x05start\"G\n\x10ProbeFlowRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\x05start\x18\x02 \x01(\x0b\x32\x14.driftd.v1.FlowStart\"\x9f\x01\n\x11ProbeFlowResponse\x12\x10\n\x08velocity\x18\x01 \x03(\x02\x12\r\n\x05speed\x18\x02 \x01(\x01\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x0f\n\x07support\x18\x04 \x01(\x01\x12\x12\n\nin_support\x18\x05 \x01(\x08\x12\x18\n\x10nearest_point_id\x18\x06 \x01(\t\x12\x16\n\x0espeed_per_step\x18\x07 \x01(\x01\"\xe0\x01\n\x14SimulatePathsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\x05start\x18\x02 \x01(\x0b\x32\x14.driftd.v1.FlowStart\x12\r\n\x05steps\x18\x03 \x01(\x05\x12\x30\n\rstep_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05paths\x18\x05 \x01(\x05\x12\x1c\n\x14stop_outside_support\x18\x06 \x01(\x08\x12\x17\n\x0finclude_vectors\x18\x07 \x01(\x08\x12\x0c\n\x04seed\x18\x08 \x01(\x04\"\xee\x01\n\x15SimulatePathsResponse\x12\x0c\n\x04path\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08position\x18\x04 \x03(\x02\x12\r\n\x05speed\x18\x05 \x01(\x01\x12\x18\n\x10nearest_point_id\x18\x06 \x01(\t\x12\x1a\n\x12nearest_similarity\x18\x07 \x01(\x01\x12\x0f\n\x07support\x18\x08 \x01(\x01\x12\x12\n\nin_support\x18\t \x01(\x08\x12\x13\n\x0bstop_reason\x18\n \x01(\t\"v\n\x15\x46indAttractorsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05seeds\x18\x02 \x01(\x05\x12\x17\n\x0frepresentatives\x18\x03 \x01(\x05\x12\x17\n\x0finclude_vectors\x18\x04 \x01(\x08\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"m\n\x13RepresentativePoint\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nsimilarity\x18\x04 \x01(\x01\"\xe4\x01\n\tAttractor\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\tstability\x18\x02 \x01(\x0e\x32\x14.driftd.v1.Stability\x12\x0e\n\x06\x63\x65nter\x18\x03 \x03(\x02\x12\x16\n\x0e\x62\x61sin_fraction\x18\x04 \x01(\x01\x12\x13\n\x0b\x65igenvalues\x18\x05 \x03(\x01\x12\r\n\x05speed\x18\x06 \x01(\x01\x12\x17\n\x0freproducibility\x18\x07 \x01(\x01\x12=\n\x15representative_points\x18\x08 \x03(\x0b\x32\x1e.driftd.v1.RepresentativePoint\"^\n\x16\x46indAttractorsResponse\x12(\n\nattractors\x18\x01 \x03(\x0b\x32\x14.driftd.v1.Attractor\x12\x1a\n\x12\x63ollection_version\x18\x02 \x01(\x03\"\x9d\x01\n\x15\x44\x65tectChaptersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06series\x18\x02 \x01(\t\x12(\n\ntime_range\x18\x03 \x01(\x0b\x32\x14.driftd.v1.TimeRange\x12\x10\n\x08min_size\x18\x04 \x01(\x05\x12\x0f\n\x07penalty\x18\x05 \x01(\x01\x12\x17\n\x0frepresentatives\x18\x06 \x01(\x05\"\x8e\x02\n\x07\x43hapter\x12\r\n\x05index\x18\x01 \x01(\x05\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpoint_count\x18\x04 \x01(\x03\x12\x16\n\x0estart_point_id\x18\x05 \x01(\t\x12\x14\n\x0c\x65nd_point_id\x18\x06 \x01(\t\x12=\n\x15representative_points\x18\x07 \x03(\x0b\x32\x1e.driftd.v1.RepresentativePoint\x12\x14\n\x0c\x61ttractor_id\x18\x08 \x01(\t\"Z\n\x16\x44\x65tectChaptersResponse\x12$\n\x08\x63hapters\x18\x01 \x03(\x0b\x32\x12.driftd.v1.Chapter\x12\x1a\n\x12\x63ollection_version\x18\x02 \x01(\x03*j\n\tStability\x12\x19\n\x15STABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10STABILITY_STABLE\x10\x01\x12\x14\n\x10STABILITY_SADDLE\x10\x02\x12\x16\n\x12STABILITY_UNSTABLE\x10\x03\x32\xd9\x02\n\x0b\x46lowService\x12\x46\n\tProbeFlow\x12\x1b.driftd.v1.ProbeFlowRequest\x1a\x1c.driftd.v1.ProbeFlowResponse\x12T\n\rSimulatePaths\x12\x1f.driftd.v1.SimulatePathsRequest\x1a .driftd.v1.SimulatePathsResponse0\x01\x12U\n\x0e\x46indAttractors\x12 .driftd.v1.FindAttractorsRequest\x1a!.driftd.v1.FindAttractorsResponse\x12U\n\x0e\x44\x65tectChapters\x12 .driftd.v1.DetectChaptersRequest\x1a!.driftd.v1.DetectChaptersResponseB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64riftd/v1/flow.proto\x12\tdriftd.v1\x1a\x15\x64riftd/v1/point.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\tFlowStart\x12(\n\x06vector\x18\x01 \x01(\x0b\x32\x16.driftd.v1.FloatVectorH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x12\n\x08point_id\x18\x03 \x01(\tH\x00\x42\x07\n\x05start\"G\n\x10ProbeFlowRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\x05start\x18\x02 \x01(\x0b\x32\x14.driftd.v1.FlowStart\"\x9f\x01\n\x11ProbeFlowResponse\x12\x10\n\x08velocity\x18\x01 \x03(\x02\x12\r\n\x05speed\x18\x02 \x01(\x01\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x0f\n\x07support\x18\x04 \x01(\x01\x12\x12\n\nin_support\x18\x05 \x01(\x08\x12\x18\n\x10nearest_point_id\x18\x06 \x01(\t\x12\x16\n\x0espeed_per_step\x18\x07 \x01(\x01\"\xf7\x01\n\x14SimulatePathsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\x05start\x18\x02 \x01(\x0b\x32\x14.driftd.v1.FlowStart\x12\r\n\x05steps\x18\x03 \x01(\x05\x12\x30\n\rstep_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05paths\x18\x05 \x01(\x05\x12\x1c\n\x14stop_outside_support\x18\x06 \x01(\x08\x12\x17\n\x0finclude_vectors\x18\x07 \x01(\x08\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x15\n\rband_coverage\x18\t \x01(\x01\"\x9e\x02\n\x15SimulatePathsResponse\x12\x0c\n\x04path\x18\x01 \x01(\x05\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08position\x18\x04 \x03(\x02\x12\r\n\x05speed\x18\x05 \x01(\x01\x12\x18\n\x10nearest_point_id\x18\x06 \x01(\t\x12\x1a\n\x12nearest_similarity\x18\x07 \x01(\x01\x12\x0f\n\x07support\x18\x08 \x01(\x01\x12\x12\n\nin_support\x18\t \x01(\x08\x12\x13\n\x0bstop_reason\x18\n \x01(\t\x12\x19\n\x11\x65nsemble_position\x18\x0b \x03(\x02\x12\x13\n\x0b\x62\x61nd_radius\x18\x0c \x01(\x01\"\x89\x01\n\x15\x46indAttractorsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\r\n\x05seeds\x18\x02 \x01(\x05\x12\x17\n\x0frepresentatives\x18\x03 \x01(\x05\x12\x17\n\x0finclude_vectors\x18\x04 \x01(\x08\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x11\n\tbootstrap\x18\x06 \x01(\x05\"m\n\x13RepresentativePoint\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nsimilarity\x18\x04 \x01(\x01\"\xe4\x01\n\tAttractor\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\tstability\x18\x02 \x01(\x0e\x32\x14.driftd.v1.Stability\x12\x0e\n\x06\x63\x65nter\x18\x03 \x03(\x02\x12\x16\n\x0e\x62\x61sin_fraction\x18\x04 \x01(\x01\x12\x13\n\x0b\x65igenvalues\x18\x05 \x03(\x01\x12\r\n\x05speed\x18\x06 \x01(\x01\x12\x17\n\x0freproducibility\x18\x07 \x01(\x01\x12=\n\x15representative_points\x18\x08 \x03(\x0b\x32\x1e.driftd.v1.RepresentativePoint\"q\n\x16\x46indAttractorsResponse\x12(\n\nattractors\x18\x01 \x03(\x0b\x32\x14.driftd.v1.Attractor\x12\x1a\n\x12\x63ollection_version\x18\x02 \x01(\x03\x12\x11\n\tbootstrap\x18\x03 \x01(\x05\"\xcb\x01\n\x15\x44\x65tectChaptersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0e\n\x06series\x18\x02 \x01(\t\x12(\n\ntime_range\x18\x03 \x01(\x0b\x32\x14.driftd.v1.TimeRange\x12\x10\n\x08min_size\x18\x04 \x01(\x05\x12\x0f\n\x07penalty\x18\x05 \x01(\x01\x12\x17\n\x0frepresentatives\x18\x06 \x01(\x05\x12,\n\x06method\x18\x07 \x01(\x0e\x32\x1c.driftd.v1.ChangePointMethod\"\x8e\x02\n\x07\x43hapter\x12\r\n\x05index\x18\x01 \x01(\x05\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpoint_count\x18\x04 \x01(\x03\x12\x16\n\x0estart_point_id\x18\x05 \x01(\t\x12\x14\n\x0c\x65nd_point_id\x18\x06 \x01(\t\x12=\n\x15representative_points\x18\x07 \x03(\x0b\x32\x1e.driftd.v1.RepresentativePoint\x12\x14\n\x0c\x61ttractor_id\x18\x08 \x01(\t\"Z\n\x16\x44\x65tectChaptersResponse\x12$\n\x08\x63hapters\x18\x01 \x03(\x0b\x32\x12.driftd.v1.Chapter\x12\x1a\n\x12\x63ollection_version\x18\x02 \x01(\x03*j\n\tStability\x12\x19\n\x15STABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10STABILITY_STABLE\x10\x01\x12\x14\n\x10STABILITY_SADDLE\x10\x02\x12\x16\n\x12STABILITY_UNSTABLE\x10\x03*y\n\x11\x43hangePointMethod\x12#\n\x1f\x43HANGE_POINT_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43HANGE_POINT_METHOD_OFFLINE\x10\x01\x12\x1e\n\x1a\x43HANGE_POINT_METHOD_ONLINE\x10\x02\x32\xd9\x02\n\x0b\x46lowService\x12\x46\n\tProbeFlow\x12\x1b.driftd.v1.ProbeFlowRequest\x1a\x1c.driftd.v1.ProbeFlowResponse\x12T\n\rSimulatePaths\x12\x1f.driftd.v1.SimulatePathsRequest\x1a .driftd.v1.SimulatePathsResponse0\x01\x12U\n\x0e\x46indAttractors\x12 .driftd.v1.FindAttractorsRequest\x1a!.driftd.v1.FindAttractorsResponse\x12U\n\x0e\x44\x65tectChapters\x12 .driftd.v1.DetectChaptersRequest\x1a!.driftd.v1.DetectChaptersResponseB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftd.v1.flow_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1'
-  _globals['_STABILITY']._serialized_start=2009
-  _globals['_STABILITY']._serialized_end=2115
+  _globals['_STABILITY']._serialized_start=2165
+  _globals['_STABILITY']._serialized_end=2271
+  _globals['_CHANGEPOINTMETHOD']._serialized_start=2273
+  _globals['_CHANGEPOINTMETHOD']._serialized_end=2394
   _globals['_FLOWSTART']._serialized_start=123
   _globals['_FLOWSTART']._serialized_end=221
   _globals['_PROBEFLOWREQUEST']._serialized_start=223
@@ -44,23 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROBEFLOWRESPONSE']._serialized_start=297
   _globals['_PROBEFLOWRESPONSE']._serialized_end=456
   _globals['_SIMULATEPATHSREQUEST']._serialized_start=459
-  _globals['_SIMULATEPATHSREQUEST']._serialized_end=683
-  _globals['_SIMULATEPATHSRESPONSE']._serialized_start=686
-  _globals['_SIMULATEPATHSRESPONSE']._serialized_end=924
-  _globals['_FINDATTRACTORSREQUEST']._serialized_start=926
-  _globals['_FINDATTRACTORSREQUEST']._serialized_end=1044
-  _globals['_REPRESENTATIVEPOINT']._serialized_start=1046
-  _globals['_REPRESENTATIVEPOINT']._serialized_end=1155
-  _globals['_ATTRACTOR']._serialized_start=1158
-  _globals['_ATTRACTOR']._serialized_end=1386
-  _globals['_FINDATTRACTORSRESPONSE']._serialized_start=1388
-  _globals['_FINDATTRACTORSRESPONSE']._serialized_end=1482
-  _globals['_DETECTCHAPTERSREQUEST']._serialized_start=1485
-  _globals['_DETECTCHAPTERSREQUEST']._serialized_end=1642
-  _globals['_CHAPTER']._serialized_start=1645
-  _globals['_CHAPTER']._serialized_end=1915
-  _globals['_DETECTCHAPTERSRESPONSE']._serialized_start=1917
-  _globals['_DETECTCHAPTERSRESPONSE']._serialized_end=2007
-  _globals['_FLOWSERVICE']._serialized_start=2118
-  _globals['_FLOWSERVICE']._serialized_end=2463
+  _globals['_SIMULATEPATHSREQUEST']._serialized_end=706
+  _globals['_SIMULATEPATHSRESPONSE']._serialized_start=709
+  _globals['_SIMULATEPATHSRESPONSE']._serialized_end=995
+  _globals['_FINDATTRACTORSREQUEST']._serialized_start=998
+  _globals['_FINDATTRACTORSREQUEST']._serialized_end=1135
+  _globals['_REPRESENTATIVEPOINT']._serialized_start=1137
+  _globals['_REPRESENTATIVEPOINT']._serialized_end=1246
+  _globals['_ATTRACTOR']._serialized_start=1249
+  _globals['_ATTRACTOR']._serialized_end=1477
+  _globals['_FINDATTRACTORSRESPONSE']._serialized_start=1479
+  _globals['_FINDATTRACTORSRESPONSE']._serialized_end=1592
+  _globals['_DETECTCHAPTERSREQUEST']._serialized_start=1595
+  _globals['_DETECTCHAPTERSREQUEST']._serialized_end=1798
+  _globals['_CHAPTER']._serialized_start=1801
+  _globals['_CHAPTER']._serialized_end=2071
+  _globals['_DETECTCHAPTERSRESPONSE']._serialized_start=2073
+  _globals['_DETECTCHAPTERSRESPONSE']._serialized_end=2163
+  _globals['_FLOWSERVICE']._serialized_start=2397
+  _globals['_FLOWSERVICE']._serialized_end=2742
 # @@protoc_insertion_point(module_scope)

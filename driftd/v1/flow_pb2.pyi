@@ -50,6 +50,54 @@ STABILITY_UNSTABLE: Stability.ValueType  # 3
 """All eigenvalues have positive real part: a repeller."""
 Global___Stability: _TypeAlias = Stability  # noqa: Y015
 
+class _ChangePointMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangePointMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangePointMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_POINT_METHOD_UNSPECIFIED: _ChangePointMethod.ValueType  # 0
+    """Unspecified: OFFLINE."""
+    CHANGE_POINT_METHOD_OFFLINE: _ChangePointMethod.ValueType  # 1
+    """Exact PELT (Killick et al. 2012; L2 cost, penalty from a robust noise
+    estimate) over the selected points, recomputed on every request; fits the
+    flow so chapters link to attractors. Cost grows with the selection.
+    """
+    CHANGE_POINT_METHOD_ONLINE: _ChangePointMethod.ValueType  # 2
+    """The series' running Bayesian online change-point detector (Adams & MacKay
+    2007; Student-t likelihood with an outlier component, log space) that the
+    server feeds on every write: the chapters it has confirmed so far, with no
+    refit. A chapter is confirmed once it has 5 points, so the newest change can
+    show up a few points late; `attractor_id` is empty. A series the detector
+    has not followed from its first point (points written before this server
+    started, an attached collection, points deleted since) is replayed once from
+    storage on first use. Points overwritten later, or written out of time order,
+    are not fed again: they fall into the chapter that covers their time.
+    """
+
+class ChangePointMethod(_ChangePointMethod, metaclass=_ChangePointMethodEnumTypeWrapper):
+    """How DetectChapters finds chapters."""
+
+CHANGE_POINT_METHOD_UNSPECIFIED: ChangePointMethod.ValueType  # 0
+"""Unspecified: OFFLINE."""
+CHANGE_POINT_METHOD_OFFLINE: ChangePointMethod.ValueType  # 1
+"""Exact PELT (Killick et al. 2012; L2 cost, penalty from a robust noise
+estimate) over the selected points, recomputed on every request; fits the
+flow so chapters link to attractors. Cost grows with the selection.
+"""
+CHANGE_POINT_METHOD_ONLINE: ChangePointMethod.ValueType  # 2
+"""The series' running Bayesian online change-point detector (Adams & MacKay
+2007; Student-t likelihood with an outlier component, log space) that the
+server feeds on every write: the chapters it has confirmed so far, with no
+refit. A chapter is confirmed once it has 5 points, so the newest change can
+show up a few points late; `attractor_id` is empty. A series the detector
+has not followed from its first point (points written before this server
+started, an attached collection, points deleted since) is replayed once from
+storage on first use. Points overwritten later, or written out of time order,
+are not fed again: they fall into the chapter that covers their time.
+"""
+Global___ChangePointMethod: _TypeAlias = ChangePointMethod  # noqa: Y015
+
 @_typing.final
 class FlowStart(_message.Message):
     """Where a probe or a simulation starts."""
@@ -128,7 +176,14 @@ class ProbeFlowResponse(_message.Message):
     speed: _builtins.float
     """Norm of `velocity` (embedding units per second)."""
     confidence: _builtins.float
-    """Agreement of the fitted field at this point, 0-1 (1 = well determined)."""
+    """How well the data determine the direction of motion here, 0-1: the mean,
+    over the server's bootstrap refits of the flow (moving-block bootstrap of the
+    transitions, Kuensch 1989; DRIFTD_ENSEMBLE_SIZE refits, default 8), of the
+    cosine between the refit's and the returned velocity, clipped to [0, 1], times
+    min(1, support / the support threshold). Near 1: every refit points the same
+    way. Directions that are pure noise (near a fixed point) score ~0.7 or less;
+    outside the support it falls with the support, to ~0 far from the data.
+    """
     support: _builtins.float
     """Effective number of observed transitions near this point (sum of kernel weights)."""
     in_support: _builtins.bool
@@ -176,6 +231,7 @@ class SimulatePathsRequest(_message.Message):
     STOP_OUTSIDE_SUPPORT_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    BAND_COVERAGE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The collection, as "collections/{collection_id}"."""
     steps: _builtins.int
@@ -190,6 +246,13 @@ class SimulatePathsRequest(_message.Message):
     """Whether to return positions (vectors) in each step."""
     seed: _builtins.int
     """Random seed for the jitter of extra paths; the same seed gives the same paths."""
+    band_coverage: _builtins.float
+    """Coverage of the uncertainty band, in (0, 1): the share of the bootstrap
+    refits' paths that each step's band (`band_radius` around
+    `ensemble_position`) holds; 0 means 0.9. With B refits (default 8) the
+    quantile interpolates between their B distances, so coverage above
+    (B - 1) / B gives the farthest refit.
+    """
     @_builtins.property
     def start(self) -> Global___FlowStart:
         """Where the paths start."""
@@ -209,10 +272,11 @@ class SimulatePathsRequest(_message.Message):
         stop_outside_support: _builtins.bool = ...,
         include_vectors: _builtins.bool = ...,
         seed: _builtins.int = ...,
+        band_coverage: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "step_duration", b"step_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_vectors", b"include_vectors", "parent", b"parent", "paths", b"paths", "seed", b"seed", "start", b"start", "step_duration", b"step_duration", "steps", b"steps", "stop_outside_support", b"stop_outside_support"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band_coverage", b"band_coverage", "include_vectors", b"include_vectors", "parent", b"parent", "paths", b"paths", "seed", b"seed", "start", b"start", "step_duration", b"step_duration", "steps", b"steps", "stop_outside_support", b"stop_outside_support"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -234,6 +298,8 @@ class SimulatePathsResponse(_message.Message):
     SUPPORT_FIELD_NUMBER: _builtins.int
     IN_SUPPORT_FIELD_NUMBER: _builtins.int
     STOP_REASON_FIELD_NUMBER: _builtins.int
+    ENSEMBLE_POSITION_FIELD_NUMBER: _builtins.int
+    BAND_RADIUS_FIELD_NUMBER: _builtins.int
     path: _builtins.int
     """Which path (0-based)."""
     step: _builtins.int
@@ -252,6 +318,13 @@ class SimulatePathsResponse(_message.Message):
     """Why the path ended, on its last step only: "steps", "low_speed" or
     "left_support"; empty on other steps.
     """
+    band_radius: _builtins.float
+    """Radius of the uncertainty band at this step (embedding units: Euclidean
+    distance in the full space; on the unit sphere about the angle in radians):
+    the `band_coverage` quantile of the refits' distances from
+    `ensemble_position`. 0 (to rounding) at step 0; it grows where the data are sparse and
+    stays small where the data pin the flow down.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Simulated time: the start's time (or now for a free vector) plus step × step_duration."""
@@ -259,6 +332,13 @@ class SimulatePathsResponse(_message.Message):
     @_builtins.property
     def position(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Position in the full space (float32); set only with include_vectors."""
+
+    @_builtins.property
+    def ensemble_position(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Mean position of the bootstrap refits' paths at this step (each refit follows
+        its own flow from the same start), on the unit sphere for cosine collections;
+        float32, set only with include_vectors.
+        """
 
     def __init__(
         self,
@@ -273,10 +353,12 @@ class SimulatePathsResponse(_message.Message):
         support: _builtins.float = ...,
         in_support: _builtins.bool = ...,
         stop_reason: _builtins.str = ...,
+        ensemble_position: _abc.Iterable[_builtins.float] | None = ...,
+        band_radius: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_support", b"in_support", "nearest_point_id", b"nearest_point_id", "nearest_similarity", b"nearest_similarity", "path", b"path", "position", b"position", "speed", b"speed", "step", b"step", "stop_reason", b"stop_reason", "support", b"support", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band_radius", b"band_radius", "ensemble_position", b"ensemble_position", "in_support", b"in_support", "nearest_point_id", b"nearest_point_id", "nearest_similarity", b"nearest_similarity", "path", b"path", "position", b"position", "speed", b"speed", "step", b"step", "stop_reason", b"stop_reason", "support", b"support", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,6 +375,7 @@ class FindAttractorsRequest(_message.Message):
     REPRESENTATIVES_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The collection, as "collections/{collection_id}"."""
     seeds: _builtins.int
@@ -303,6 +386,14 @@ class FindAttractorsRequest(_message.Message):
     """Whether to return the centres (vectors)."""
     seed: _builtins.int
     """Random seed; the same seed gives the same attractors."""
+    bootstrap: _builtins.int
+    """Bootstrap refits that measure `reproducibility`, 2 to the server limit
+    (DRIFTD_MAX_BOOTSTRAP, default 64); 0 means the server's ensemble
+    (DRIFTD_ENSEMBLE_SIZE, default 8), already built for ProbeFlow and
+    SimulatePaths. More refits cost time: a larger ensemble is built once per
+    flow and worker (about 1.6 s at 20k points, 7 s at 100k, d = 384), then each
+    refit adds one root finding per fixed point.
+    """
     def __init__(
         self,
         *,
@@ -311,10 +402,11 @@ class FindAttractorsRequest(_message.Message):
         representatives: _builtins.int = ...,
         include_vectors: _builtins.bool = ...,
         seed: _builtins.int = ...,
+        bootstrap: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_vectors", b"include_vectors", "parent", b"parent", "representatives", b"representatives", "seed", b"seed", "seeds", b"seeds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap", b"bootstrap", "include_vectors", b"include_vectors", "parent", b"parent", "representatives", b"representatives", "seed", b"seed", "seeds", b"seeds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -379,7 +471,11 @@ class Attractor(_message.Message):
     speed: _builtins.float
     """Flow speed at the centre (embedding units per second); near 0 for a fixed point."""
     reproducibility: _builtins.float
-    """Share (0-1) of bootstrap refits that find this attractor."""
+    """Share (0-1) of the bootstrap refits (moving-block bootstrap of the
+    transitions, Kuensch 1989) that have a fixed point of the same stability
+    within half a kernel bandwidth of the centre: 1 for a well the data pin
+    down, lower for a weak or borderline feature.
+    """
     @_builtins.property
     def center(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Centre in the full space (float32); set only with include_vectors."""
@@ -420,8 +516,11 @@ class FindAttractorsResponse(_message.Message):
 
     ATTRACTORS_FIELD_NUMBER: _builtins.int
     COLLECTION_VERSION_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_FIELD_NUMBER: _builtins.int
     collection_version: _builtins.int
     """The collection version the flow was fitted on."""
+    bootstrap: _builtins.int
+    """Number of bootstrap refits behind `reproducibility`."""
     @_builtins.property
     def attractors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attractor]:
         """Fixed points, largest basin first."""
@@ -431,10 +530,11 @@ class FindAttractorsResponse(_message.Message):
         *,
         attractors: _abc.Iterable[Global___Attractor] | None = ...,
         collection_version: _builtins.int = ...,
+        bootstrap: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attractors", b"attractors", "collection_version", b"collection_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attractors", b"attractors", "bootstrap", b"bootstrap", "collection_version", b"collection_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,6 +552,7 @@ class DetectChaptersRequest(_message.Message):
     MIN_SIZE_FIELD_NUMBER: _builtins.int
     PENALTY_FIELD_NUMBER: _builtins.int
     REPRESENTATIVES_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The collection, as "collections/{collection_id}"."""
     series: _builtins.str
@@ -464,6 +565,10 @@ class DetectChaptersRequest(_message.Message):
     """
     representatives: _builtins.int
     """Representative points per chapter, 0-100; 0 means 3."""
+    method: Global___ChangePointMethod.ValueType
+    """How chapters are found; unspecified means OFFLINE. ONLINE needs one series
+    (`series`, or a collection with a single series) and no `penalty`.
+    """
     @_builtins.property
     def time_range(self) -> _point_pb2.TimeRange:
         """Only this time window."""
@@ -477,10 +582,11 @@ class DetectChaptersRequest(_message.Message):
         min_size: _builtins.int = ...,
         penalty: _builtins.float = ...,
         representatives: _builtins.int = ...,
+        method: Global___ChangePointMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time_range", b"time_range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_size", b"min_size", "parent", b"parent", "penalty", b"penalty", "representatives", b"representatives", "series", b"series", "time_range", b"time_range"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "min_size", b"min_size", "parent", b"parent", "penalty", b"penalty", "representatives", b"representatives", "series", b"series", "time_range", b"time_range"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -98,7 +98,9 @@ class FlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DetectChapters(self, request, context):
-        """Splits the timeline into chapters (regimes) by change-point detection.
+        """Splits the timeline into chapters (regimes) by change-point detection:
+        offline (exact, recomputed per request) or from the online detector that
+        follows every series as points arrive (no refit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,10 @@ class FlowServiceStub:
     their basins and representative points.
     """
     DetectChapters: _grpc.UnaryUnaryMultiCallable[_flow_pb2.DetectChaptersRequest, _flow_pb2.DetectChaptersResponse]
-    """Splits the timeline into chapters (regimes) by change-point detection."""
+    """Splits the timeline into chapters (regimes) by change-point detection:
+    offline (exact, recomputed per request) or from the online detector that
+    follows every series as points arrive (no refit).
+    """
 
 @_typing.type_check_only
 class FlowServiceAsyncStub(FlowServiceStub):
@@ -78,7 +81,10 @@ class FlowServiceAsyncStub(FlowServiceStub):
     their basins and representative points.
     """
     DetectChapters: _aio.UnaryUnaryMultiCallable[_flow_pb2.DetectChaptersRequest, _flow_pb2.DetectChaptersResponse]  # type: ignore[assignment]
-    """Splits the timeline into chapters (regimes) by change-point detection."""
+    """Splits the timeline into chapters (regimes) by change-point detection:
+    offline (exact, recomputed per request) or from the online detector that
+    follows every series as points arrive (no refit).
+    """
 
 class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
     """FlowService answers questions about the motion of a collection's timelines:
@@ -125,6 +131,9 @@ class FlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flow_pb2.DetectChaptersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flow_pb2.DetectChaptersResponse, _abc.Awaitable[_flow_pb2.DetectChaptersResponse]]:
-        """Splits the timeline into chapters (regimes) by change-point detection."""
+        """Splits the timeline into chapters (regimes) by change-point detection:
+        offline (exact, recomputed per request) or from the online detector that
+        follows every series as points arrive (no refit).
+        """
 
 def add_FlowServiceServicer_to_server(servicer: FlowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

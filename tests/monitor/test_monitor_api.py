@@ -466,3 +466,82 @@ def test_drift_rules_survive_a_restart(tmp_path):
         assert got == rule
     finally:
         srv.stop()
+
+
+def test_deleting_a_collection_ends_its_watches_and_deletes_its_drift_rules(tmp_path):
+    """A deleted collection's watches end with NOT_FOUND and its drift rules go,
+    from the monitor and from Chroma: a collection created again under the same
+    name starts with no rules, and a watch cannot resume into it."""
+    srv = ServerProcess(tmp_path / "chroma", tmp_path / "server.log").start()
+    try:
+        with grpc.insecure_channel(srv.target) as ch:
+            stubs = (
+                collection_pb2_grpc.CollectionServiceStub(ch),
+                point_pb2_grpc.PointServiceStub(ch),
+                monitor_pb2_grpc.MonitorServiceStub(ch),
+            )
+            m, rng = stubs[2], np.random.default_rng(5)
+            parent = create(stubs, "mon-drop", 4)
+            old = m.CreateDriftRule(
+                monitor_pb2.CreateDriftRuleRequest(
+                    parent=parent, drift_rule_id="hourly", drift_rule={"window": {"seconds": 3600}}
+                )
+            )
+            watch = Watch(m, monitor_pb2.WatchCollectionRequest(parent=parent))
+            time.sleep(0.5)  # let the watch register before the writes
+            for k in range(2):
+                upsert(stubs, parent, points(rng.standard_normal((20, 4)), prefix=f"b{k}-"))
+            first = watch.wait_for(lambda ev: len(kinds(ev, "points_upserted")) == 2)[0]
+
+            stubs[0].DeleteCollection(collection_pb2.DeleteCollectionRequest(name=parent))
+            watch.thread.join(10)
+            assert not watch.thread.is_alive(), "the watch outlived its collection"
+            code, reason, _, _ = error_details(watch.error)
+            assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "COLLECTION_NOT_FOUND")
+            assert "deleted" in watch.error.details()
+            rejected(
+                lambda: m.GetDriftRule(monitor_pb2.GetDriftRuleRequest(name=old.name)),
+                grpc.StatusCode.NOT_FOUND,
+                "COLLECTION_NOT_FOUND",
+            )
+
+            assert create(stubs, "mon-drop", 4) == parent
+            listed = m.ListDriftRules(monitor_pb2.ListDriftRulesRequest(parent=parent))
+            assert not listed.drift_rules
+            rejected(
+                lambda: m.GetDriftRule(monitor_pb2.GetDriftRuleRequest(name=old.name)),
+                grpc.StatusCode.NOT_FOUND,
+                "DRIFT_RULE_NOT_FOUND",
+            )
+            # Resuming the old watch: the events it missed were the old collection's.
+            rejected(
+                lambda: next(
+                    m.WatchCollection(
+                        monitor_pb2.WatchCollectionRequest(
+                            parent=parent, after_sequence=first.sequence
+                        )
+                    )
+                ),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "EVENTS_EXPIRED",
+            )
+            new = m.CreateDriftRule(
+                monitor_pb2.CreateDriftRuleRequest(
+                    parent=parent, drift_rule_id="hourly", drift_rule={"window": {"seconds": 7200}}
+                )
+            )
+            assert new.name == old.name and new.window.seconds == 7200
+        srv.stop()
+
+        # In Chroma itself only the new collection's rule is left.
+        import chromadb
+
+        client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+        stored = client.get_collection("driftd.sys.monitor.drift_rules").get(include=["metadatas"])
+        uid = str(client.get_collection("mon-drop").id)
+        assert [(md["rule_id"], md["collection_uid"]) for md in stored["metadatas"]] == [
+            ("hourly", uid)
+        ]
+        assert stored["metadatas"][0]["window_seconds"] == 7200
+    finally:
+        srv.stop()

@@ -388,13 +388,33 @@ def test_deletes_are_seen_by_the_other_replica(replicas):
         )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known engine bug (reported to the lead): concurrent writes through two replicas "
-    "both store version N+1 (read-modify-write of driftd:version, no compare-and-set in Chroma), "
-    "so a replica whose cached version equals the stored one keeps a trajectory that misses the "
-    "other replica's points. Remove this marker when the engine detects lost version updates.",
-)
+def test_a_collection_created_again_through_the_other_replica(replicas):
+    """B deletes and creates again a collection A has cached, before either
+    writes to it: A serves the new one (its settings, not its cached ones)."""
+    a, b = replicas
+    cid = "scale-again"
+    create(a, cid)
+    assert a.collection(cid).dimension == b.collection(cid).dimension == DIM
+    b.collections.DeleteCollection(
+        collection_pb2.DeleteCollectionRequest(name=f"collections/{cid}"), timeout=TIMEOUT
+    )
+    b.collections.CreateCollection(
+        collection_pb2.CreateCollectionRequest(
+            collection_id=cid,
+            collection=collection_pb2.Collection(
+                dimension=3, distance=collection_pb2.DISTANCE_COSINE
+            ),
+        ),
+        timeout=TIMEOUT,
+    )
+    got = a.collection(cid)
+    assert (got.dimension, got.distance) == (3, collection_pb2.DISTANCE_COSINE)
+    p = point_pb2.Point(id="n0", vector=[1.0, 0.0, 0.0])
+    p.time.FromDatetime(T0)
+    assert upsert(a, cid, [p]).upserted_count == 1
+    assert b.collection(cid).point_count == 1
+
+
 def test_concurrent_writers_on_both_replicas(replicas):
     """Both replicas write the same collection at the same time; afterwards
     each one serves every point (no replica keeps a cache that misses the

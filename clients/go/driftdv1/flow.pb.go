@@ -80,6 +80,69 @@ func (Stability) EnumDescriptor() ([]byte, []int) {
 	return file_driftd_v1_flow_proto_rawDescGZIP(), []int{0}
 }
 
+// How DetectChapters finds chapters.
+type ChangePointMethod int32
+
+const (
+	// Unspecified: OFFLINE.
+	ChangePointMethod_CHANGE_POINT_METHOD_UNSPECIFIED ChangePointMethod = 0
+	// Exact PELT (Killick et al. 2012; L2 cost, penalty from a robust noise
+	// estimate) over the selected points, recomputed on every request; fits the
+	// flow so chapters link to attractors. Cost grows with the selection.
+	ChangePointMethod_CHANGE_POINT_METHOD_OFFLINE ChangePointMethod = 1
+	// The series' running Bayesian online change-point detector (Adams & MacKay
+	// 2007; Student-t likelihood with an outlier component, log space) that the
+	// server feeds on every write: the chapters it has confirmed so far, with no
+	// refit. A chapter is confirmed once it has 5 points, so the newest change can
+	// show up a few points late; `attractor_id` is empty. A series the detector
+	// has not followed from its first point (points written before this server
+	// started, an attached collection, points deleted since) is replayed once from
+	// storage on first use. Points overwritten later, or written out of time order,
+	// are not fed again: they fall into the chapter that covers their time.
+	ChangePointMethod_CHANGE_POINT_METHOD_ONLINE ChangePointMethod = 2
+)
+
+// Enum value maps for ChangePointMethod.
+var (
+	ChangePointMethod_name = map[int32]string{
+		0: "CHANGE_POINT_METHOD_UNSPECIFIED",
+		1: "CHANGE_POINT_METHOD_OFFLINE",
+		2: "CHANGE_POINT_METHOD_ONLINE",
+	}
+	ChangePointMethod_value = map[string]int32{
+		"CHANGE_POINT_METHOD_UNSPECIFIED": 0,
+		"CHANGE_POINT_METHOD_OFFLINE":     1,
+		"CHANGE_POINT_METHOD_ONLINE":      2,
+	}
+)
+
+func (x ChangePointMethod) Enum() *ChangePointMethod {
+	p := new(ChangePointMethod)
+	*p = x
+	return p
+}
+
+func (x ChangePointMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ChangePointMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_driftd_v1_flow_proto_enumTypes[1].Descriptor()
+}
+
+func (ChangePointMethod) Type() protoreflect.EnumType {
+	return &file_driftd_v1_flow_proto_enumTypes[1]
+}
+
+func (x ChangePointMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ChangePointMethod.Descriptor instead.
+func (ChangePointMethod) EnumDescriptor() ([]byte, []int) {
+	return file_driftd_v1_flow_proto_rawDescGZIP(), []int{1}
+}
+
 // Where a probe or a simulation starts.
 type FlowStart struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -246,7 +309,13 @@ type ProbeFlowResponse struct {
 	Velocity []float32 `protobuf:"fixed32,1,rep,packed,name=velocity,proto3" json:"velocity,omitempty"`
 	// Norm of `velocity` (embedding units per second).
 	Speed float64 `protobuf:"fixed64,2,opt,name=speed,proto3" json:"speed,omitempty"`
-	// Agreement of the fitted field at this point, 0-1 (1 = well determined).
+	// How well the data determine the direction of motion here, 0-1: the mean,
+	// over the server's bootstrap refits of the flow (moving-block bootstrap of the
+	// transitions, Kuensch 1989; DRIFTD_ENSEMBLE_SIZE refits, default 8), of the
+	// cosine between the refit's and the returned velocity, clipped to [0, 1], times
+	// min(1, support / the support threshold). Near 1: every refit points the same
+	// way. Directions that are pure noise (near a fixed point) score ~0.7 or less;
+	// outside the support it falls with the support, to ~0 far from the data.
 	Confidence float64 `protobuf:"fixed64,3,opt,name=confidence,proto3" json:"confidence,omitempty"`
 	// Effective number of observed transitions near this point (sum of kernel weights).
 	Support float64 `protobuf:"fixed64,4,opt,name=support,proto3" json:"support,omitempty"`
@@ -359,7 +428,13 @@ type SimulatePathsRequest struct {
 	// Whether to return positions (vectors) in each step.
 	IncludeVectors bool `protobuf:"varint,7,opt,name=include_vectors,json=includeVectors,proto3" json:"include_vectors,omitempty"`
 	// Random seed for the jitter of extra paths; the same seed gives the same paths.
-	Seed          uint64 `protobuf:"varint,8,opt,name=seed,proto3" json:"seed,omitempty"`
+	Seed uint64 `protobuf:"varint,8,opt,name=seed,proto3" json:"seed,omitempty"`
+	// Coverage of the uncertainty band, in (0, 1): the share of the bootstrap
+	// refits' paths that each step's band (`band_radius` around
+	// `ensemble_position`) holds; 0 means 0.9. With B refits (default 8) the
+	// quantile interpolates between their B distances, so coverage above
+	// (B - 1) / B gives the farthest refit.
+	BandCoverage  float64 `protobuf:"fixed64,9,opt,name=band_coverage,json=bandCoverage,proto3" json:"band_coverage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -450,6 +525,13 @@ func (x *SimulatePathsRequest) GetSeed() uint64 {
 	return 0
 }
 
+func (x *SimulatePathsRequest) GetBandCoverage() float64 {
+	if x != nil {
+		return x.BandCoverage
+	}
+	return 0
+}
+
 // One step of one simulated path.
 type SimulatePathsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -473,7 +555,17 @@ type SimulatePathsResponse struct {
 	InSupport bool `protobuf:"varint,9,opt,name=in_support,json=inSupport,proto3" json:"in_support,omitempty"`
 	// Why the path ended, on its last step only: "steps", "low_speed" or
 	// "left_support"; empty on other steps.
-	StopReason    string `protobuf:"bytes,10,opt,name=stop_reason,json=stopReason,proto3" json:"stop_reason,omitempty"`
+	StopReason string `protobuf:"bytes,10,opt,name=stop_reason,json=stopReason,proto3" json:"stop_reason,omitempty"`
+	// Mean position of the bootstrap refits' paths at this step (each refit follows
+	// its own flow from the same start), on the unit sphere for cosine collections;
+	// float32, set only with include_vectors.
+	EnsemblePosition []float32 `protobuf:"fixed32,11,rep,packed,name=ensemble_position,json=ensemblePosition,proto3" json:"ensemble_position,omitempty"`
+	// Radius of the uncertainty band at this step (embedding units: Euclidean
+	// distance in the full space; on the unit sphere about the angle in radians):
+	// the `band_coverage` quantile of the refits' distances from
+	// `ensemble_position`. 0 (to rounding) at step 0; it grows where the data are sparse and
+	// stays small where the data pin the flow down.
+	BandRadius    float64 `protobuf:"fixed64,12,opt,name=band_radius,json=bandRadius,proto3" json:"band_radius,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -578,6 +670,20 @@ func (x *SimulatePathsResponse) GetStopReason() string {
 	return ""
 }
 
+func (x *SimulatePathsResponse) GetEnsemblePosition() []float32 {
+	if x != nil {
+		return x.EnsemblePosition
+	}
+	return nil
+}
+
+func (x *SimulatePathsResponse) GetBandRadius() float64 {
+	if x != nil {
+		return x.BandRadius
+	}
+	return 0
+}
+
 // Request for FlowService.FindAttractors.
 type FindAttractorsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -590,7 +696,14 @@ type FindAttractorsRequest struct {
 	// Whether to return the centres (vectors).
 	IncludeVectors bool `protobuf:"varint,4,opt,name=include_vectors,json=includeVectors,proto3" json:"include_vectors,omitempty"`
 	// Random seed; the same seed gives the same attractors.
-	Seed          uint64 `protobuf:"varint,5,opt,name=seed,proto3" json:"seed,omitempty"`
+	Seed uint64 `protobuf:"varint,5,opt,name=seed,proto3" json:"seed,omitempty"`
+	// Bootstrap refits that measure `reproducibility`, 2 to the server limit
+	// (DRIFTD_MAX_BOOTSTRAP, default 64); 0 means the server's ensemble
+	// (DRIFTD_ENSEMBLE_SIZE, default 8), already built for ProbeFlow and
+	// SimulatePaths. More refits cost time: a larger ensemble is built once per
+	// flow and worker (about 1.6 s at 20k points, 7 s at 100k, d = 384), then each
+	// refit adds one root finding per fixed point.
+	Bootstrap     int32 `protobuf:"varint,6,opt,name=bootstrap,proto3" json:"bootstrap,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -656,6 +769,13 @@ func (x *FindAttractorsRequest) GetIncludeVectors() bool {
 func (x *FindAttractorsRequest) GetSeed() uint64 {
 	if x != nil {
 		return x.Seed
+	}
+	return 0
+}
+
+func (x *FindAttractorsRequest) GetBootstrap() int32 {
+	if x != nil {
+		return x.Bootstrap
 	}
 	return 0
 }
@@ -748,7 +868,10 @@ type Attractor struct {
 	Eigenvalues []float64 `protobuf:"fixed64,5,rep,packed,name=eigenvalues,proto3" json:"eigenvalues,omitempty"`
 	// Flow speed at the centre (embedding units per second); near 0 for a fixed point.
 	Speed float64 `protobuf:"fixed64,6,opt,name=speed,proto3" json:"speed,omitempty"`
-	// Share (0-1) of bootstrap refits that find this attractor.
+	// Share (0-1) of the bootstrap refits (moving-block bootstrap of the
+	// transitions, Kuensch 1989) that have a fixed point of the same stability
+	// within half a kernel bandwidth of the centre: 1 for a well the data pin
+	// down, lower for a weak or borderline feature.
 	Reproducibility float64 `protobuf:"fixed64,7,opt,name=reproducibility,proto3" json:"reproducibility,omitempty"`
 	// The stored points nearest the centre.
 	RepresentativePoints []*RepresentativePoint `protobuf:"bytes,8,rep,name=representative_points,json=representativePoints,proto3" json:"representative_points,omitempty"`
@@ -849,8 +972,10 @@ type FindAttractorsResponse struct {
 	Attractors []*Attractor `protobuf:"bytes,1,rep,name=attractors,proto3" json:"attractors,omitempty"`
 	// The collection version the flow was fitted on.
 	CollectionVersion int64 `protobuf:"varint,2,opt,name=collection_version,json=collectionVersion,proto3" json:"collection_version,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Number of bootstrap refits behind `reproducibility`.
+	Bootstrap     int32 `protobuf:"varint,3,opt,name=bootstrap,proto3" json:"bootstrap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FindAttractorsResponse) Reset() {
@@ -897,6 +1022,13 @@ func (x *FindAttractorsResponse) GetCollectionVersion() int64 {
 	return 0
 }
 
+func (x *FindAttractorsResponse) GetBootstrap() int32 {
+	if x != nil {
+		return x.Bootstrap
+	}
+	return 0
+}
+
 // Request for FlowService.DetectChapters.
 type DetectChaptersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -913,8 +1045,11 @@ type DetectChaptersRequest struct {
 	Penalty float64 `protobuf:"fixed64,5,opt,name=penalty,proto3" json:"penalty,omitempty"`
 	// Representative points per chapter, 0-100; 0 means 3.
 	Representatives int32 `protobuf:"varint,6,opt,name=representatives,proto3" json:"representatives,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// How chapters are found; unspecified means OFFLINE. ONLINE needs one series
+	// (`series`, or a collection with a single series) and no `penalty`.
+	Method        ChangePointMethod `protobuf:"varint,7,opt,name=method,proto3,enum=driftd.v1.ChangePointMethod" json:"method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DetectChaptersRequest) Reset() {
@@ -987,6 +1122,13 @@ func (x *DetectChaptersRequest) GetRepresentatives() int32 {
 		return x.Representatives
 	}
 	return 0
+}
+
+func (x *DetectChaptersRequest) GetMethod() ChangePointMethod {
+	if x != nil {
+		return x.Method
+	}
+	return ChangePointMethod_CHANGE_POINT_METHOD_UNSPECIFIED
 }
 
 // A regime of the timeline.
@@ -1176,7 +1318,7 @@ const file_driftd_v1_flow_proto_rawDesc = "" +
 	"\n" +
 	"in_support\x18\x05 \x01(\bR\tinSupport\x12(\n" +
 	"\x10nearest_point_id\x18\x06 \x01(\tR\x0enearestPointId\x12$\n" +
-	"\x0espeed_per_step\x18\a \x01(\x01R\fspeedPerStep\"\xb5\x02\n" +
+	"\x0espeed_per_step\x18\a \x01(\x01R\fspeedPerStep\"\xda\x02\n" +
 	"\x14SimulatePathsRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12*\n" +
 	"\x05start\x18\x02 \x01(\v2\x14.driftd.v1.FlowStartR\x05start\x12\x14\n" +
@@ -1185,7 +1327,8 @@ const file_driftd_v1_flow_proto_rawDesc = "" +
 	"\x05paths\x18\x05 \x01(\x05R\x05paths\x120\n" +
 	"\x14stop_outside_support\x18\x06 \x01(\bR\x12stopOutsideSupport\x12'\n" +
 	"\x0finclude_vectors\x18\a \x01(\bR\x0eincludeVectors\x12\x12\n" +
-	"\x04seed\x18\b \x01(\x04R\x04seed\"\xd4\x02\n" +
+	"\x04seed\x18\b \x01(\x04R\x04seed\x12#\n" +
+	"\rband_coverage\x18\t \x01(\x01R\fbandCoverage\"\xa2\x03\n" +
 	"\x15SimulatePathsResponse\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\x05R\x04path\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x05R\x04step\x12.\n" +
@@ -1199,13 +1342,17 @@ const file_driftd_v1_flow_proto_rawDesc = "" +
 	"in_support\x18\t \x01(\bR\tinSupport\x12\x1f\n" +
 	"\vstop_reason\x18\n" +
 	" \x01(\tR\n" +
-	"stopReason\"\xac\x01\n" +
+	"stopReason\x12+\n" +
+	"\x11ensemble_position\x18\v \x03(\x02R\x10ensemblePosition\x12\x1f\n" +
+	"\vband_radius\x18\f \x01(\x01R\n" +
+	"bandRadius\"\xca\x01\n" +
 	"\x15FindAttractorsRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x14\n" +
 	"\x05seeds\x18\x02 \x01(\x05R\x05seeds\x12(\n" +
 	"\x0frepresentatives\x18\x03 \x01(\x05R\x0frepresentatives\x12'\n" +
 	"\x0finclude_vectors\x18\x04 \x01(\bR\x0eincludeVectors\x12\x12\n" +
-	"\x04seed\x18\x05 \x01(\x04R\x04seed\"\x89\x01\n" +
+	"\x04seed\x18\x05 \x01(\x04R\x04seed\x12\x1c\n" +
+	"\tbootstrap\x18\x06 \x01(\x05R\tbootstrap\"\x89\x01\n" +
 	"\x13RepresentativePoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
@@ -1221,12 +1368,13 @@ const file_driftd_v1_flow_proto_rawDesc = "" +
 	"\veigenvalues\x18\x05 \x03(\x01R\veigenvalues\x12\x14\n" +
 	"\x05speed\x18\x06 \x01(\x01R\x05speed\x12(\n" +
 	"\x0freproducibility\x18\a \x01(\x01R\x0freproducibility\x12S\n" +
-	"\x15representative_points\x18\b \x03(\v2\x1e.driftd.v1.RepresentativePointR\x14representativePoints\"}\n" +
+	"\x15representative_points\x18\b \x03(\v2\x1e.driftd.v1.RepresentativePointR\x14representativePoints\"\x9b\x01\n" +
 	"\x16FindAttractorsResponse\x124\n" +
 	"\n" +
 	"attractors\x18\x01 \x03(\v2\x14.driftd.v1.AttractorR\n" +
 	"attractors\x12-\n" +
-	"\x12collection_version\x18\x02 \x01(\x03R\x11collectionVersion\"\xdb\x01\n" +
+	"\x12collection_version\x18\x02 \x01(\x03R\x11collectionVersion\x12\x1c\n" +
+	"\tbootstrap\x18\x03 \x01(\x05R\tbootstrap\"\x91\x02\n" +
 	"\x15DetectChaptersRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x16\n" +
 	"\x06series\x18\x02 \x01(\tR\x06series\x123\n" +
@@ -1234,7 +1382,8 @@ const file_driftd_v1_flow_proto_rawDesc = "" +
 	"time_range\x18\x03 \x01(\v2\x14.driftd.v1.TimeRangeR\ttimeRange\x12\x19\n" +
 	"\bmin_size\x18\x04 \x01(\x05R\aminSize\x12\x18\n" +
 	"\apenalty\x18\x05 \x01(\x01R\apenalty\x12(\n" +
-	"\x0frepresentatives\x18\x06 \x01(\x05R\x0frepresentatives\"\xf2\x02\n" +
+	"\x0frepresentatives\x18\x06 \x01(\x05R\x0frepresentatives\x124\n" +
+	"\x06method\x18\a \x01(\x0e2\x1c.driftd.v1.ChangePointMethodR\x06method\"\xf2\x02\n" +
 	"\aChapter\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x129\n" +
 	"\n" +
@@ -1254,7 +1403,11 @@ const file_driftd_v1_flow_proto_rawDesc = "" +
 	"\x15STABILITY_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10STABILITY_STABLE\x10\x01\x12\x14\n" +
 	"\x10STABILITY_SADDLE\x10\x02\x12\x16\n" +
-	"\x12STABILITY_UNSTABLE\x10\x032\xd9\x02\n" +
+	"\x12STABILITY_UNSTABLE\x10\x03*y\n" +
+	"\x11ChangePointMethod\x12#\n" +
+	"\x1fCHANGE_POINT_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bCHANGE_POINT_METHOD_OFFLINE\x10\x01\x12\x1e\n" +
+	"\x1aCHANGE_POINT_METHOD_ONLINE\x10\x022\xd9\x02\n" +
 	"\vFlowService\x12F\n" +
 	"\tProbeFlow\x12\x1b.driftd.v1.ProbeFlowRequest\x1a\x1c.driftd.v1.ProbeFlowResponse\x12T\n" +
 	"\rSimulatePaths\x12\x1f.driftd.v1.SimulatePathsRequest\x1a .driftd.v1.SimulatePathsResponse0\x01\x12U\n" +
@@ -1273,55 +1426,57 @@ func file_driftd_v1_flow_proto_rawDescGZIP() []byte {
 	return file_driftd_v1_flow_proto_rawDescData
 }
 
-var file_driftd_v1_flow_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_driftd_v1_flow_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_driftd_v1_flow_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_driftd_v1_flow_proto_goTypes = []any{
 	(Stability)(0),                 // 0: driftd.v1.Stability
-	(*FlowStart)(nil),              // 1: driftd.v1.FlowStart
-	(*ProbeFlowRequest)(nil),       // 2: driftd.v1.ProbeFlowRequest
-	(*ProbeFlowResponse)(nil),      // 3: driftd.v1.ProbeFlowResponse
-	(*SimulatePathsRequest)(nil),   // 4: driftd.v1.SimulatePathsRequest
-	(*SimulatePathsResponse)(nil),  // 5: driftd.v1.SimulatePathsResponse
-	(*FindAttractorsRequest)(nil),  // 6: driftd.v1.FindAttractorsRequest
-	(*RepresentativePoint)(nil),    // 7: driftd.v1.RepresentativePoint
-	(*Attractor)(nil),              // 8: driftd.v1.Attractor
-	(*FindAttractorsResponse)(nil), // 9: driftd.v1.FindAttractorsResponse
-	(*DetectChaptersRequest)(nil),  // 10: driftd.v1.DetectChaptersRequest
-	(*Chapter)(nil),                // 11: driftd.v1.Chapter
-	(*DetectChaptersResponse)(nil), // 12: driftd.v1.DetectChaptersResponse
-	(*FloatVector)(nil),            // 13: driftd.v1.FloatVector
-	(*durationpb.Duration)(nil),    // 14: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 15: google.protobuf.Timestamp
-	(*TimeRange)(nil),              // 16: driftd.v1.TimeRange
+	(ChangePointMethod)(0),         // 1: driftd.v1.ChangePointMethod
+	(*FlowStart)(nil),              // 2: driftd.v1.FlowStart
+	(*ProbeFlowRequest)(nil),       // 3: driftd.v1.ProbeFlowRequest
+	(*ProbeFlowResponse)(nil),      // 4: driftd.v1.ProbeFlowResponse
+	(*SimulatePathsRequest)(nil),   // 5: driftd.v1.SimulatePathsRequest
+	(*SimulatePathsResponse)(nil),  // 6: driftd.v1.SimulatePathsResponse
+	(*FindAttractorsRequest)(nil),  // 7: driftd.v1.FindAttractorsRequest
+	(*RepresentativePoint)(nil),    // 8: driftd.v1.RepresentativePoint
+	(*Attractor)(nil),              // 9: driftd.v1.Attractor
+	(*FindAttractorsResponse)(nil), // 10: driftd.v1.FindAttractorsResponse
+	(*DetectChaptersRequest)(nil),  // 11: driftd.v1.DetectChaptersRequest
+	(*Chapter)(nil),                // 12: driftd.v1.Chapter
+	(*DetectChaptersResponse)(nil), // 13: driftd.v1.DetectChaptersResponse
+	(*FloatVector)(nil),            // 14: driftd.v1.FloatVector
+	(*durationpb.Duration)(nil),    // 15: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 16: google.protobuf.Timestamp
+	(*TimeRange)(nil),              // 17: driftd.v1.TimeRange
 }
 var file_driftd_v1_flow_proto_depIdxs = []int32{
-	13, // 0: driftd.v1.FlowStart.vector:type_name -> driftd.v1.FloatVector
-	1,  // 1: driftd.v1.ProbeFlowRequest.start:type_name -> driftd.v1.FlowStart
-	1,  // 2: driftd.v1.SimulatePathsRequest.start:type_name -> driftd.v1.FlowStart
-	14, // 3: driftd.v1.SimulatePathsRequest.step_duration:type_name -> google.protobuf.Duration
-	15, // 4: driftd.v1.SimulatePathsResponse.time:type_name -> google.protobuf.Timestamp
-	15, // 5: driftd.v1.RepresentativePoint.time:type_name -> google.protobuf.Timestamp
+	14, // 0: driftd.v1.FlowStart.vector:type_name -> driftd.v1.FloatVector
+	2,  // 1: driftd.v1.ProbeFlowRequest.start:type_name -> driftd.v1.FlowStart
+	2,  // 2: driftd.v1.SimulatePathsRequest.start:type_name -> driftd.v1.FlowStart
+	15, // 3: driftd.v1.SimulatePathsRequest.step_duration:type_name -> google.protobuf.Duration
+	16, // 4: driftd.v1.SimulatePathsResponse.time:type_name -> google.protobuf.Timestamp
+	16, // 5: driftd.v1.RepresentativePoint.time:type_name -> google.protobuf.Timestamp
 	0,  // 6: driftd.v1.Attractor.stability:type_name -> driftd.v1.Stability
-	7,  // 7: driftd.v1.Attractor.representative_points:type_name -> driftd.v1.RepresentativePoint
-	8,  // 8: driftd.v1.FindAttractorsResponse.attractors:type_name -> driftd.v1.Attractor
-	16, // 9: driftd.v1.DetectChaptersRequest.time_range:type_name -> driftd.v1.TimeRange
-	15, // 10: driftd.v1.Chapter.start_time:type_name -> google.protobuf.Timestamp
-	15, // 11: driftd.v1.Chapter.end_time:type_name -> google.protobuf.Timestamp
-	7,  // 12: driftd.v1.Chapter.representative_points:type_name -> driftd.v1.RepresentativePoint
-	11, // 13: driftd.v1.DetectChaptersResponse.chapters:type_name -> driftd.v1.Chapter
-	2,  // 14: driftd.v1.FlowService.ProbeFlow:input_type -> driftd.v1.ProbeFlowRequest
-	4,  // 15: driftd.v1.FlowService.SimulatePaths:input_type -> driftd.v1.SimulatePathsRequest
-	6,  // 16: driftd.v1.FlowService.FindAttractors:input_type -> driftd.v1.FindAttractorsRequest
-	10, // 17: driftd.v1.FlowService.DetectChapters:input_type -> driftd.v1.DetectChaptersRequest
-	3,  // 18: driftd.v1.FlowService.ProbeFlow:output_type -> driftd.v1.ProbeFlowResponse
-	5,  // 19: driftd.v1.FlowService.SimulatePaths:output_type -> driftd.v1.SimulatePathsResponse
-	9,  // 20: driftd.v1.FlowService.FindAttractors:output_type -> driftd.v1.FindAttractorsResponse
-	12, // 21: driftd.v1.FlowService.DetectChapters:output_type -> driftd.v1.DetectChaptersResponse
-	18, // [18:22] is the sub-list for method output_type
-	14, // [14:18] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	8,  // 7: driftd.v1.Attractor.representative_points:type_name -> driftd.v1.RepresentativePoint
+	9,  // 8: driftd.v1.FindAttractorsResponse.attractors:type_name -> driftd.v1.Attractor
+	17, // 9: driftd.v1.DetectChaptersRequest.time_range:type_name -> driftd.v1.TimeRange
+	1,  // 10: driftd.v1.DetectChaptersRequest.method:type_name -> driftd.v1.ChangePointMethod
+	16, // 11: driftd.v1.Chapter.start_time:type_name -> google.protobuf.Timestamp
+	16, // 12: driftd.v1.Chapter.end_time:type_name -> google.protobuf.Timestamp
+	8,  // 13: driftd.v1.Chapter.representative_points:type_name -> driftd.v1.RepresentativePoint
+	12, // 14: driftd.v1.DetectChaptersResponse.chapters:type_name -> driftd.v1.Chapter
+	3,  // 15: driftd.v1.FlowService.ProbeFlow:input_type -> driftd.v1.ProbeFlowRequest
+	5,  // 16: driftd.v1.FlowService.SimulatePaths:input_type -> driftd.v1.SimulatePathsRequest
+	7,  // 17: driftd.v1.FlowService.FindAttractors:input_type -> driftd.v1.FindAttractorsRequest
+	11, // 18: driftd.v1.FlowService.DetectChapters:input_type -> driftd.v1.DetectChaptersRequest
+	4,  // 19: driftd.v1.FlowService.ProbeFlow:output_type -> driftd.v1.ProbeFlowResponse
+	6,  // 20: driftd.v1.FlowService.SimulatePaths:output_type -> driftd.v1.SimulatePathsResponse
+	10, // 21: driftd.v1.FlowService.FindAttractors:output_type -> driftd.v1.FindAttractorsResponse
+	13, // 22: driftd.v1.FlowService.DetectChapters:output_type -> driftd.v1.DetectChaptersResponse
+	19, // [19:23] is the sub-list for method output_type
+	15, // [15:19] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_driftd_v1_flow_proto_init() }
@@ -1340,7 +1495,7 @@ func file_driftd_v1_flow_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driftd_v1_flow_proto_rawDesc), len(file_driftd_v1_flow_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -46,7 +46,9 @@ type FlowServiceClient interface {
 	// Finds the flow's fixed points (stable attractors, saddles, repellers) with
 	// their basins and representative points.
 	FindAttractors(ctx context.Context, in *FindAttractorsRequest, opts ...grpc.CallOption) (*FindAttractorsResponse, error)
-	// Splits the timeline into chapters (regimes) by change-point detection.
+	// Splits the timeline into chapters (regimes) by change-point detection:
+	// offline (exact, recomputed per request) or from the online detector that
+	// follows every series as points arrive (no refit).
 	DetectChapters(ctx context.Context, in *DetectChaptersRequest, opts ...grpc.CallOption) (*DetectChaptersResponse, error)
 }
 
@@ -128,7 +130,9 @@ type FlowServiceServer interface {
 	// Finds the flow's fixed points (stable attractors, saddles, repellers) with
 	// their basins and representative points.
 	FindAttractors(context.Context, *FindAttractorsRequest) (*FindAttractorsResponse, error)
-	// Splits the timeline into chapters (regimes) by change-point detection.
+	// Splits the timeline into chapters (regimes) by change-point detection:
+	// offline (exact, recomputed per request) or from the online detector that
+	// follows every series as points arrive (no refit).
 	DetectChapters(context.Context, *DetectChaptersRequest) (*DetectChaptersResponse, error)
 	mustEmbedUnimplementedFlowServiceServer()
 }

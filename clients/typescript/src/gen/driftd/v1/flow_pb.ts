@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file driftd/v1/flow.proto.
  */
 export const file_driftd_v1_flow: GenFile = /*@__PURE__*/
-  fileDesc("ChRkcmlmdGQvdjEvZmxvdy5wcm90bxIJZHJpZnRkLnYxImIKCUZsb3dTdGFydBIoCgZ2ZWN0b3IYASABKAsyFi5kcmlmdGQudjEuRmxvYXRWZWN0b3JIABIOCgR0ZXh0GAIgASgJSAASEgoIcG9pbnRfaWQYAyABKAlIAEIHCgVzdGFydCJHChBQcm9iZUZsb3dSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIjCgVzdGFydBgCIAEoCzIULmRyaWZ0ZC52MS5GbG93U3RhcnQinwEKEVByb2JlRmxvd1Jlc3BvbnNlEhAKCHZlbG9jaXR5GAEgAygCEg0KBXNwZWVkGAIgASgBEhIKCmNvbmZpZGVuY2UYAyABKAESDwoHc3VwcG9ydBgEIAEoARISCgppbl9zdXBwb3J0GAUgASgIEhgKEG5lYXJlc3RfcG9pbnRfaWQYBiABKAkSFgoOc3BlZWRfcGVyX3N0ZXAYByABKAEi4AEKFFNpbXVsYXRlUGF0aHNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIjCgVzdGFydBgCIAEoCzIULmRyaWZ0ZC52MS5GbG93U3RhcnQSDQoFc3RlcHMYAyABKAUSMAoNc3RlcF9kdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVwYXRocxgFIAEoBRIcChRzdG9wX291dHNpZGVfc3VwcG9ydBgGIAEoCBIXCg9pbmNsdWRlX3ZlY3RvcnMYByABKAgSDAoEc2VlZBgIIAEoBCLuAQoVU2ltdWxhdGVQYXRoc1Jlc3BvbnNlEgwKBHBhdGgYASABKAUSDAoEc3RlcBgCIAEoBRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghwb3NpdGlvbhgEIAMoAhINCgVzcGVlZBgFIAEoARIYChBuZWFyZXN0X3BvaW50X2lkGAYgASgJEhoKEm5lYXJlc3Rfc2ltaWxhcml0eRgHIAEoARIPCgdzdXBwb3J0GAggASgBEhIKCmluX3N1cHBvcnQYCSABKAgSEwoLc3RvcF9yZWFzb24YCiABKAkidgoVRmluZEF0dHJhY3RvcnNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRINCgVzZWVkcxgCIAEoBRIXCg9yZXByZXNlbnRhdGl2ZXMYAyABKAUSFwoPaW5jbHVkZV92ZWN0b3JzGAQgASgIEgwKBHNlZWQYBSABKAQibQoTUmVwcmVzZW50YXRpdmVQb2ludBIKCgJpZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0ZXh0GAMgASgJEhIKCnNpbWlsYXJpdHkYBCABKAEi5AEKCUF0dHJhY3RvchIKCgJpZBgBIAEoCRInCglzdGFiaWxpdHkYAiABKA4yFC5kcmlmdGQudjEuU3RhYmlsaXR5Eg4KBmNlbnRlchgDIAMoAhIWCg5iYXNpbl9mcmFjdGlvbhgEIAEoARITCgtlaWdlbnZhbHVlcxgFIAMoARINCgVzcGVlZBgGIAEoARIXCg9yZXByb2R1Y2liaWxpdHkYByABKAESPQoVcmVwcmVzZW50YXRpdmVfcG9pbnRzGAggAygLMh4uZHJpZnRkLnYxLlJlcHJlc2VudGF0aXZlUG9pbnQiXgoWRmluZEF0dHJhY3RvcnNSZXNwb25zZRIoCgphdHRyYWN0b3JzGAEgAygLMhQuZHJpZnRkLnYxLkF0dHJhY3RvchIaChJjb2xsZWN0aW9uX3ZlcnNpb24YAiABKAMinQEKFURldGVjdENoYXB0ZXJzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSDgoGc2VyaWVzGAIgASgJEigKCnRpbWVfcmFuZ2UYAyABKAsyFC5kcmlmdGQudjEuVGltZVJhbmdlEhAKCG1pbl9zaXplGAQgASgFEg8KB3BlbmFsdHkYBSABKAESFwoPcmVwcmVzZW50YXRpdmVzGAYgASgFIo4CCgdDaGFwdGVyEg0KBWluZGV4GAEgASgFEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtwb2ludF9jb3VudBgEIAEoAxIWCg5zdGFydF9wb2ludF9pZBgFIAEoCRIUCgxlbmRfcG9pbnRfaWQYBiABKAkSPQoVcmVwcmVzZW50YXRpdmVfcG9pbnRzGAcgAygLMh4uZHJpZnRkLnYxLlJlcHJlc2VudGF0aXZlUG9pbnQSFAoMYXR0cmFjdG9yX2lkGAggASgJIloKFkRldGVjdENoYXB0ZXJzUmVzcG9uc2USJAoIY2hhcHRlcnMYASADKAsyEi5kcmlmdGQudjEuQ2hhcHRlchIaChJjb2xsZWN0aW9uX3ZlcnNpb24YAiABKAMqagoJU3RhYmlsaXR5EhkKFVNUQUJJTElUWV9VTlNQRUNJRklFRBAAEhQKEFNUQUJJTElUWV9TVEFCTEUQARIUChBTVEFCSUxJVFlfU0FERExFEAISFgoSU1RBQklMSVRZX1VOU1RBQkxFEAMy2QIKC0Zsb3dTZXJ2aWNlEkYKCVByb2JlRmxvdxIbLmRyaWZ0ZC52MS5Qcm9iZUZsb3dSZXF1ZXN0GhwuZHJpZnRkLnYxLlByb2JlRmxvd1Jlc3BvbnNlElQKDVNpbXVsYXRlUGF0aHMSHy5kcmlmdGQudjEuU2ltdWxhdGVQYXRoc1JlcXVlc3QaIC5kcmlmdGQudjEuU2ltdWxhdGVQYXRoc1Jlc3BvbnNlMAESVQoORmluZEF0dHJhY3RvcnMSIC5kcmlmdGQudjEuRmluZEF0dHJhY3RvcnNSZXF1ZXN0GiEuZHJpZnRkLnYxLkZpbmRBdHRyYWN0b3JzUmVzcG9uc2USVQoORGV0ZWN0Q2hhcHRlcnMSIC5kcmlmdGQudjEuRGV0ZWN0Q2hhcHRlcnNSZXF1ZXN0GiEuZHJpZnRkLnYxLkRldGVjdENoYXB0ZXJzUmVzcG9uc2VCN1o1Z2l0aHViLmNvbS9kcmlmdGQvZHJpZnRkL2NsaWVudHMvZ28vZHJpZnRkdjE7ZHJpZnRkdjFiBnByb3RvMw", [file_driftd_v1_point, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRkcmlmdGQvdjEvZmxvdy5wcm90bxIJZHJpZnRkLnYxImIKCUZsb3dTdGFydBIoCgZ2ZWN0b3IYASABKAsyFi5kcmlmdGQudjEuRmxvYXRWZWN0b3JIABIOCgR0ZXh0GAIgASgJSAASEgoIcG9pbnRfaWQYAyABKAlIAEIHCgVzdGFydCJHChBQcm9iZUZsb3dSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIjCgVzdGFydBgCIAEoCzIULmRyaWZ0ZC52MS5GbG93U3RhcnQinwEKEVByb2JlRmxvd1Jlc3BvbnNlEhAKCHZlbG9jaXR5GAEgAygCEg0KBXNwZWVkGAIgASgBEhIKCmNvbmZpZGVuY2UYAyABKAESDwoHc3VwcG9ydBgEIAEoARISCgppbl9zdXBwb3J0GAUgASgIEhgKEG5lYXJlc3RfcG9pbnRfaWQYBiABKAkSFgoOc3BlZWRfcGVyX3N0ZXAYByABKAEi9wEKFFNpbXVsYXRlUGF0aHNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIjCgVzdGFydBgCIAEoCzIULmRyaWZ0ZC52MS5GbG93U3RhcnQSDQoFc3RlcHMYAyABKAUSMAoNc3RlcF9kdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVwYXRocxgFIAEoBRIcChRzdG9wX291dHNpZGVfc3VwcG9ydBgGIAEoCBIXCg9pbmNsdWRlX3ZlY3RvcnMYByABKAgSDAoEc2VlZBgIIAEoBBIVCg1iYW5kX2NvdmVyYWdlGAkgASgBIp4CChVTaW11bGF0ZVBhdGhzUmVzcG9uc2USDAoEcGF0aBgBIAEoBRIMCgRzdGVwGAIgASgFEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHBvc2l0aW9uGAQgAygCEg0KBXNwZWVkGAUgASgBEhgKEG5lYXJlc3RfcG9pbnRfaWQYBiABKAkSGgoSbmVhcmVzdF9zaW1pbGFyaXR5GAcgASgBEg8KB3N1cHBvcnQYCCABKAESEgoKaW5fc3VwcG9ydBgJIAEoCBITCgtzdG9wX3JlYXNvbhgKIAEoCRIZChFlbnNlbWJsZV9wb3NpdGlvbhgLIAMoAhITCgtiYW5kX3JhZGl1cxgMIAEoASKJAQoVRmluZEF0dHJhY3RvcnNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRINCgVzZWVkcxgCIAEoBRIXCg9yZXByZXNlbnRhdGl2ZXMYAyABKAUSFwoPaW5jbHVkZV92ZWN0b3JzGAQgASgIEgwKBHNlZWQYBSABKAQSEQoJYm9vdHN0cmFwGAYgASgFIm0KE1JlcHJlc2VudGF0aXZlUG9pbnQSCgoCaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGV4dBgDIAEoCRISCgpzaW1pbGFyaXR5GAQgASgBIuQBCglBdHRyYWN0b3ISCgoCaWQYASABKAkSJwoJc3RhYmlsaXR5GAIgASgOMhQuZHJpZnRkLnYxLlN0YWJpbGl0eRIOCgZjZW50ZXIYAyADKAISFgoOYmFzaW5fZnJhY3Rpb24YBCABKAESEwoLZWlnZW52YWx1ZXMYBSADKAESDQoFc3BlZWQYBiABKAESFwoPcmVwcm9kdWNpYmlsaXR5GAcgASgBEj0KFXJlcHJlc2VudGF0aXZlX3BvaW50cxgIIAMoCzIeLmRyaWZ0ZC52MS5SZXByZXNlbnRhdGl2ZVBvaW50InEKFkZpbmRBdHRyYWN0b3JzUmVzcG9uc2USKAoKYXR0cmFjdG9ycxgBIAMoCzIULmRyaWZ0ZC52MS5BdHRyYWN0b3ISGgoSY29sbGVjdGlvbl92ZXJzaW9uGAIgASgDEhEKCWJvb3RzdHJhcBgDIAEoBSLLAQoVRGV0ZWN0Q2hhcHRlcnNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIOCgZzZXJpZXMYAiABKAkSKAoKdGltZV9yYW5nZRgDIAEoCzIULmRyaWZ0ZC52MS5UaW1lUmFuZ2USEAoIbWluX3NpemUYBCABKAUSDwoHcGVuYWx0eRgFIAEoARIXCg9yZXByZXNlbnRhdGl2ZXMYBiABKAUSLAoGbWV0aG9kGAcgASgOMhwuZHJpZnRkLnYxLkNoYW5nZVBvaW50TWV0aG9kIo4CCgdDaGFwdGVyEg0KBWluZGV4GAEgASgFEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtwb2ludF9jb3VudBgEIAEoAxIWCg5zdGFydF9wb2ludF9pZBgFIAEoCRIUCgxlbmRfcG9pbnRfaWQYBiABKAkSPQoVcmVwcmVzZW50YXRpdmVfcG9pbnRzGAcgAygLMh4uZHJpZnRkLnYxLlJlcHJlc2VudGF0aXZlUG9pbnQSFAoMYXR0cmFjdG9yX2lkGAggASgJIloKFkRldGVjdENoYXB0ZXJzUmVzcG9uc2USJAoIY2hhcHRlcnMYASADKAsyEi5kcmlmdGQudjEuQ2hhcHRlchIaChJjb2xsZWN0aW9uX3ZlcnNpb24YAiABKAMqagoJU3RhYmlsaXR5EhkKFVNUQUJJTElUWV9VTlNQRUNJRklFRBAAEhQKEFNUQUJJTElUWV9TVEFCTEUQARIUChBTVEFCSUxJVFlfU0FERExFEAISFgoSU1RBQklMSVRZX1VOU1RBQkxFEAMqeQoRQ2hhbmdlUG9pbnRNZXRob2QSIwofQ0hBTkdFX1BPSU5UX01FVEhPRF9VTlNQRUNJRklFRBAAEh8KG0NIQU5HRV9QT0lOVF9NRVRIT0RfT0ZGTElORRABEh4KGkNIQU5HRV9QT0lOVF9NRVRIT0RfT05MSU5FEAIy2QIKC0Zsb3dTZXJ2aWNlEkYKCVByb2JlRmxvdxIbLmRyaWZ0ZC52MS5Qcm9iZUZsb3dSZXF1ZXN0GhwuZHJpZnRkLnYxLlByb2JlRmxvd1Jlc3BvbnNlElQKDVNpbXVsYXRlUGF0aHMSHy5kcmlmdGQudjEuU2ltdWxhdGVQYXRoc1JlcXVlc3QaIC5kcmlmdGQudjEuU2ltdWxhdGVQYXRoc1Jlc3BvbnNlMAESVQoORmluZEF0dHJhY3RvcnMSIC5kcmlmdGQudjEuRmluZEF0dHJhY3RvcnNSZXF1ZXN0GiEuZHJpZnRkLnYxLkZpbmRBdHRyYWN0b3JzUmVzcG9uc2USVQoORGV0ZWN0Q2hhcHRlcnMSIC5kcmlmdGQudjEuRGV0ZWN0Q2hhcHRlcnNSZXF1ZXN0GiEuZHJpZnRkLnYxLkRldGVjdENoYXB0ZXJzUmVzcG9uc2VCN1o1Z2l0aHViLmNvbS9kcmlmdGQvZHJpZnRkL2NsaWVudHMvZ28vZHJpZnRkdjE7ZHJpZnRkdjFiBnByb3RvMw", [file_driftd_v1_point, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Where a probe or a simulation starts.
@@ -110,7 +110,13 @@ export type ProbeFlowResponse = Message<"driftd.v1.ProbeFlowResponse"> & {
   speed: number;
 
   /**
-   * Agreement of the fitted field at this point, 0-1 (1 = well determined).
+   * How well the data determine the direction of motion here, 0-1: the mean,
+   * over the server's bootstrap refits of the flow (moving-block bootstrap of the
+   * transitions, Kuensch 1989; DRIFTD_ENSEMBLE_SIZE refits, default 8), of the
+   * cosine between the refit's and the returned velocity, clipped to [0, 1], times
+   * min(1, support / the support threshold). Near 1: every refit points the same
+   * way. Directions that are pure noise (near a fixed point) score ~0.7 or less;
+   * outside the support it falls with the support, to ~0 far from the data.
    *
    * @generated from field: double confidence = 3;
    */
@@ -215,6 +221,17 @@ export type SimulatePathsRequest = Message<"driftd.v1.SimulatePathsRequest"> & {
    * @generated from field: uint64 seed = 8;
    */
   seed: bigint;
+
+  /**
+   * Coverage of the uncertainty band, in (0, 1): the share of the bootstrap
+   * refits' paths that each step's band (`band_radius` around
+   * `ensemble_position`) holds; 0 means 0.9. With B refits (default 8) the
+   * quantile interpolates between their B distances, so coverage above
+   * (B - 1) / B gives the farthest refit.
+   *
+   * @generated from field: double band_coverage = 9;
+   */
+  bandCoverage: number;
 };
 
 /**
@@ -300,6 +317,26 @@ export type SimulatePathsResponse = Message<"driftd.v1.SimulatePathsResponse"> &
    * @generated from field: string stop_reason = 10;
    */
   stopReason: string;
+
+  /**
+   * Mean position of the bootstrap refits' paths at this step (each refit follows
+   * its own flow from the same start), on the unit sphere for cosine collections;
+   * float32, set only with include_vectors.
+   *
+   * @generated from field: repeated float ensemble_position = 11;
+   */
+  ensemblePosition: number[];
+
+  /**
+   * Radius of the uncertainty band at this step (embedding units: Euclidean
+   * distance in the full space; on the unit sphere about the angle in radians):
+   * the `band_coverage` quantile of the refits' distances from
+   * `ensemble_position`. 0 (to rounding) at step 0; it grows where the data are sparse and
+   * stays small where the data pin the flow down.
+   *
+   * @generated from field: double band_radius = 12;
+   */
+  bandRadius: number;
 };
 
 /**
@@ -349,6 +386,18 @@ export type FindAttractorsRequest = Message<"driftd.v1.FindAttractorsRequest"> &
    * @generated from field: uint64 seed = 5;
    */
   seed: bigint;
+
+  /**
+   * Bootstrap refits that measure `reproducibility`, 2 to the server limit
+   * (DRIFTD_MAX_BOOTSTRAP, default 64); 0 means the server's ensemble
+   * (DRIFTD_ENSEMBLE_SIZE, default 8), already built for ProbeFlow and
+   * SimulatePaths. More refits cost time: a larger ensemble is built once per
+   * flow and worker (about 1.6 s at 20k points, 7 s at 100k, d = 384), then each
+   * refit adds one root finding per fixed point.
+   *
+   * @generated from field: int32 bootstrap = 6;
+   */
+  bootstrap: number;
 };
 
 /**
@@ -449,7 +498,10 @@ export type Attractor = Message<"driftd.v1.Attractor"> & {
   speed: number;
 
   /**
-   * Share (0-1) of bootstrap refits that find this attractor.
+   * Share (0-1) of the bootstrap refits (moving-block bootstrap of the
+   * transitions, Kuensch 1989) that have a fixed point of the same stability
+   * within half a kernel bandwidth of the centre: 1 for a well the data pin
+   * down, lower for a weak or borderline feature.
    *
    * @generated from field: double reproducibility = 7;
    */
@@ -489,6 +541,13 @@ export type FindAttractorsResponse = Message<"driftd.v1.FindAttractorsResponse">
    * @generated from field: int64 collection_version = 2;
    */
   collectionVersion: bigint;
+
+  /**
+   * Number of bootstrap refits behind `reproducibility`.
+   *
+   * @generated from field: int32 bootstrap = 3;
+   */
+  bootstrap: number;
 };
 
 /**
@@ -546,6 +605,14 @@ export type DetectChaptersRequest = Message<"driftd.v1.DetectChaptersRequest"> &
    * @generated from field: int32 representatives = 6;
    */
   representatives: number;
+
+  /**
+   * How chapters are found; unspecified means OFFLINE. ONLINE needs one series
+   * (`series`, or a collection with a single series) and no `penalty`.
+   *
+   * @generated from field: driftd.v1.ChangePointMethod method = 7;
+   */
+  method: ChangePointMethod;
 };
 
 /**
@@ -695,6 +762,50 @@ export const StabilitySchema: GenEnum<Stability> = /*@__PURE__*/
   enumDesc(file_driftd_v1_flow, 0);
 
 /**
+ * How DetectChapters finds chapters.
+ *
+ * @generated from enum driftd.v1.ChangePointMethod
+ */
+export enum ChangePointMethod {
+  /**
+   * Unspecified: OFFLINE.
+   *
+   * @generated from enum value: CHANGE_POINT_METHOD_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Exact PELT (Killick et al. 2012; L2 cost, penalty from a robust noise
+   * estimate) over the selected points, recomputed on every request; fits the
+   * flow so chapters link to attractors. Cost grows with the selection.
+   *
+   * @generated from enum value: CHANGE_POINT_METHOD_OFFLINE = 1;
+   */
+  OFFLINE = 1,
+
+  /**
+   * The series' running Bayesian online change-point detector (Adams & MacKay
+   * 2007; Student-t likelihood with an outlier component, log space) that the
+   * server feeds on every write: the chapters it has confirmed so far, with no
+   * refit. A chapter is confirmed once it has 5 points, so the newest change can
+   * show up a few points late; `attractor_id` is empty. A series the detector
+   * has not followed from its first point (points written before this server
+   * started, an attached collection, points deleted since) is replayed once from
+   * storage on first use. Points overwritten later, or written out of time order,
+   * are not fed again: they fall into the chapter that covers their time.
+   *
+   * @generated from enum value: CHANGE_POINT_METHOD_ONLINE = 2;
+   */
+  ONLINE = 2,
+}
+
+/**
+ * Describes the enum driftd.v1.ChangePointMethod.
+ */
+export const ChangePointMethodSchema: GenEnum<ChangePointMethod> = /*@__PURE__*/
+  enumDesc(file_driftd_v1_flow, 1);
+
+/**
  * FlowService answers questions about the motion of a collection's timelines:
  * the flow (a smooth vector field fitted to the observed transitions), paths
  * that follow it, its attractors and the chapters (regimes) of the timeline.
@@ -740,7 +851,9 @@ export const FlowService: GenService<{
     output: typeof FindAttractorsResponseSchema;
   },
   /**
-   * Splits the timeline into chapters (regimes) by change-point detection.
+   * Splits the timeline into chapters (regimes) by change-point detection:
+   * offline (exact, recomputed per request) or from the online detector that
+   * follows every series as points arrive (no refit).
    *
    * @generated from rpc driftd.v1.FlowService.DetectChapters
    */

@@ -4,6 +4,8 @@
 Needs only grpcio, grpcio-status, protobuf, googleapis-common-protos and numpy;
 ``health()`` additionally needs grpcio-health-checking. Results are the value
 types of :mod:`driftd.types`; failures raise the classes of :mod:`driftd.errors`.
+Reads and idempotent writes ride out server restarts (:class:`RetryPolicy`), and
+``writer()`` streams points in batches, resuming after the last acknowledged one.
 
     from driftd.client import DriftClient
 
@@ -13,8 +15,24 @@ types of :mod:`driftd.types`; failures raise the classes of :mod:`driftd.errors`
         hits = db.search("notes", text="greeting", top_k=5)
 """
 
-from driftd.client._aio import AsyncDriftClient
-from driftd.client._common import UpsertAck, parse_point, parse_points
-from driftd.client._sync import DriftClient
+from driftd.client._aio import AsyncDriftClient, AsyncUpsertWriter
+from driftd.client._common import (
+    RetryPolicy,
+    UpsertAck,
+    WriteProgress,
+    parse_point,
+    parse_points,
+)
+from driftd.client._sync import DriftClient, UpsertWriter
 
-__all__ = ["AsyncDriftClient", "DriftClient", "UpsertAck", "parse_point", "parse_points"]
+__all__ = [
+    "AsyncDriftClient",
+    "AsyncUpsertWriter",
+    "DriftClient",
+    "RetryPolicy",
+    "UpsertAck",
+    "UpsertWriter",
+    "WriteProgress",
+    "parse_point",
+    "parse_points",
+]

@@ -8,6 +8,8 @@ so the RPC is cancelled at once rather than at garbage collection.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -15,9 +17,9 @@ import grpc
 
 from driftd import types
 from driftd.client import _common as common
-from driftd.client._common import PointLike, Time, UpsertAck
+from driftd.client._common import PointLike, RetryPolicy, Time, UpsertAck, WriteProgress
 from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
-from driftd.v1 import behavior_pb2, monitor_pb2
+from driftd.v1 import behavior_pb2, monitor_pb2, point_pb2
 
 T = TypeVar("T")
 
@@ -34,10 +36,11 @@ class AsyncDriftClient:
         target: str = common.DEFAULT_TARGET,
         *,
         timeout: float | None = 30.0,
+        retries: RetryPolicy | None = common.DEFAULT_RETRIES,
         options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        opts = common.channel_options(options)
+        opts = common.channel_options(options, retries)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -45,6 +48,7 @@ class AsyncDriftClient:
         )
         self._stubs = common.Stubs(self._channel)
         self._timeout = timeout
+        self._retries = retries
         self.target = target
 
     async def close(self) -> None:
@@ -143,6 +147,17 @@ class AsyncDriftClient:
             yield ack
         requests.raise_error()
 
+    def writer(
+        self,
+        name: str,
+        *,
+        batch_size: int = 500,
+        on_ack: Callable[[UpsertAck], object] | None = None,
+    ) -> AsyncUpsertWriter:
+        """See :meth:`DriftClient.writer`; use it with ``async with``."""
+        state = common.WriterState(name, batch_size, self._retries, self._timeout, on_ack)
+        return AsyncUpsertWriter(self._stubs, state)
+
     async def get_points(
         self, name: str, ids: Sequence[str], *, include_vectors: bool = False
     ) -> tuple[list[types.Point], list[str]]:
@@ -219,6 +234,7 @@ class AsyncDriftClient:
         stop_outside_support: bool = False,
         include_vectors: bool = True,
         seed: int = 0,
+        band_coverage: float = 0.9,
     ) -> AsyncIterator[types.SimulationStep]:
         """See :meth:`DriftClient.simulate_stream` (an async iterator)."""
         request = common.simulate_request(
@@ -232,6 +248,7 @@ class AsyncDriftClient:
             stop_outside_support=stop_outside_support,
             include_vectors=include_vectors,
             seed=seed,
+            band_coverage=band_coverage,
         )
         return self._stream(self._stubs.flow.SimulatePaths(request), common.read_step)
 
@@ -248,6 +265,7 @@ class AsyncDriftClient:
         stop_outside_support: bool = False,
         include_vectors: bool = True,
         seed: int = 0,
+        band_coverage: float = 0.9,
     ) -> list[types.SimulationStep]:
         """See :meth:`DriftClient.flow_simulate`."""
         stream = self.simulate_stream(
@@ -261,6 +279,7 @@ class AsyncDriftClient:
             stop_outside_support=stop_outside_support,
             include_vectors=include_vectors,
             seed=seed,
+            band_coverage=band_coverage,
         )
         return [step async for step in stream]
 
@@ -272,6 +291,7 @@ class AsyncDriftClient:
         representatives: int = 3,
         include_vectors: bool = False,
         seed: int = 0,
+        bootstrap: int | None = None,
     ) -> types.AttractorSet:
         """See :meth:`DriftClient.flow_attractors`."""
         return await self._unary(
@@ -281,6 +301,7 @@ class AsyncDriftClient:
                 representatives=representatives,
                 include_vectors=include_vectors,
                 seed=seed,
+                bootstrap=bootstrap,
             )
         )
 
@@ -294,6 +315,7 @@ class AsyncDriftClient:
         min_size: int = 5,
         penalty: float | None = None,
         representatives: int = 3,
+        method: str = "offline",
     ) -> types.ChapterSet:
         """See :meth:`DriftClient.flow_chapters`."""
         return await self._unary(
@@ -305,6 +327,7 @@ class AsyncDriftClient:
                 min_size=min_size,
                 penalty=penalty,
                 representatives=representatives,
+                method=method,
             )
         )
 
@@ -509,3 +532,114 @@ class AsyncDriftClient:
     async def health(self, service: str = "") -> str:
         """See :meth:`DriftClient.health`."""
         return await self._unary(common.health_check(service))
+
+
+class AsyncUpsertWriter:
+    """The asyncio twin of :class:`driftd.client.UpsertWriter` (same methods,
+    coroutines; ``extend`` also takes async iterables); made by
+    :meth:`AsyncDriftClient.writer`. Use it from one task."""
+
+    def __init__(self, stubs: common.Stubs, state: common.WriterState) -> None:
+        self._stubs = stubs
+        self._state = state
+        self._call: Any = None  # the open StreamUpsertPoints call
+        self._send_failed = False  # a write on self._call failed in the transport
+
+    @property
+    def progress(self) -> WriteProgress:
+        """See :attr:`driftd.client.UpsertWriter.progress`."""
+        return self._state.progress
+
+    async def add(self, point: PointLike) -> None:
+        """See :meth:`driftd.client.UpsertWriter.add`."""
+        batch = self._state.add(point)
+        if batch is not None:
+            await self._send(batch)
+
+    async def extend(self, points: Iterable[PointLike] | AsyncIterable[PointLike]) -> None:
+        """See :meth:`driftd.client.UpsertWriter.extend`."""
+        if isinstance(points, AsyncIterable):
+            async for point in points:
+                await self.add(point)
+        else:
+            for point in points:
+                await self.add(point)
+
+    async def flush(self) -> WriteProgress:
+        """See :meth:`driftd.client.UpsertWriter.flush`."""
+        batch = self._state.cut()
+        if batch is not None:
+            await self._send(batch)
+        while self._state.unacked:
+            await self._receive()
+        return self.progress
+
+    async def close(self) -> WriteProgress:
+        """See :meth:`driftd.client.UpsertWriter.close`."""
+        await self.flush()
+        if self._call is not None:
+            call, self._call = self._call, None
+            # Every batch is acknowledged: a failure while the server winds the
+            # stream down loses nothing.
+            with contextlib.suppress(grpc.RpcError):
+                await call.done_writing()
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+        return self.progress
+
+    async def __aenter__(self) -> AsyncUpsertWriter:
+        return self
+
+    async def __aexit__(self, exc_type, *exc_info) -> None:
+        """See :meth:`driftd.client.UpsertWriter.__exit__`."""
+        if exc_type is None:
+            await self.close()
+        elif self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    async def _send(self, batch: point_pb2.StreamUpsertPointsRequest) -> None:
+        if self._call is None:
+            await self._open()  # sends every unacknowledged batch, this one included
+        else:
+            await self._write(batch)
+        while self._state.full:
+            await self._receive()
+
+    async def _open(self) -> None:
+        self._call = self._stubs.points.StreamUpsertPoints()
+        self._send_failed = False
+        for _, batch in self._state.unacked:
+            await self._write(batch)
+
+    async def _write(self, batch: point_pb2.StreamUpsertPointsRequest) -> None:
+        # A broken stream fails again on the next read, which reconnects.
+        if not self._call.done():
+            try:
+                await self._call.write(batch)
+            except grpc.RpcError:
+                self._send_failed = True
+
+    async def _receive(self) -> None:
+        """Reads the next ack, re-opening the stream after UNAVAILABLE."""
+        while True:
+            if self._call is None:
+                await self._open()
+            try:
+                response = await self._call.read()
+            except grpc.RpcError as err:
+                self._call = None
+                delay = self._state.retry_delay(err, send_failed=self._send_failed)
+                await asyncio.sleep(delay)
+                try:
+                    await asyncio.wait_for(
+                        self._stubs.channel.channel_ready(), self._state.time_left()
+                    )
+                except TimeoutError:
+                    raise self._state.not_back() from err
+                continue
+            if response is grpc.aio.EOF:
+                self._call = None
+                raise self._state.ended_early()
+            self._state.ack(response)
+            return

@@ -10,9 +10,13 @@ request plus a reader. Imports only grpc, grpcio-status, protobuf and numpy.
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import re
+import time
+from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from operator import attrgetter
@@ -25,7 +29,15 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from driftd import convert, types
-from driftd.errors import DOMAIN, ERRORS_BY_CODE, DriftdError, FieldViolation, InvalidArgument
+from driftd.errors import (
+    DOMAIN,
+    ERRORS_BY_CODE,
+    DriftdError,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+    Unavailable,
+)
 from driftd.routing import convert as routing_convert
 from driftd.routing import types as routing_types
 from driftd.v1 import (
@@ -59,9 +71,133 @@ Time = datetime | str | None
 PointLike = types.Point | Mapping[str, Any]
 
 
-def channel_options(options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> list:
-    """:data:`DEFAULT_OPTIONS` overridden by ``options`` (pairs or a mapping)."""
+#: The RPCs that gRPC may send again after UNAVAILABLE: the reads, and the writes
+#: whose repetition changes nothing (UpsertPoints replaces points by id;
+#: DeletePoints ignores ids already gone, so a repeat may count fewer deletions;
+#: ExtractFacts recomputes a branch's facts from its messages). Left out:
+#: CreateCollection, AttachCollection, CreateDriftRule (a repeat fails with
+#: ALREADY_EXISTS or creates a second rule), DeleteCollection, DeleteDriftRule (a
+#: repeat fails with NOT_FOUND), ProcessBehaviors (a repeat applies the candidates
+#: twice), RouteMessage (safe only with a message_id, which a per-method policy
+#: cannot see), StreamUpsertPoints (the writer resumes it instead) and Health.Check
+#: (a probe must see the outage).
+RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
+    "driftd.v1.CollectionService": ("GetCollection", "ListCollections"),
+    "driftd.v1.PointService": (
+        "UpsertPoints",
+        "GetPoints",
+        "DeletePoints",
+        "GetTrajectory",
+        "SearchPoints",
+    ),
+    "driftd.v1.FlowService": ("ProbeFlow", "SimulatePaths", "FindAttractors", "DetectChapters"),
+    "driftd.v1.MonitorService": (
+        "CompareWindows",
+        "EmbeddingHealth",
+        "WatchCollection",
+        "GetDriftRule",
+        "ListDriftRules",
+    ),
+    "driftd.v1.BehaviorService": ("ListBehaviors",),
+    "driftd.v1.RoutingService": ("ListBranches", "GetBranchContext", "ExtractFacts"),
+}
+#: The server-streaming ones: they have no deadline, so they do not wait for a
+#: connection (that could be forever).
+_STREAMING_METHODS = frozenset({"GetTrajectory", "SimulatePaths", "WatchCollection"})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a client rides out a server that restarts, drains or is not up yet.
+
+    It becomes the channel's gRPC service config for :data:`RETRYABLE_METHODS`:
+    gRPC sends those calls again after UNAVAILABLE, up to ``max_attempts``
+    attempts in all, waiting a random time in ``[0, min(initial_backoff *
+    backoff_multiplier**(n - 1), max_backoff)]`` seconds before retry n; the unary
+    ones also wait for a connection (``waitForReady``) instead of failing while
+    the server is down, so their deadline (the client's ``timeout``) is the budget
+    for a restart, waits included. Other status codes and other RPCs are never
+    retried. The channel also redials a lost server at least every
+    ``max_backoff`` seconds (gRPC's own reconnect backoff grows to two minutes).
+    The stream writers (:meth:`DriftClient.writer`) reconnect with the same
+    backoff, for up to the client's timeout (``max_attempts`` does not apply).
+
+    Raises:
+        InvalidArgument: ``max_attempts`` outside 2-5 (gRPC caps it at 5), or a
+            backoff or multiplier that is not positive.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 1.0
+    max_backoff: float = 10.0
+    backoff_multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        bad = [
+            FieldViolation(f"retries.{name}", problem)
+            for name, problem, ok in (
+                ("max_attempts", "must be 2 to 5", 2 <= self.max_attempts <= 5),
+                ("initial_backoff", "must be positive", self.initial_backoff > 0),
+                ("max_backoff", "must be positive", self.max_backoff > 0),
+                ("backoff_multiplier", "must be positive", self.backoff_multiplier > 0),
+            )
+            if not ok
+        ]
+        if bad:
+            raise InvalidArgument(f"{bad[0].field} {bad[0].description}", field_violations=bad)
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based), jittered as gRPC does."""
+        ceiling = self.initial_backoff * self.backoff_multiplier ** (retry - 1)
+        return random.uniform(0.0, min(ceiling, self.max_backoff))
+
+    def channel_options(self) -> dict[str, Any]:
+        """The channel options that make gRPC retry as described above."""
+        retry_policy = {
+            "maxAttempts": self.max_attempts,
+            "initialBackoff": f"{self.initial_backoff:.9f}s",
+            "maxBackoff": f"{self.max_backoff:.9f}s",
+            "backoffMultiplier": self.backoff_multiplier,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        names = [
+            {"service": service, "method": method}
+            for service, methods in RETRYABLE_METHODS.items()
+            for method in methods
+        ]
+        method_config = [
+            {
+                "name": [n for n in names if n["method"] not in _STREAMING_METHODS],
+                "waitForReady": True,
+                "retryPolicy": retry_policy,
+            },
+            {
+                "name": [n for n in names if n["method"] in _STREAMING_METHODS],
+                "retryPolicy": retry_policy,
+            },
+        ]
+        return {
+            "grpc.service_config": json.dumps({"methodConfig": method_config}),
+            # gRPC can only re-send what it buffered, 256 KiB per call by default:
+            # larger requests (an upsert of a few hundred vectors) would never be
+            # retried.
+            "grpc.per_rpc_retry_buffer_size": DEFAULT_OPTIONS["grpc.max_send_message_length"],
+            "grpc.max_reconnect_backoff_ms": int(self.max_backoff * 1000),
+        }
+
+
+DEFAULT_RETRIES = RetryPolicy()
+
+
+def channel_options(
+    options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None,
+    retries: RetryPolicy | None = None,
+) -> list:
+    """:data:`DEFAULT_OPTIONS` and the options of ``retries``, overridden by
+    ``options`` (pairs or a mapping)."""
     merged = dict(DEFAULT_OPTIONS)
+    if retries is not None:
+        merged.update(retries.channel_options())
     if options:
         merged.update(options.items() if isinstance(options, Mapping) else options)
     return list(merged.items())
@@ -513,7 +649,13 @@ def _flow_start(vector, text, point_id) -> flow_pb2.FlowStart:
 
 
 def find_attractors(
-    name: str, *, seeds: int, representatives: int, include_vectors: bool, seed: int
+    name: str,
+    *,
+    seeds: int,
+    representatives: int,
+    include_vectors: bool,
+    seed: int,
+    bootstrap: int | None,
 ) -> Call[types.AttractorSet]:
     request = flow_pb2.FindAttractorsRequest(
         parent=convert.collection_name(name),
@@ -521,14 +663,25 @@ def find_attractors(
         representatives=representatives,
         include_vectors=include_vectors,
         seed=seed,
+        # 0 asks the server for its own ensemble.
+        bootstrap=bootstrap or 0,
     )
     return Call(
         "flow.FindAttractors",
         request,
         lambda r: types.AttractorSet(
-            tuple(convert.attractor_from_proto(a) for a in r.attractors), r.collection_version
+            tuple(convert.attractor_from_proto(a) for a in r.attractors),
+            r.collection_version,
+            r.bootstrap,
         ),
     )
+
+
+#: ``flow_chapters(method=...)`` -> DetectChaptersRequest.method.
+CHANGE_POINT_METHODS = {
+    "offline": flow_pb2.CHANGE_POINT_METHOD_OFFLINE,
+    "online": flow_pb2.CHANGE_POINT_METHOD_ONLINE,
+}
 
 
 def detect_chapters(
@@ -540,7 +693,9 @@ def detect_chapters(
     min_size: int,
     penalty: float | None,
     representatives: int,
+    method: str,
 ) -> Call[types.ChapterSet]:
+    """DetectChapters. Raises InvalidArgument for an unknown ``method``."""
     request = flow_pb2.DetectChaptersRequest(
         parent=convert.collection_name(name),
         series=series,
@@ -549,6 +704,7 @@ def detect_chapters(
         # 0 asks the server for its robust-noise penalty.
         penalty=penalty or 0.0,
         representatives=representatives,
+        method=_choice(method, CHANGE_POINT_METHODS, "method"),
     )
     return Call(
         "flow.DetectChapters",
@@ -935,6 +1091,7 @@ def simulate_request(
     stop_outside_support: bool,
     include_vectors: bool,
     seed: int,
+    band_coverage: float,
 ) -> flow_pb2.SimulatePathsRequest:
     request = flow_pb2.SimulatePathsRequest(
         parent=convert.collection_name(name),
@@ -944,6 +1101,7 @@ def simulate_request(
         stop_outside_support=stop_outside_support,
         include_vectors=include_vectors,
         seed=seed,
+        band_coverage=band_coverage,
     )
     if dt_seconds is not None:
         request.step_duration.FromTimedelta(timedelta(seconds=dt_seconds))
@@ -1028,4 +1186,176 @@ def _check_batch_size(batch_size: int) -> None:
             f"batch_size must be at least 1, got {batch_size}",
             reason="LIMIT_EXCEEDED",
             field_violations=[FieldViolation("batch_size", "must be at least 1")],
+        )
+
+
+# --- the resuming stream writer ------------------------------------------------
+
+#: Batches a writer sends ahead of its acks: the server reads a batch only after
+#: acknowledging the previous one, so two keep it busy; more would only hold more
+#: points in memory.
+UNACKED_BATCHES = 2
+
+
+@dataclass
+class WriteProgress:
+    """What a stream writer has done so far, updated as acks arrive.
+
+    Point indexes count the points the writer took, in order (a malformed row
+    that ``add`` refused is not one of them). Batches are acknowledged in order,
+    so the first ``acked`` points are durable or rejected: after a writer failed,
+    resume with the points from index ``acked`` on.
+
+    Attributes:
+        added: points taken by ``add``/``extend``.
+        acked: points of acknowledged batches (accepted + rejected).
+        accepted: points written.
+        rejected: points refused by the server; why in ``errors``.
+        errors: the refused points, ``index`` counted as above.
+        batches: acknowledged batches.
+        reconnects: times the stream was re-opened after UNAVAILABLE.
+        version: the collection's version after the last acknowledged batch.
+    """
+
+    added: int = 0
+    acked: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    errors: list[types.PointError] = field(default_factory=list)
+    batches: int = 0
+    reconnects: int = 0
+    version: int = 0
+
+
+class WriterState:
+    """The I/O-free part of the stream writers (sync and asyncio): batching, the
+    batches not yet acknowledged, ack bookkeeping and reconnect decisions.
+
+    A re-sent batch keeps its sequence number, so a re-opened stream starts at the
+    first unacknowledged batch and its sequence still strictly increases. The
+    writer reconnects, with the backoff of ``retries``, for up to ``timeout``
+    seconds after the stream first broke without an ack since (None: no limit);
+    as for unary calls, that is the budget for a server restart.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        batch_size: int,
+        retries: RetryPolicy | None,
+        timeout: float | None,
+        on_ack: Callable[[UpsertAck], object] | None,
+    ) -> None:
+        _check_batch_size(batch_size)
+        self.parent = convert.collection_name(name)
+        self.batch_size = batch_size
+        self.retries = retries
+        self.timeout = timeout
+        self.on_ack = on_ack
+        self.progress = WriteProgress()
+        #: (index of the batch's first point, the batch), oldest first.
+        self.unacked: deque[tuple[int, point_pb2.StreamUpsertPointsRequest]] = deque()
+        self._points: list[point_pb2.Point] = []
+        self._sequence = 0
+        self._failures = 0  # since the last ack
+        self._failing_since: float | None = None
+
+    def add(self, raw: PointLike) -> point_pb2.StreamUpsertPointsRequest | None:
+        """Parses one point; returns the batch it completes, to be sent.
+
+        Raises:
+            InvalidArgument: a malformed point (``points[i]``, i the index it would
+                have had); it is not taken.
+        """
+        point = parse_point(raw, self.progress.added)
+        self._points.append(convert.point_to_proto(point))
+        self.progress.added += 1
+        return self.cut() if len(self._points) == self.batch_size else None
+
+    def cut(self) -> point_pb2.StreamUpsertPointsRequest | None:
+        """The points not yet in a batch as the next batch, kept until it is
+        acknowledged; None when there are none."""
+        if not self._points:
+            return None
+        batch = point_pb2.StreamUpsertPointsRequest(
+            parent=self.parent, sequence=self._sequence, points=self._points
+        )
+        self.unacked.append((self.progress.added - len(self._points), batch))
+        self._points = []
+        self._sequence += 1
+        return batch
+
+    @property
+    def full(self) -> bool:
+        """Whether the writer must wait for an ack before it goes on."""
+        return len(self.unacked) > UNACKED_BATCHES
+
+    def ack(self, response: point_pb2.StreamUpsertPointsResponse) -> None:
+        """Records the ack of the oldest unacknowledged batch, then calls ``on_ack``.
+
+        Raises:
+            Internal: the ack is not for that batch.
+        """
+        (ack,) = read_ack(response)
+        expected = self.unacked[0][1].sequence if self.unacked else None
+        if ack.sequence != expected:
+            raise Internal(
+                f"the server acknowledged batch {ack.sequence}, expected {expected}",
+                metadata={"sequence": ack.sequence},
+            )
+        first, batch = self.unacked.popleft()
+        progress = self.progress
+        progress.acked += len(batch.points)
+        progress.accepted += ack.accepted
+        progress.rejected += ack.rejected
+        progress.errors.extend(replace(e, index=first + e.index) for e in ack.errors)
+        progress.batches += 1
+        progress.version = ack.version
+        self._failures, self._failing_since = 0, None
+        if self.on_ack is not None:
+            self.on_ack(ack)
+
+    def ended_early(self) -> Internal:
+        """The error for a stream the server ended before acknowledging every batch."""
+        return Internal(
+            f"the server ended the stream with {len(self.unacked)} batch(es) unacknowledged"
+        )
+
+    def retry_delay(self, err: grpc.RpcError, *, send_failed: bool = False) -> float:
+        """Seconds to wait before re-opening a stream that failed with ``err``.
+
+        ``send_failed``: a write on this stream failed in the transport. grpc.aio
+        then ends the call with a client-side INTERNAL ("Internal error from Core")
+        rather than UNAVAILABLE, although the connection is what broke.
+
+        Raises:
+            DriftdError: the driftd error of ``err`` (:func:`from_rpc_error`) unless
+                it is UNAVAILABLE, retries are on and the reconnect budget is left.
+        """
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self._failures += 1
+        left = self.time_left()
+        code = err.code() if callable(getattr(err, "code", None)) else None
+        unavailable = code == grpc.StatusCode.UNAVAILABLE or (
+            send_failed and code == grpc.StatusCode.INTERNAL
+        )
+        if not unavailable or self.retries is None or (left is not None and left <= 0):
+            raise from_rpc_error(err) from err
+        self.progress.reconnects += 1
+        delay = self.retries.backoff(self._failures)
+        return delay if left is None else min(delay, left)
+
+    def time_left(self) -> float | None:
+        """Seconds left of the reconnect budget; None when unlimited."""
+        if self.timeout is None or self._failing_since is None:
+            return self.timeout
+        return self.timeout - (time.monotonic() - self._failing_since)
+
+    def not_back(self) -> Unavailable:
+        """The error for a server that did not accept connections within the budget."""
+        return Unavailable(
+            f"the server did not come back within {self.timeout} s; "
+            f"{len(self.unacked)} batch(es) unacknowledged",
+            metadata={"acked": self.progress.acked},
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -9,9 +12,9 @@ import grpc
 
 from driftd import types
 from driftd.client import _common as common
-from driftd.client._common import PointLike, Time, UpsertAck
+from driftd.client._common import PointLike, RetryPolicy, Time, UpsertAck, WriteProgress
 from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
-from driftd.v1 import behavior_pb2, monitor_pb2
+from driftd.v1 import behavior_pb2, monitor_pb2, point_pb2
 
 T = TypeVar("T")
 
@@ -29,11 +32,16 @@ class DriftClient:
 
     Args:
         target: ``host:port`` of the server.
-        timeout: deadline of each unary RPC, in seconds (None: no deadline).
-            Streams (trajectory, simulations, stream_upsert) have no deadline;
-            they stop when their iterator is exhausted or closed.
+        timeout: deadline of each unary RPC, in seconds (None: no deadline),
+            retries and waits for the server included. Streams (trajectory,
+            simulations, stream_upsert, writer) have no deadline; they stop when
+            their iterator is exhausted or closed.
+        retries: how reads and idempotent writes ride out a restarting server
+            (:class:`RetryPolicy`: they wait for it within their deadline and are
+            re-sent after UNAVAILABLE), and how :meth:`writer` reconnects. None:
+            every call fails at once with Unavailable when the server is down.
         options: extra gRPC channel options, overriding the client's defaults
-            (64 MiB message limits).
+            (64 MiB message limits, the retry policy's service config).
         credentials: ``grpc.ChannelCredentials`` for TLS; None: plaintext.
     """
 
@@ -42,10 +50,11 @@ class DriftClient:
         target: str = common.DEFAULT_TARGET,
         *,
         timeout: float | None = 30.0,
+        retries: RetryPolicy | None = common.DEFAULT_RETRIES,
         options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        opts = common.channel_options(options)
+        opts = common.channel_options(options, retries)
         self._channel = (
             grpc.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -53,6 +62,7 @@ class DriftClient:
         )
         self._stubs = common.Stubs(self._channel)
         self._timeout = timeout
+        self._retries = retries
         self.target = target
 
     def close(self) -> None:
@@ -177,9 +187,10 @@ class DriftClient:
 
         ``points`` is consumed lazily (it may be a generator over a large file);
         batches are numbered from ``start_sequence``, so after a broken stream
-        resume with the sequence after the last ack. The server reads a batch
-        only after acknowledging the previous one (backpressure). Invalid points
-        do not fail the stream: the server skips them and lists them in the ack.
+        resume with the sequence after the last ack (:meth:`writer` does that
+        by itself). The server reads a batch only after acknowledging the
+        previous one (backpressure). Invalid points do not fail the stream: the
+        server skips them and lists them in the ack.
 
         Raises:
             InvalidArgument: a malformed row (``points[i]``, counted from the start
@@ -192,6 +203,37 @@ class DriftClient:
         )
         requests.raise_error()
 
+    def writer(
+        self,
+        name: str,
+        *,
+        batch_size: int = 500,
+        on_ack: Callable[[UpsertAck], object] | None = None,
+    ) -> UpsertWriter:
+        """A batching writer over one StreamUpsertPoints stream that survives
+        server restarts; use it as a context manager::
+
+            with client.writer("notes") as w:
+                w.extend(rows)          # or w.add(row), any number of times
+            print(w.progress.accepted, w.progress.errors)
+
+        Points are batched ``batch_size`` at a time and sent while earlier
+        batches are being written; batches stay in memory until acknowledged
+        (durable), at most three of them, so ``add`` waits when the server is
+        behind. When the stream breaks with UNAVAILABLE (a server restart) the
+        writer reconnects, with the backoff of the client's retry policy and for
+        up to the client's ``timeout``, and re-sends from the first
+        unacknowledged batch: each point ends up written once, by id. Points the
+        server refuses (wrong dimension, ...) do not stop the writer; they are
+        listed in ``progress.errors``. ``on_ack`` is called with each batch's ack
+        (error indexes within the batch).
+
+        Raises:
+            InvalidArgument: batch_size < 1.
+        """
+        state = common.WriterState(name, batch_size, self._retries, self._timeout, on_ack)
+        return UpsertWriter(self._stubs, state)
+
     def get_points(
         self, name: str, ids: Sequence[str], *, include_vectors: bool = False
     ) -> tuple[list[types.Point], list[str]]:
@@ -199,7 +241,9 @@ class DriftClient:
         return self._unary(common.get_points(name, ids, include_vectors))
 
     def delete_points(self, name: str, ids: Sequence[str]) -> int:
-        """Deletes points by id (unknown ids are ignored); returns how many existed."""
+        """Deletes points by id (unknown ids are ignored); returns how many existed.
+        Retried after UNAVAILABLE, so after a lost answer the count can miss
+        points the first attempt deleted."""
         return self._unary(common.delete_points(name, ids))
 
     def trajectory(
@@ -279,6 +323,7 @@ class DriftClient:
         stop_outside_support: bool = False,
         include_vectors: bool = True,
         seed: int = 0,
+        band_coverage: float = 0.9,
     ) -> Iterator[types.SimulationStep]:
         """Follows the flow from a start (exactly one of vector/text/point_id),
         yielding each step of each path as the server computes it.
@@ -288,8 +333,11 @@ class DriftClient:
             dt_seconds: simulated seconds per step; None: the timeline's median gap.
             paths: paths; those after the first start jittered by the local noise.
             stop_outside_support: end a path when it leaves the data's support.
-            include_vectors: fill each step's ``position`` (d,).
+            include_vectors: fill each step's ``position`` and ``ensemble_position`` (d,).
             seed: seed of the jitter; the same seed gives the same paths.
+            band_coverage: share (0-1) of the server's bootstrap refits that each
+                step's ``band_radius`` (embedding units) around ``ensemble_position``
+                holds.
 
         Closing the iterator cancels the RPC and stops the server's work.
         """
@@ -304,6 +352,7 @@ class DriftClient:
             stop_outside_support=stop_outside_support,
             include_vectors=include_vectors,
             seed=seed,
+            band_coverage=band_coverage,
         )
         return self._stream(self._stubs.flow.SimulatePaths(request), common.read_step)
 
@@ -320,6 +369,7 @@ class DriftClient:
         stop_outside_support: bool = False,
         include_vectors: bool = True,
         seed: int = 0,
+        band_coverage: float = 0.9,
     ) -> list[types.SimulationStep]:
         """All steps of :meth:`simulate_stream` as a list (path-major as streamed)."""
         return list(
@@ -334,6 +384,7 @@ class DriftClient:
                 stop_outside_support=stop_outside_support,
                 include_vectors=include_vectors,
                 seed=seed,
+                band_coverage=band_coverage,
             )
         )
 
@@ -345,9 +396,15 @@ class DriftClient:
         representatives: int = 3,
         include_vectors: bool = False,
         seed: int = 0,
+        bootstrap: int | None = None,
     ) -> types.AttractorSet:
         """The flow's fixed points, largest basin first, each with its
-        ``representatives`` nearest stored points; deterministic under ``seed``."""
+        ``representatives`` nearest stored points; deterministic under ``seed``.
+
+        ``bootstrap`` refits (2 to the server limit, 64 by default; None: the
+        server's ensemble, 8 by default) measure each one's ``reproducibility``;
+        more than the server's ensemble costs a rebuild (seconds at 100k points).
+        """
         return self._unary(
             common.find_attractors(
                 name,
@@ -355,6 +412,7 @@ class DriftClient:
                 representatives=representatives,
                 include_vectors=include_vectors,
                 seed=seed,
+                bootstrap=bootstrap,
             )
         )
 
@@ -368,14 +426,24 @@ class DriftClient:
         min_size: int = 5,
         penalty: float | None = None,
         representatives: int = 3,
+        method: str = "offline",
     ) -> types.ChapterSet:
         """The timeline's chapters (regimes) in time order, by change-point detection.
 
         Args:
-            series: only this series; "" means all points in time order.
+            series: only this series; "" means all points in time order (with
+                ``method="online"``: allowed only when the collection has one series).
             min_size: minimum points per chapter.
             penalty: change-point penalty (higher: fewer chapters); None lets the
-                server pick one from a robust noise estimate.
+                server pick one from a robust noise estimate. Offline only.
+            method: "offline" (exact PELT, recomputed; links chapters to attractors)
+                or "online" (the server's running BOCPD detector of the series, no
+                refit; ``attractor_id`` empty).
+
+        Raises:
+            InvalidArgument: unknown method; online without a series on a collection
+                of several series; penalty with online; limits.
+            FailedPrecondition(NOT_ENOUGH_POINTS): fewer than 2 min_size points.
         """
         return self._unary(
             common.detect_chapters(
@@ -386,6 +454,7 @@ class DriftClient:
                 min_size=min_size,
                 penalty=penalty,
                 representatives=representatives,
+                method=method,
             )
         )
 
@@ -598,6 +667,8 @@ class DriftClient:
             time: when it was written (datetime or RFC 3339); None: now.
             message_id: your id for the message; re-sending it returns the stored
                 decision, so retries are safe. "": the server assigns "m{index}".
+                The client does not retry RouteMessage by itself: after
+                Unavailable, send again with the same message_id.
             config: RoutingConfig fields to change for this conversation from
                 this message on, e.g. ``{"stay_threshold": 0.3}``.
 
@@ -663,3 +734,122 @@ class DriftClient:
             Unavailable: the server cannot be reached.
         """
         return self._unary(common.health_check(service))
+
+
+class UpsertWriter:
+    """A resuming, batching writer of points; made by :meth:`DriftClient.writer`.
+
+    Not thread-safe: add from one thread. Acks are read in the calling thread,
+    inside ``add``, ``flush`` and ``close``, so failures surface there.
+    """
+
+    def __init__(self, stubs: common.Stubs, state: common.WriterState) -> None:
+        self._stubs = stubs
+        self._state = state
+        self._requests: queue.SimpleQueue | None = None  # feeds the open stream
+        self._responses: Any = None
+
+    @property
+    def progress(self) -> WriteProgress:
+        """Counts and per-point errors so far (see :class:`WriteProgress`)."""
+        return self._state.progress
+
+    def add(self, point: PointLike) -> None:
+        """Adds one point (a Point or a dict, as :meth:`DriftClient.upsert`).
+
+        Raises:
+            InvalidArgument: a malformed point (``points[i]``, i the index it
+                would have had); it is not taken and the writer stays usable.
+            Unavailable: the server did not come back within the client's
+                timeout (or retries are off).
+            DriftdError: the stream failed otherwise (NotFound: no such collection).
+        """
+        batch = self._state.add(point)
+        if batch is not None:
+            self._send(batch)
+
+    def extend(self, points: Iterable[PointLike]) -> None:
+        """Adds every point of ``points``, in order. Raises as :meth:`add`."""
+        for point in points:
+            self.add(point)
+
+    def flush(self) -> WriteProgress:
+        """Sends the points added so far and waits until all are acknowledged
+        (durable). Raises as :meth:`add`."""
+        batch = self._state.cut()
+        if batch is not None:
+            self._send(batch)
+        while self._state.unacked:
+            self._receive()
+        return self.progress
+
+    def close(self) -> WriteProgress:
+        """Flushes, then ends the stream. Raises as :meth:`add`."""
+        self.flush()
+        if self._responses is not None:
+            responses = self._responses
+            self._end_stream()
+            # Every batch is acknowledged: a failure while the server winds the
+            # stream down loses nothing.
+            with contextlib.suppress(grpc.RpcError):
+                for _ in responses:
+                    pass
+        return self.progress
+
+    def __enter__(self) -> UpsertWriter:
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        """Closes on success; after an exception, cancels the stream without
+        flushing (``progress.acked`` says how far the writing got)."""
+        if exc_type is None:
+            self.close()
+        elif self._responses is not None:
+            self._responses.cancel()
+            self._end_stream()
+
+    def _send(self, batch: point_pb2.StreamUpsertPointsRequest) -> None:
+        if self._requests is None:
+            self._open()  # sends every unacknowledged batch, this one included
+        else:
+            self._requests.put(batch)
+        while self._state.full:
+            self._receive()
+
+    def _open(self) -> None:
+        requests: queue.SimpleQueue = queue.SimpleQueue()
+        for _, batch in self._state.unacked:
+            requests.put(batch)
+        self._requests = requests
+        # gRPC pulls the requests on its own thread; None ends them.
+        self._responses = self._stubs.points.StreamUpsertPoints(iter(requests.get, None))
+
+    def _end_stream(self) -> None:
+        """Ends the requests of the open stream, which frees gRPC's thread."""
+        assert self._requests is not None
+        self._requests.put(None)
+        self._requests = self._responses = None
+
+    def _receive(self) -> None:
+        """Reads the next ack, re-opening the stream after UNAVAILABLE."""
+        while True:
+            if self._responses is None:
+                self._open()
+            try:
+                response = next(self._responses)
+            except StopIteration:
+                self._end_stream()
+                raise self._state.ended_early() from None
+            except grpc.RpcError as err:
+                self._end_stream()
+                time.sleep(self._state.retry_delay(err))
+                ready = grpc.channel_ready_future(self._stubs.channel)
+                try:
+                    ready.result(timeout=self._state.time_left())
+                except grpc.FutureTimeoutError:
+                    raise self._state.not_back() from err
+                finally:
+                    ready.cancel()
+            else:
+                self._state.ack(response)
+                return

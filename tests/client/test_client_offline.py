@@ -268,11 +268,21 @@ def test_status_without_details_keeps_class_default_reason(client, fresh):
     assert info.value.field_violations == ()
 
 
-def test_unreachable_server_is_unavailable():
+def test_unreachable_server_is_unavailable_without_retries():
     from driftd.errors import Unavailable
 
-    with DriftClient("127.0.0.1:1", timeout=5) as c, pytest.raises(Unavailable):
+    with DriftClient("127.0.0.1:1", timeout=5, retries=None) as c, pytest.raises(Unavailable):
         c.get_collection("x")
+
+
+def test_reads_wait_for_an_unreachable_server_until_their_deadline():
+    from driftd.errors import DeadlineExceeded, Unavailable
+
+    with DriftClient("127.0.0.1:1", timeout=1) as c:
+        with pytest.raises(DeadlineExceeded):
+            c.get_collection("x")
+        with pytest.raises(Unavailable):  # not idempotent: fails at once
+            c.create_collection("xyz", dim=3)
 
 
 def test_foreign_error_domain_keeps_default_reason():

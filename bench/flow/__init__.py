@@ -4,5 +4,7 @@
 system (a) K wells, (b) toggle switch, (c) limit cycle, (d) Lorenz, (e) regime
 switches, and for the SOTU paragraphs, driftd next to the original DriftDB method and
 ruptures, with the metric, the issue's target, the time and the ratio; then the scale
-measurements. Everything is seeded; BLAS runs on one thread.
+measurements; then a real server's resident memory at 100k points and its health-check
+latency while the process pool is saturated (bench/flow/serving.py). Everything is
+seeded; BLAS runs on one thread.
 """

@@ -1,4 +1,5 @@
-"""``python -m bench.flow [--quick] [--no-sotu] [--no-scale]``: see bench/flow/__init__.py."""
+"""``python -m bench.flow [--quick] [--no-sotu] [--no-scale] [--no-serving]
+[--serving-points N]``: see bench/flow/__init__.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 from threadpoolctl import threadpool_limits
 
-from bench.flow import scale, systems
+from bench.flow import scale, serving, systems
 from bench.flow.table import render
 
 WELLS = range(3, 9)
@@ -25,6 +26,15 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small instances (a smoke run)")
     parser.add_argument("--no-sotu", action="store_true", help="skip the SOTU paragraphs")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale measurements")
+    parser.add_argument(
+        "--no-serving", action="store_true", help="skip the server memory and health measurements"
+    )
+    parser.add_argument(
+        "--serving-points",
+        type=int,
+        default=None,
+        help="points in the server measurements (default 100,000; 20,000 with --quick)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     t0 = time.perf_counter()
@@ -52,6 +62,13 @@ def main(argv=None) -> int:
             print()
             sizes_scale = (5_000, 20_000) if args.quick else scale.SIZES
             print("\n".join(scale.scale_lines(repeats=1 if args.quick else 3, sizes=sizes_scale)))
+            print("\n".join(scale.engine_refresh_lines(n=sizes_scale[-1])), flush=True)
+            lines = scale.uncertainty_lines(repeats=1 if args.quick else 3, sizes=sizes_scale)
+            print("\n".join(lines), flush=True)
+    if not args.no_serving:  # a server process: BLAS as it configures it
+        n = args.serving_points or (20_000 if args.quick else 100_000)
+        print()
+        print("\n".join(serving.serving_lines(n)), flush=True)
     print(f"\nbench.flow: {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -17,7 +17,7 @@ import numpy as np
 from bench.flow.baselines import DriftDBBaseline, ruptures_chapters
 from bench.flow.metrics import boundary_f1, centre_error, covering, mean_cosine, speed_ratio
 from bench.flow.table import Result, Row
-from driftd.flow import FlowField, detect_chapters, find_attractors
+from driftd.flow import FlowEnsemble, FlowField, detect_chapters, find_attractors
 from driftd.flow.planted import (
     PlantedSystem,
     k_well_system,
@@ -65,7 +65,8 @@ def _split(ps: PlantedSystem):
 
 
 def driftd_flow(ps: PlantedSystem, n_bootstrap: int, attractors: bool = True) -> Flow:
-    """driftd with defaults: FlowField fit on the training series, find_attractors."""
+    """driftd with defaults: FlowField fit on the training series, find_attractors with
+    a FlowEnsemble of ``n_bootstrap`` refits (0: none, reproducibility NaN)."""
     train, test = _split(ps)
     t0 = time.perf_counter()
     field = FlowField(random_state=0).fit(ps.X[train], ps.t[train], ps.series[train])
@@ -74,8 +75,9 @@ def driftd_flow(ps: PlantedSystem, n_bootstrap: int, attractors: bool = True) ->
     T = ps.true_velocity(ps.X[test])
     found, seconds = [], 0.0
     if attractors:
+        ensemble = FlowEnsemble(n_bootstrap, random_state=0).fit(field) if n_bootstrap else None
         found, seconds = _timed(
-            find_attractors, field, n_seeds=N_SEEDS, n_bootstrap=n_bootstrap, random_state=0
+            find_attractors, field, n_seeds=N_SEEDS, ensemble=ensemble, random_state=0
         )
     stable = np.array([a.center for a in found if a.stability == "stable"])
     stable = stable.reshape(-1, ps.X.shape[1])
@@ -304,7 +306,8 @@ def determinism_row() -> Row:
     runs = []
     for _ in range(2):
         field = FlowField(random_state=0).fit(ps.X, ps.t, ps.series)
-        found = find_attractors(field, n_seeds=N_SEEDS, n_bootstrap=2, random_state=0)
+        ensemble = FlowEnsemble(2, random_state=0).fit(field)
+        found = find_attractors(field, n_seeds=N_SEEDS, ensemble=ensemble, random_state=0)
         runs.append((field.coef_, [(a.center, a.stability, a.reproducibility) for a in found]))
     (c1, a1), (c2, a2) = runs
     same = np.array_equal(c1, c2) and len(a1) == len(a2)

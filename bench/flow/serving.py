@@ -1,10 +1,13 @@
-"""Serving (issue 3, section 6): a real ``driftd serve`` process with embedded Chroma.
+"""Serving (issue 3, section 6): a real ``driftd serve`` process, with embedded Chroma
+and then with Chroma in its own process (``chroma run``, server mode).
 
 Memory: the server's resident set (VmRSS of the main process, from /proc) after
 start, after upserting n points of the planted 3-well system (d = 384, 50 series,
 vectors, batches of 10,000), after fitting the flow (a ProbeFlow) and after a
 FindAttractors; reported as (RSS - baseline) / raw float32 vector bytes (n x d x 4),
-target <= 2x. The pool workers are separate processes, reported on their own.
+target <= 2x. The pool workers are separate processes, reported on their own. In
+server mode Chroma's index lives in the ``chroma run`` process, so the driftd figure
+is driftd's own memory (its trajectory cache and models).
 
 Health under load: the median and p99 of grpc.health.v1 Check (sequential, one
 channel) while idle, while every pool worker is kept busy by concurrent
@@ -13,7 +16,7 @@ DetectChapters (the n vectors go to a worker on every call) and FindAttractors
 as a control, while as many busy loops outside driftd load the CPU as much: on a
 small shared machine the scheduler alone adds milliseconds; target p99 ratio <= 2x.
 
-The server is the test suite's harness (tests/support.py), on free loopback ports.
+The servers are the test suite's harness (tests/support.py), on free loopback ports.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from driftd.engine.pool import WORKER_NICENESS
 from driftd.flow.planted import k_well_system
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from support import ServerProcess  # noqa: E402 - the tests' server harness
+from support import ChromaServer, ServerProcess  # noqa: E402 - the tests' harness
 
 BATCH = 10_000
 COLLECTION = "bench-serving"
@@ -82,9 +85,9 @@ def _p(values: list[float], q: float) -> float:
 
 
 def serving_lines(n: int = 100_000, dim: int = 384) -> list[str]:
-    """Both measurements on one server, as printable lines."""
+    """Memory and health on a server with embedded Chroma, then memory with Chroma in
+    its own process (server mode), as printable lines."""
     ps = k_well_system(n, k=3, dim=dim, n_series=50, random_state=0)
-    raw = n * dim * 4
     lines = [f"serving: driftd serve (embedded Chroma, {WORKERS} pool workers), n={n:,}, d={dim}"]
     with tempfile.TemporaryDirectory(prefix="driftd-bench-") as root:
         server = ServerProcess(
@@ -94,55 +97,84 @@ def serving_lines(n: int = 100_000, dim: int = 384) -> list[str]:
             DRIFTD_LOG_LEVEL="WARNING",
         ).start()
         try:
-            pid = server.proc.pid
-            time.sleep(1.0)
-            base = _rss(pid)
-            with DriftClient(server.target, timeout=3600) as db:
-                db.create_collection(name=COLLECTION, dim=dim, distance="l2")
-                t0 = time.perf_counter()
-                for lo in range(0, n, BATCH):
-                    db.upsert(
-                        COLLECTION,
-                        [
-                            {
-                                "id": f"p{i}",
-                                "timestamp": datetime.fromtimestamp(float(ps.t[i]), UTC),
-                                "vector": ps.X[i],
-                                "series": f"s{int(ps.series[i])}",
-                            }
-                            for i in range(lo, min(lo + BATCH, n))
-                        ],
-                        batch_size=BATCH,
-                    )
-                ingest = time.perf_counter() - t0
-                after_upsert = _rss(pid)
-                t0 = time.perf_counter()
-                db.flow_vector(COLLECTION, point_id="p0")
-                fit = time.perf_counter() - t0
-                after_fit = _rss(pid)
-                t0 = time.perf_counter()
-                db.flow_attractors(COLLECTION)
-                attract = time.perf_counter() - t0
-                after_attractors = _rss(pid)
-                workers = _children_rss(pid)
-            lines += [
-                f"  memory: raw float32 vectors {_mb(raw)}; server RSS at start {_mb(base)}",
-            ]
-            for label, rss in (
-                (f"after upsert ({ingest:.0f} s)", after_upsert),
-                (f"after the fit ({fit:.0f} s)", after_fit),
-                (f"after FindAttractors ({attract:.0f} s)", after_attractors),
-            ):
-                ratio = (rss - base) / raw
-                ok = "yes" if ratio <= 2 else "MISS"
-                lines.append(
-                    f"    {label:<28} RSS {_mb(rss):>10}  (RSS - start) / raw = {ratio:.2f}x"
-                    f"  target <= 2x: {ok}"
-                )
-            lines.append(f"    pool worker processes (separate): RSS {_mb(workers)} in total")
+            lines += _memory_lines(server, ps)
             lines += _health_lines(server.target)
         finally:
             server.stop()
+    lines.append(f"serving: Chroma server mode (chroma run beside driftd), n={n:,}, d={dim}")
+    with tempfile.TemporaryDirectory(prefix="driftd-bench-") as root:
+        chroma = ChromaServer(Path(root) / "chroma", Path(root) / "chroma.log").wait_ready()
+        try:
+            server = ServerProcess(
+                Path(root) / "unused",
+                Path(root) / "server.log",
+                DRIFTD_CHROMA_URL=chroma.url,
+                DRIFTD_WORKERS=str(WORKERS),
+                DRIFTD_LOG_LEVEL="WARNING",
+            ).start()
+            try:
+                chroma_base = _rss(chroma.proc.pid)
+                lines += _memory_lines(server, ps)
+                lines.append(
+                    f"    the chroma run process: RSS {_mb(chroma_base)} at start,"
+                    f" {_mb(_rss(chroma.proc.pid))} at the end"
+                )
+            finally:
+                server.stop()
+        finally:
+            chroma.stop()
+    return lines
+
+
+def _memory_lines(server: ServerProcess, ps) -> list[str]:
+    """Upserts the planted system ``ps`` into a new collection of ``server``, fits its
+    flow and finds its attractors, reading the server's RSS after each step."""
+    n, dim = ps.X.shape
+    raw = n * dim * 4
+    pid = server.proc.pid
+    time.sleep(1.0)
+    base = _rss(pid)
+    with DriftClient(server.target, timeout=3600) as db:
+        db.create_collection(name=COLLECTION, dim=dim, distance="l2")
+        t0 = time.perf_counter()
+        for lo in range(0, n, BATCH):
+            db.upsert(
+                COLLECTION,
+                [
+                    {
+                        "id": f"p{i}",
+                        "timestamp": datetime.fromtimestamp(float(ps.t[i]), UTC),
+                        "vector": ps.X[i],
+                        "series": f"s{int(ps.series[i])}",
+                    }
+                    for i in range(lo, min(lo + BATCH, n))
+                ],
+                batch_size=BATCH,
+            )
+        ingest = time.perf_counter() - t0
+        after_upsert = _rss(pid)
+        t0 = time.perf_counter()
+        db.flow_vector(COLLECTION, point_id="p0")
+        fit = time.perf_counter() - t0
+        after_fit = _rss(pid)
+        t0 = time.perf_counter()
+        db.flow_attractors(COLLECTION)
+        attract = time.perf_counter() - t0
+        after_attractors = _rss(pid)
+        workers = _children_rss(pid)
+    lines = [f"  memory: raw float32 vectors {_mb(raw)}; driftd RSS at start {_mb(base)}"]
+    for label, rss in (
+        (f"after upsert ({ingest:.0f} s)", after_upsert),
+        (f"after the fit ({fit:.0f} s)", after_fit),
+        (f"after FindAttractors ({attract:.0f} s)", after_attractors),
+    ):
+        ratio = (rss - base) / raw
+        ok = "yes" if ratio <= 2 else "MISS"
+        lines.append(
+            f"    {label:<28} RSS {_mb(rss):>10}  (RSS - start) / raw = {ratio:.2f}x"
+            f"  target <= 2x: {ok}"
+        )
+    lines.append(f"    pool worker processes (separate): RSS {_mb(workers)} in total")
     return lines
 
 

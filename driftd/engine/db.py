@@ -694,6 +694,9 @@ class AsyncDriftDB:
             if coll.model is None:
                 metrics.CACHED_MODELS.inc()
             coll.model = _FlowModel(key, fitted[0], snap, fitted[1])
+            # The result's unpickling buffers (tens of MB at 100k points) are freed
+            # below glibc's raised mmap threshold: give their pages back.
+            self._store_thread.submit(memory.trim)
             return coll.model
 
     async def _refresh(

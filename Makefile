@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo proto lint bench bench-drift bench-flow bench-routing clean clients clients-check buf-check deploy-check grpcurl-check
+.PHONY: run test demo proto lint bench bench-drift bench-flow bench-routing clean clients clients-check buf-check release-image deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,9 +62,13 @@ clients: $(STAMP)
 clients-check: $(STAMP)
 	bash ci/clients_check.sh
 
-## buf-check: buf lint (STANDARD) and buf breaking against the latest release tag
+## buf-check: buf lint (STANDARD) and buf breaking against the newest release image (ci/releases)
 buf-check: $(STAMP)
 	bash ci/buf_check.sh
+
+## release-image: record release TAG's API for buf breaking (make release-image TAG=v0.2.0; commit the file)
+release-image: $(STAMP)
+	bash ci/release_image.sh $(TAG)
 
 ## deploy-check: offline validation of deploy/ (kustomize overlays, schemas, Dockerfile)
 deploy-check: $(STAMP)

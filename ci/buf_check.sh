@@ -3,10 +3,11 @@
 # release tag. buf comes from npm (@bufbuild/buf, pinned in ci/tools/package.json
 # with its package-lock.json), installed here with `npm ci`.
 #
-# The breaking check compares proto/ with the newest tag matching v* (version
-# order). With no release tag yet it says so and is skipped; it runs by itself
-# once the first tag exists. BUF_AGAINST overrides the input compared against
-# (any buf input, e.g. '.git#branch=main,subdir=proto').
+# The breaking check compares proto/ with the newest released API: each
+# release commits its buf image as ci/releases/vX.Y.Z.binpb (`make
+# release-image TAG=vX.Y.Z` builds it from the tag), so the check needs no tags
+# in the clone. BUF_AGAINST overrides the input compared against (any buf
+# input, e.g. '.git#branch=main,subdir=proto').
 source "$(dirname "$0")/lib.sh"
 cd "$REPO" || exit 1
 
@@ -27,13 +28,8 @@ fi
 log "buf breaking"
 against="${BUF_AGAINST:-}"
 if [ -z "$against" ]; then
-    tag="$(git tag --list 'v*' --sort=-v:refname | head -n 1)"
-    if [ -z "$tag" ]; then
-        echo "buf breaking: skipped, no release tag (v*) yet; it runs against the newest tag once one exists"
-        exit 0
-    fi
-    # subdir=proto: the module root at that tag, also for tags older than buf.yaml.
-    against=".git#tag=$tag,subdir=proto"
+    against="$(find ci/releases -name 'v*.binpb' | sort -V | tail -n 1)"
+    [ -n "$against" ] || { echo "buf breaking: no release image in ci/releases" >&2; exit 1; }
 fi
 "$BUF" breaking --against "$against"
 echo "buf breaking: no breaking change against $against"

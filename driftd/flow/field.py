@@ -803,10 +803,15 @@ def _normal_equations(Zs, Y, w, centers, h, fold_of, n_folds):
     return G, B, S, Wk
 
 
+def _ridge_factor(G, K, lam):
+    """Cholesky factor (scipy.linalg.cho_factor) of G + lam (K + jitter I) (M, M)."""
+    A = G + lam * (K + _JITTER * np.eye(len(K)))
+    return scipy.linalg.cho_factor(A, check_finite=False)
+
+
 def _ridge(G, B, K, lam):
     """Solve (G + lam (K + jitter I)) C = B: RKHS-norm ridge on the control points."""
-    A = G + lam * (K + _JITTER * np.eye(len(K)))
-    return scipy.linalg.cho_solve(scipy.linalg.cho_factor(A, check_finite=False), B)
+    return scipy.linalg.cho_solve(_ridge_factor(G, K, lam), B)
 
 
 @dataclass(frozen=True)

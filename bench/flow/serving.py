@@ -35,6 +35,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driftd.client import DriftClient
+from driftd.config import Settings
 from driftd.engine.pool import WORKER_NICENESS
 from driftd.flow.planted import k_well_system
 
@@ -44,8 +45,8 @@ from support import ChromaServer, ServerProcess  # noqa: E402 - the tests' harne
 BATCH = 10_000
 COLLECTION = "bench-serving"
 HEALTH_CHECKS = 300
-# Workers of the server's pool: the default on this 2-core machine (CPUs, at most 4).
-WORKERS = 2
+# Workers of the server's pool: the default (CPUs - 1, 1 to 4).
+WORKERS = Settings().workers
 
 
 def _rss(pid: int) -> int:

@@ -4,35 +4,9 @@ import numpy as np
 import pytest
 import ruptures as rpt
 
+from bench.flow.metrics import boundary_f1, covering
 from driftd.flow import Chapter, detect_chapters
 from driftd.flow.planted import regime_switches
-
-
-def boundary_f1(predicted, true, margin=5):
-    """F1 of change points, one-to-one matches within ``margin`` samples."""
-    unused, hits = list(predicted), 0
-    for b in true:
-        close = [p for p in unused if abs(p - b) <= margin]
-        if close:
-            unused.remove(min(close, key=lambda p: abs(p - b)))
-            hits += 1
-    if not predicted or not len(true):
-        return float(len(predicted) == len(true) == 0)
-    precision, recall = hits / len(predicted), hits / len(true)
-    return 2 * precision * recall / (precision + recall) if hits else 0.0
-
-
-def covering(chapters, true, n):
-    """Covering of the true segmentation (starts ``true``) by ``chapters``: sum over
-    true segments A of |A| / n * max Jaccard(A, chapter) (Arbelaez et al. 2011)."""
-    bounds = [0, *true, n]
-    total = 0.0
-    for a0, a1 in zip(bounds[:-1], bounds[1:], strict=True):
-        total += (a1 - a0) * max(
-            max(0, min(a1, c.end) - max(a0, c.start)) / (max(a1, c.end) - min(a0, c.start))
-            for c in chapters
-        )
-    return total / n
 
 
 @pytest.mark.parametrize(
@@ -44,8 +18,9 @@ def test_planted_regimes_found(n_points, n_regimes, seed, excursions):
         n_points, n_regimes, dim=384, random_state=seed, excursion_rate=excursions
     )
     chapters = detect_chapters(X, min_size=5)
-    assert boundary_f1([c.start for c in chapters[1:]], true) >= 0.95
-    assert covering(chapters, list(true), n_points) >= 0.9
+    starts = [c.start for c in chapters[1:]]
+    assert boundary_f1(starts, true, margin=5) >= 0.95
+    assert covering(starts, list(true), n_points) >= 0.9
 
 
 def test_chapters_cover_the_series_contiguously():

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from support import ServerProcess, error_details
 
+from bench.flow.metrics import boundary_f1
 from driftd.client import AsyncDriftClient, DriftClient
 from driftd.errors import InvalidArgument
 from driftd.flow.planted import regime_switches
@@ -36,25 +37,6 @@ def _rows(X, t, *, prefix="r", series="", offset=0):
 def _starts(chapters) -> list[int]:
     """Index of each chapter's first point after the first chapter ("r123" -> 123)."""
     return [int(c.start_point_id[1:]) for c in chapters.chapters[1:]]
-
-
-def _f1(predicted, true) -> float:
-    """F1 of change points matched one-to-one within MARGIN points (greedy, closest first)."""
-    if not predicted or not true:
-        return float(len(predicted) == len(true))
-    pairs = sorted(
-        (abs(p - b), i, j)
-        for i, p in enumerate(predicted)
-        for j, b in enumerate(true)
-        if abs(p - b) <= MARGIN
-    )
-    used_p, used_t = set(), set()
-    for _, i, j in pairs:
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-    hits = len(used_p)
-    return 2 * hits / (len(predicted) + len(true))
 
 
 def _covers(chapters, n: int) -> None:
@@ -88,8 +70,14 @@ def test_streamed_regimes_are_the_online_chapters_and_survive_a_restart(srv, pla
         online = db.flow_chapters("online-regimes", method="online", representatives=2)
         offline = db.flow_chapters("online-regimes")
     true_before = [b for b in truth.tolist() if b < first - MARGIN]
-    assert _f1(_starts(online), true_before) >= 0.9, (_starts(online), true_before)
-    assert _f1(_starts(online), _starts(offline)) >= 0.9, (_starts(online), _starts(offline))
+    assert boundary_f1(_starts(online), true_before, margin=MARGIN) >= 0.9, (
+        _starts(online),
+        true_before,
+    )
+    assert boundary_f1(_starts(online), _starts(offline), margin=MARGIN) >= 0.9, (
+        _starts(online),
+        _starts(offline),
+    )
     _covers(online, first)
     assert all(c.attractor_id == "" for c in online.chapters)
     assert all(len(c.representatives) == 2 for c in online.chapters)
@@ -105,7 +93,10 @@ def test_streamed_regimes_are_the_online_chapters_and_survive_a_restart(srv, pla
         # ... and then kept current by the live feed.
         db.upsert("online-regimes", _rows(X[first:], t[first:], offset=first))
         later = db.flow_chapters("online-regimes", method="online")
-    assert _f1(_starts(later), truth.tolist()) >= 0.9, (_starts(later), truth.tolist())
+    assert boundary_f1(_starts(later), truth.tolist(), margin=MARGIN) >= 0.9, (
+        _starts(later),
+        truth.tolist(),
+    )
     _covers(later, N)
 
 
@@ -116,7 +107,7 @@ def test_online_windows_series_and_bad_requests(srv, planted):
         db.upsert("online-two-series", _rows(X, t, prefix="r", series="a"))
         db.upsert("online-two-series", _rows(X[:300], t[:300], prefix="b", series="b"))
         whole = db.flow_chapters("online-two-series", series="a", method="online")
-        assert _f1(_starts(whole), truth.tolist()) >= 0.9
+        assert boundary_f1(_starts(whole), truth.tolist(), margin=MARGIN) >= 0.9
         # A time window cuts the same chapters out of the selection.
         lo, hi = int(truth[1]) - 20, int(truth[4]) + 20
         window = db.flow_chapters(

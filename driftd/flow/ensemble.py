@@ -18,7 +18,7 @@ matrix Phi^T W c_b Y is exact. The perturbation outside Q is bounded by the
 discarded eigenvalues (< 1e-14 of the top one): replicates match a direct refit
 (``FlowField._refit``) to ~1e-5 of the velocity scale while resampling moves them by
 ~10 % (tests/flow/test_ensemble.py), for one eigendecomposition, one pass of kernel
-rows (T M k, k ~ 150), T k^2 per replicate and one shared Cholesky factor: the
+rows (T M k, k ~ 150-260), T k^2 per replicate and one shared Cholesky factor: the
 replicates' systems differ from the fit's by rank k, solved by the Woodbury identity
 (:meth:`_solve`).
 
@@ -249,7 +249,7 @@ class FlowEnsemble(BaseEstimator):
         through the Woodbury identity, (A + Q E Q^T)^-1 = A^-1 - A^-1 Q (I + E H)^-1
         E Q^T A^-1 with H = Q^T A^-1 Q (k, k): k^3 per replicate instead of M^3 / 3
         plus the M^2 k of forming Q D_b Q^T (8 replicates at 100k points: 0.68 s ->
-        0.1 s)."""
+        0.2 s)."""
         Q = self.span_
         K = gaussian_kernel(field.centers_, field.centers_, field.bandwidth_)
         W = field.weight_sum_

@@ -324,7 +324,7 @@ def _deltas(field: FlowField, Q: np.ndarray, counts: np.ndarray):
     idx = np.arange(field.n_transitions_ - n, field.n_transitions_)
     Z = field.Z_.astype(np.float64)
     Zs = Z[field.transitions_[idx, 0]]
-    Y = field._targets(Z, idx)[0]
+    Y = field.transition_target_[idx]
     dw_all = field.transition_weight_[idx] * (counts - 1.0)  # (B, n) weight change
     centers, h = field.centers_, field.bandwidth_
     (M, r), k = field.coef_.shape, Q.shape[1]

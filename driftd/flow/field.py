@@ -183,7 +183,9 @@ class FlowField(BaseEstimator):
     ``support_threshold_``, ``residual_scale_`` (99 % quantile of the data's distance
     to the model, full-space units), ``Z_`` (N, r) float32 reduced data in input order,
     ``transitions_`` (T, 2) int64 input indices (start, end), ``transition_dt_`` (T,)
-    seconds, ``transition_weight_`` (T,) final regression weights, ``pilot_coef_``
+    seconds, ``transition_weight_`` (T,) final regression weights,
+    ``transition_target_`` (T, r) float64 their bias-corrected velocity targets
+    (:meth:`_targets`; kept so bootstrap refits need not rerun the pilot), ``pilot_coef_``
     (min(M, 300), r) the pilot on the first centres (cross-validated, then refitted on
     its own bias-corrected targets; it corrects the targets), ``n_features_in_``.
 
@@ -313,6 +315,7 @@ class FlowField(BaseEstimator):
             w, _ = _transition_weights(dt[sub], Y - P)
             self.pilot_coef_ = _solve(Zs[sub], Y, w, pilot_centers, h, lam)
         Y, P = self._targets(Z)
+        self.transition_target_ = Y
         self.transition_weight_, self.weight_profile_ = _transition_weights(dt, Y - P)
         # The normal equations are kept: update() adds new transitions' rows to them.
         self.gram_, self.target_moment_, self.weight_sum_ = _gram(
@@ -642,6 +645,7 @@ class FlowField(BaseEstimator):
         w = self.weight_profile_(dt, Y - P)
         G, B, W = _gram(Z[start], Y, w, self.centers_, self.bandwidth_)
         clone.transition_weight_ = np.concatenate([self.transition_weight_, w])
+        clone.transition_target_ = np.concatenate([self.transition_target_, Y])
         clone.gram_ = self.gram_ + G
         clone.target_moment_ = self.target_moment_ + B
         clone.weight_sum_ = self.weight_sum_ + W

@@ -253,17 +253,22 @@ class FlowEnsemble(BaseEstimator):
         Q = self.span_
         K = gaussian_kernel(field.centers_, field.centers_, field.bandwidth_)
         W = field.weight_sum_
-        factor = _ridge_factor(field.gram_ / W, K, field.alpha_)
-        S = scipy.linalg.cho_solve(factor, Q)  # A^-1 Q (M, k)
-        H = Q.T @ S
+        factor = _ridge_factor(field.gram_ / W, K, field.alpha_)  # A = U^T U (or L L^T)
+
+        def solve(B):
+            return scipy.linalg.cho_solve(factor, B, check_finite=False)
+
+        U, lower = factor
+        V = scipy.linalg.solve_triangular(U, Q, trans="N" if lower else "T", lower=lower)
+        H = V.T @ V  # Q^T A^-1 Q
         GQ = Q.T @ (field.gram_ @ Q)
         eye = np.eye(Q.shape[1])
         coef = np.empty((self.n_replicates_, *field.coef_.shape))
         for b in range(self.n_replicates_):
             t_b = W + self.weight_delta_[b]
             E = (1.0 / t_b - 1.0 / W) * GQ + self.gram_delta_[b] / t_b
-            y = scipy.linalg.cho_solve(factor, (field.target_moment_ + self.moment_delta_[b]) / t_b)
-            coef[b] = y - S @ np.linalg.solve(eye + E @ H, E @ (Q.T @ y))
+            y = solve((field.target_moment_ + self.moment_delta_[b]) / t_b)
+            coef[b] = y - solve(Q @ np.linalg.solve(eye + E @ H, E @ (Q.T @ y)))
         self.members_ = np.concatenate([field.coef_[None], coef])
         self.coef_ = self.members_[1:]
         self.field_ = field

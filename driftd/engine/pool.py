@@ -66,7 +66,9 @@ class MathPool:
         """Runs ``fn(*args, **kwargs)`` in a worker; ``fn`` must be a module-level function.
 
         :class:`Rows` arguments, and arrays of SHARE_BYTES or more, are copied into
-        shared memory on a thread and the task gets private copies in the worker.
+        shared memory on a thread and the task gets private copies in the worker; a
+        result with big arrays (a fitted model) comes back through shared memory too
+        (:func:`driftd.flow.shared.call`), copied out on a thread.
         """
         loop = asyncio.get_running_loop()
         self._pending += 1
@@ -75,9 +77,15 @@ class MathPool:
         try:
             if any(_shareable(a) for a in (*args, *kwargs.values())):
                 args, kwargs = await asyncio.to_thread(_share_all, fn, args, kwargs, blocks)
-                fn, args, kwargs = shared.call, (fn, args, kwargs), {}
-            future = self._executor.submit(fn, *args, **kwargs)
-            return await asyncio.wrap_future(future, loop=loop)
+            future = self._executor.submit(shared.call, fn, args, kwargs)
+            try:
+                result = await asyncio.wrap_future(future, loop=loop)
+            except asyncio.CancelledError:
+                future.add_done_callback(_release)  # a result nobody will take
+                raise
+            if isinstance(result, shared.SharedResult):
+                return await asyncio.to_thread(shared.unpack, result)
+            return result
         finally:
             for block in blocks:
                 block.close()
@@ -99,6 +107,11 @@ class MathPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _release(future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        shared.release(future.result())
 
 
 def _shareable(value) -> bool:

@@ -8,11 +8,20 @@ array into a shared-memory block on a thread, a chunk of rows at a time so the
 GIL is released in between (:func:`share`), and the task carries only a
 :class:`SharedArray` naming the block; :func:`call`, run in the worker, hands the
 task a private copy. The server unlinks the block once the task is done.
+
+Results travel back the same way. A fitted model and its ensemble are ~25 MB at
+100k points, and a result that size took 0.14-0.24 s through the executor's pipe
+(pickled, sent in 64 KiB writes, unpickled on the server's result thread).
+:func:`call` pickles the result with protocol 5 (PEP 574), its big buffers out of
+band in one shared-memory block, and returns a :class:`SharedResult`;
+:func:`unpack`, on a server thread, copies the buffers out, unlinks the block and
+unpickles.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 
@@ -20,6 +29,8 @@ import numpy as np
 
 #: Bytes copied per step: small enough that the GIL is never held for long.
 CHUNK_BYTES = 1 << 20
+#: Results whose out-of-band buffers reach this many bytes come back through shared memory.
+RESULT_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,68 @@ def _load(value):
     return array
 
 
+@dataclass(frozen=True)
+class SharedResult:
+    """A task's result: ``data`` its protocol-5 pickle, whose out-of-band buffers of
+    ``sizes`` bytes lie back to back in the shared-memory block ``name``."""
+
+    data: bytes
+    name: str
+    sizes: tuple[int, ...]
+
+
 def call(fn, args: tuple, kwargs: dict):
     """Runs ``fn(*args, **kwargs)`` (in a worker) with every :class:`SharedArray`
-    argument replaced by a private copy of its array."""
-    return fn(*(_load(a) for a in args), **{k: _load(v) for k, v in kwargs.items()})
+    argument replaced by a private copy of its array. Returns the result, or a
+    :class:`SharedResult` when its buffers reach RESULT_BYTES and shared memory has
+    room for them; the caller passes it to :func:`unpack` (or :func:`release`)."""
+    result = fn(*(_load(a) for a in args), **{k: _load(v) for k, v in kwargs.items()})
+    buffers = []
+    data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
+    raws = [b.raw() for b in buffers]
+    total = sum(r.nbytes for r in raws)
+    if total < RESULT_BYTES:
+        return result
+    try:
+        block = SharedMemory(create=True, size=total)
+    except OSError:  # no room in /dev/shm: the executor pickles it
+        return result
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(block._fd, 0, total)
+        offset = 0
+        for raw in raws:
+            block.buf[offset : offset + raw.nbytes] = raw
+            offset += raw.nbytes
+    except OSError:
+        block.close()
+        block.unlink()
+        return result
+    block.close()
+    return SharedResult(data, block.name, tuple(r.nbytes for r in raws))
+
+
+def unpack(result):
+    """The object a task returned: ``result`` itself, or for a :class:`SharedResult`
+    its unpickled object, with private copies of the buffers (the block is unlinked).
+    Run it on a thread: it copies the buffers."""
+    if not isinstance(result, SharedResult):
+        return result
+    block = SharedMemory(name=result.name)
+    try:
+        buffers, offset = [], 0
+        for size in result.sizes:
+            buffers.append(bytearray(block.buf[offset : offset + size]))
+            offset += size
+    finally:
+        block.close()
+        block.unlink()
+    return pickle.loads(result.data, buffers=buffers)
+
+
+def release(result) -> None:
+    """Frees the block of a :class:`SharedResult` that nobody will unpack."""
+    if isinstance(result, SharedResult):
+        block = SharedMemory(name=result.name)
+        block.close()
+        block.unlink()

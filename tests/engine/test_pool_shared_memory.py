@@ -44,3 +44,27 @@ def test_big_arrays_and_rows_reach_the_worker_through_shared_memory():
     assert mixed == small @ small
     assert many == [X[index[k::4]].max() for k in range(4)]
     assert _blocks() == before
+
+
+def test_big_results_come_back_through_shared_memory_and_leave_no_block():
+    A = np.random.default_rng(1).standard_normal((1500, 1500)) + 40 * np.eye(1500)
+    before = _blocks()
+
+    async def run():
+        pool = MathPool(1)
+        try:
+            big = await pool.submit(np.linalg.inv, A)  # 18 MB back
+            # A result whose caller went away is freed when it arrives.
+            orphan = asyncio.ensure_future(pool.submit(np.linalg.inv, A))
+            await asyncio.sleep(0.2)  # the worker is computing it
+            orphan.cancel()
+            after = await pool.submit(np.dot, A[0], A[0])  # queued behind the orphan
+        finally:
+            pool.shutdown()
+        return big, orphan.cancelled(), after
+
+    big, cancelled, after = asyncio.run(run())
+    np.testing.assert_allclose(big, np.linalg.inv(A), rtol=1e-9, atol=1e-12)  # BLAS threads differ
+    assert big.flags.writeable and big.flags.c_contiguous
+    assert cancelled and after == A[0] @ A[0]
+    assert _blocks() == before

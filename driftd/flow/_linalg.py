@@ -182,11 +182,18 @@ def gaussian_kernel(A: np.ndarray, B: np.ndarray, bandwidth: float, B_sq=None) -
     if B_sq is None:
         B_sq = np.einsum("ij,ij->i", B, B)
     c = 0.5 / bandwidth**2
-    # one (n, m) buffer, updated in place: this loop is memory bound
-    E = A @ B.T
-    E *= 2.0 * c
-    E -= (c * np.einsum("ij,ij->i", A, A))[:, None]
-    E -= (c * B_sq)[None, :]
+    # The exponent 2c a.b - c|a|^2 - c|b|^2 comes out of one product of rows augmented
+    # with two columns; the (n, m) buffer is then passed over twice: it is memory bound.
+    r = A.shape[1]
+    A_aug = np.empty((len(A), r + 2))
+    np.multiply(A, 2.0 * c, out=A_aug[:, :r])
+    A_aug[:, r] = -c * np.einsum("ij,ij->i", A, A)
+    A_aug[:, r + 1] = 1.0
+    B_aug = np.empty((len(B), r + 2))
+    B_aug[:, :r] = B
+    B_aug[:, r] = 1.0
+    B_aug[:, r + 1] = -c * B_sq
+    E = A_aug @ B_aug.T
     np.minimum(E, 0.0, out=E)
     return np.exp(E, out=E)
 

@@ -12,7 +12,8 @@ velocity (SparseVFC in dynamo: Qiu et al., Cell 2022; Ma et al., Pattern Recogni
    with the increment's noise and bias the field by the score of the data density);
 3. a Gaussian-kernel ridge regression on M control points (subset-of-regressors /
    Nystroem, Rasmussen & Williams 2006, sec. 8.3.1) is fitted by weighted least
-   squares;
+   squares; M is the shortest k-means++ prefix that covers the data at half a
+   bandwidth (more control points add nothing the kernel resolves);
 4. bandwidth and ridge strength are chosen by blocked cross-validation (contiguous
    blocks of the (series, time) order: Roberts et al., Ecography 2017), which also
    gives a coarse pilot model;
@@ -61,6 +62,7 @@ from driftd.flow._linalg import (
     nearest,
     normalize_rows,
     project,
+    sq_distances,
 )
 from driftd.flow._validation import (
     check_int,
@@ -76,6 +78,13 @@ MIN_POINTS = 10
 MIN_TRANSITIONS = MIN_POINTS - 1
 _MAX_RANK = 32
 _MAX_CENTERS = 1000
+# Control points beyond a cover of the data at half a bandwidth add nothing the kernel
+# can resolve (a Gaussian of width h varies little over h / 2) but cost O(T M^2): the
+# default keeps the shortest k-means++ prefix, at least _MIN_CENTERS, that leaves 99 %
+# of the points within _FILL_RADIUS bandwidths of a centre.
+_MIN_CENTERS = 100
+_FILL_RADIUS = 0.5
+_FILL_QUANTILE = 0.99
 # Gaps outside [1e-3, 25] x median are clock glitches or session breaks, not dynamics.
 _MIN_GAP, _MAX_GAP = 1e-3, 25.0
 _CV_FOLDS = 5
@@ -162,7 +171,9 @@ class FlowField(BaseEstimator):
         of components above a Marchenko-Pastur noise floor, clipped to [2, 32] and to
         N / 10.
     n_centers : int or None
-        Kernel control points M. None: max(min(50, N), 0.05 N), at most 1000.
+        Kernel control points M. None: of max(min(50, N), 0.05 N) k-means++ centres (at
+        most 1000), the shortest prefix, at least 100, that leaves 99 % of the points
+        within half a bandwidth of a centre.
     bandwidth : float or None
         Gaussian kernel bandwidth in reduced (Euclidean) units. None: median pairwise
         distance times a factor chosen by blocked cross-validation.
@@ -305,15 +316,28 @@ class FlowField(BaseEstimator):
         Zs = Z[start]
         Y = (Z[end] - Zs) / dt[:, None]
         h0 = _median_distance(Z_sorted, rng)
-        h, lam, sub, self.pilot_coef_ = self._select(Zs, Y, dt / self.time_scale_, h0, rng)
+        fill = (
+            _fill_distances(Z_sorted[rng.permutation(n)[:_SUPPORT_SAMPLE]], self.centers_)
+            if self.n_centers is None
+            else None
+        )
+
+        def centers_for(h):
+            return n_centers if fill is None else _covering_size(fill, _FILL_RADIUS * h)
+
+        h, lam, sub, self.pilot_coef_ = self._select(
+            Zs, Y, dt / self.time_scale_, h0, centers_for, rng
+        )
         self.bandwidth_, self.alpha_ = h, lam
+        n_centers = centers_for(h)
         # Refine the pilot on its own bias-corrected targets (step 5): a fixed-point
         # iteration that the planted systems settle in within 3 rounds.
-        pilot_centers = self.centers_[:_CV_MAX_CENTERS]
+        pilot_centers = self.centers_[: min(n_centers, _CV_MAX_CENTERS)]
         for _ in range(_PILOT_ROUNDS):
             Y, P = self._targets(Z, sub)
             w, _ = _transition_weights(dt[sub], Y - P)
             self.pilot_coef_ = _solve(Zs[sub], Y, w, pilot_centers, h, lam)
+        self.centers_ = self.centers_[:n_centers]
         Y, P = self._targets(Z)
         self.transition_target_ = Y
         self.transition_weight_, self.weight_profile_ = _transition_weights(dt, Y - P)
@@ -336,13 +360,13 @@ class FlowField(BaseEstimator):
         )
         return self
 
-    def _select(self, Zs, Y, w, h0, rng):
+    def _select(self, Zs, Y, w, h0, centers_for, rng):
         """Blocked-CV choice of (bandwidth, alpha) on at most 20k transitions (raw
-        difference quotients Y, weights w) and the first 300 centres. Returns them, the
-        sorted indices of those transitions, and that coarse model's coefficients: the
-        pilot used to correct the finite-difference bias."""
+        difference quotients Y, weights w); a bandwidth h is scored with the first
+        min(centers_for(h), 300) centres. Returns them, the sorted indices of those
+        transitions, and that coarse model's coefficients: the pilot used to correct
+        the finite-difference bias."""
         n = len(Zs)
-        centers = self.centers_[:_CV_MAX_CENTERS]
         sub = np.sort(rng.permutation(n)[:_CV_MAX_TRANSITIONS])
         Zc, Yc, wc = Zs[sub], Y[sub], w[sub]
         n_folds = min(_CV_FOLDS, len(sub))
@@ -351,6 +375,7 @@ class FlowField(BaseEstimator):
         lams = (self.alpha,) if self.alpha else _ALPHAS
         best_loss, best = np.inf, None
         for h in hs:
+            centers = self.centers_[: min(centers_for(h), _CV_MAX_CENTERS)]
             G, B, S, Wk = _normal_equations(Zc, Yc, wc, centers, h, fold_of, n_folds)
             K = gaussian_kernel(centers, centers, h)
             G_all, B_all, W_all = G.sum(0), B.sum(0), Wk.sum()
@@ -363,6 +388,7 @@ class FlowField(BaseEstimator):
                 if loss < best_loss:
                     best_loss, best = loss, (h, lam)
         h, lam = best
+        centers = self.centers_[: min(centers_for(h), _CV_MAX_CENTERS)]
         return h, lam, sub, _solve(Zc, Yc, wc, centers, h, lam)
 
     def _residual_products(self, Xn, Z, order):
@@ -773,6 +799,25 @@ def _fit_reversion(cross, own, dt, tau) -> float:
         loss, bounds=(np.log(1e-4 / tau), np.log(1.0 / tau)), method="bounded"
     )
     return float(np.exp(res.x))
+
+
+def _fill_distances(Z: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Fill distance (M,) of every prefix of centers (M, r) over the rows of Z (n, r):
+    entry m - 1 is the _FILL_QUANTILE quantile of the distance from a row to the
+    nearest of the first m centres (k-means++ order makes every prefix a spread-out
+    seeding of its own). Non-increasing."""
+    nearest_so_far = np.minimum.accumulate(np.sqrt(sq_distances(Z, centers)), axis=1)
+    return np.quantile(nearest_so_far, _FILL_QUANTILE, axis=0)
+
+
+def _covering_size(fill: np.ndarray, radius: float) -> int:
+    """Smallest m >= min(_MIN_CENTERS, M) whose prefix has fill distance (see
+    :func:`_fill_distances`) at most ``radius``; M if none has. The error of a
+    Gaussian-kernel fit is governed by the fill distance over the bandwidth
+    (Wendland 2005, ch. 11)."""
+    low = min(_MIN_CENTERS, len(fill))
+    covered = np.flatnonzero(fill[low - 1 :] <= radius)
+    return low + int(covered[0]) if covered.size else len(fill)
 
 
 def _median_distance(Z: np.ndarray, rng: np.random.Generator) -> float:

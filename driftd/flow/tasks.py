@@ -77,7 +77,7 @@ def run(
     """Runs ``task`` (a name in TASKS) on the model ``key``, given as ``field`` and its
     ``ensemble`` (of ``field``, or None) when resent, else both None; with
     ``replicates`` >= 2 the task also gets ``ensemble=``, the model's FlowEnsemble of
-    that many refits (built here if missing: ~1 s at 20k points, 7 s at 100k;
+    that many refits (built here if missing: 8 refits ~0.2 s at 20k points, 2.4 s at 100k;
     bench/flow/scale.py).
 
     Raises:

@@ -7,6 +7,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 import driftd.flow._linalg
+from bench.flow.metrics import mean_cosine
 from driftd.flow import (
     MIN_POINTS,
     FlowField,
@@ -80,11 +81,30 @@ def test_fitted_attributes(wells, wells_field):
     assert f.mean_.shape == (384,) and f.components_.shape == (r, 384)
     np.testing.assert_allclose(f.components_ @ f.components_.T, np.eye(r), atol=1e-10)
     assert f.centers_.shape == (M, r) and f.coef_.shape == (M, r)
-    assert M == max(min(50, n), int(0.05 * n))
+    assert min(100, n) <= M <= max(min(50, n), int(0.05 * n))
     assert f.Z_.shape == (n, r) and f.Z_.dtype == np.float32
     assert f.bandwidth_ > 0 and f.alpha_ > 0 and f.reversion_rate_ > 0
     assert f.n_transitions_ == len(f.transitions_) <= n - 10
     assert 0 < f.time_scale_ < 60  # median of exponential gaps with mean 60 s
+
+
+def test_centres_cover_the_data_at_half_a_bandwidth():
+    # the default keeps the shortest k-means++ prefix within h / 2 of 99 % of the points
+    ps = k_well_system(12_000, k=3, random_state=1)
+    field = FlowField().fit(ps.X, ps.t, ps.series)
+    cap = int(0.05 * len(ps.X))
+    M = len(field.centers_)
+    assert 100 <= M < cap
+    Z, h = field.Z_.astype(np.float64), field.bandwidth_
+    fill = [
+        np.quantile(driftd.flow._linalg.nearest(Z, field.centers_[:m])[1], 0.99) for m in (M, M - 1)
+    ]
+    assert fill[0] <= 0.5 * h * 1.05 < fill[1] * 1.1  # chosen on a 5,000-point sample
+    # the prefix loses nothing the full set of control points resolves
+    full = FlowField(n_centers=cap).fit(ps.X, ps.t, ps.series)
+    assert len(full.centers_) == cap
+    X = ps.X[::20]
+    assert mean_cosine(field.predict(X), full.predict(X)) > 0.999
 
 
 def test_off_subspace_reversion_rate_is_recovered(toggle_field):

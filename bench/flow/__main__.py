@@ -63,6 +63,7 @@ def main(argv=None) -> int:
             sizes_scale = (5_000, 20_000) if args.quick else scale.SIZES
             print("\n".join(scale.scale_lines(repeats=1 if args.quick else 3, sizes=sizes_scale)))
             print("\n".join(scale.engine_refresh_lines(n=sizes_scale[-1])), flush=True)
+            print("\n".join(scale.engine_uncertainty_lines(n=sizes_scale[-1])), flush=True)
             lines = scale.uncertainty_lines(repeats=1 if args.quick else 3, sizes=sizes_scale)
             print("\n".join(lines), flush=True)
     if not args.no_serving:  # a server process: BLAS as it configures it

@@ -15,10 +15,12 @@ All positions are indices into the time-ordered data the field was fitted on.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.spatial
 
 from driftd.flow.attractors import Attractor, find_attractors
 from driftd.flow.chapters import detect_chapters, nearest_to_means
@@ -34,6 +36,8 @@ _STALL = 1e-4
 _MODELS: OrderedDict[str, FlowField] = OrderedDict()
 # The largest bootstrap ensemble built so far for each held model.
 _ENSEMBLES: dict[str, FlowEnsemble] = {}
+# Nearest-neighbour index of each model's reduced data, dropped with the model.
+_TREES: weakref.WeakKeyDictionary[FlowField, scipy.spatial.cKDTree] = weakref.WeakKeyDictionary()
 
 
 class ModelMissing(LookupError):
@@ -148,12 +152,13 @@ def _update(
 
 def _nearest(field: FlowField, Z: np.ndarray, k: int = 1) -> np.ndarray:
     """(n, k) positions of the k fitted data points nearest to reduced points Z (n, r)."""
-    data = field.Z_
-    d2 = (Z**2).sum(1)[:, None] - 2.0 * Z @ data.T + (data**2).sum(1)[None, :]
-    k = min(k, len(data))
-    part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(d2, part, axis=1).argsort(axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    tree = _TREES.get(field)
+    if tree is None:
+        # Built once per held model (~0.05 s at 100k points, r = 4); a query then takes
+        # microseconds instead of a pass over all N points (5 ms at 100k).
+        tree = _TREES[field] = scipy.spatial.cKDTree(field.Z_)
+    k = min(k, len(field.Z_))
+    return tree.query(np.asarray(Z, dtype=np.float64), k=[*range(1, k + 1)])[1]
 
 
 @dataclass(frozen=True)
@@ -248,10 +253,7 @@ def _attractors(
     basin = np.full(len(field.Z_), -1, dtype=np.int64)
     for i, a in enumerate(found):
         basin[a.members] = i
-    reps = [
-        _nearest(field, a.center_reduced[None, :].astype(field.Z_.dtype), max(k, 1))[0][:k]
-        for a in found
-    ]
+    reps = [_nearest(field, a.center_reduced[None, :], max(k, 1))[0][:k] for a in found]
     return AttractorsOut(found, reps, basin)
 
 

@@ -1,7 +1,7 @@
 """Process-pool entry points of the flow math.
 
 The engine runs these in a forkserver ``ProcessPoolExecutor``; this module
-imports only numpy and driftd.flow. A fitted FlowField is sent to a worker once
+imports only numpy, scipy and driftd.flow. A fitted FlowField is sent to a worker once
 and kept there under a key (collection, version, fit id): later tasks on the same
 model send only the key, and a worker that does not hold it raises
 :class:`ModelMissing` so the engine resends the model with the task. A model's

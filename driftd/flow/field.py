@@ -85,6 +85,7 @@ _MAX_CENTERS = 1000
 _MIN_CENTERS = 100
 _FILL_RADIUS = 0.5
 _FILL_QUANTILE = 0.99
+_FILL_SAMPLE = 5000  # points the fill distances are measured on
 # Gaps outside [1e-3, 25] x median are clock glitches or session breaks, not dynamics.
 _MIN_GAP, _MAX_GAP = 1e-3, 25.0
 _CV_FOLDS = 5
@@ -317,27 +318,28 @@ class FlowField(BaseEstimator):
         Y = (Z[end] - Zs) / dt[:, None]
         h0 = _median_distance(Z_sorted, rng)
         fill = (
-            _fill_distances(Z_sorted[rng.permutation(n)[:_SUPPORT_SAMPLE]], self.centers_)
+            _fill_distances(Z_sorted[rng.permutation(n)[:_FILL_SAMPLE]], self.centers_)
             if self.n_centers is None
             else None
         )
 
         def centers_for(h):
+            """Control points used with bandwidth h: a covering prefix, or all of them."""
             return n_centers if fill is None else _covering_size(fill, _FILL_RADIUS * h)
 
         h, lam, sub, self.pilot_coef_ = self._select(
             Zs, Y, dt / self.time_scale_, h0, centers_for, rng
         )
         self.bandwidth_, self.alpha_ = h, lam
-        n_centers = centers_for(h)
+        n_used = centers_for(h)
         # Refine the pilot on its own bias-corrected targets (step 5): a fixed-point
         # iteration that the planted systems settle in within 3 rounds.
-        pilot_centers = self.centers_[: min(n_centers, _CV_MAX_CENTERS)]
+        pilot_centers = self.centers_[: min(n_used, _CV_MAX_CENTERS)]
         for _ in range(_PILOT_ROUNDS):
             Y, P = self._targets(Z, sub)
             w, _ = _transition_weights(dt[sub], Y - P)
             self.pilot_coef_ = _solve(Zs[sub], Y, w, pilot_centers, h, lam)
-        self.centers_ = self.centers_[:n_centers]
+        self.centers_ = self.centers_[:n_used]
         Y, P = self._targets(Z)
         self.transition_target_ = Y
         self.transition_weight_, self.weight_profile_ = _transition_weights(dt, Y - P)
@@ -353,7 +355,7 @@ class FlowField(BaseEstimator):
         self.transition_cross_ = cross[keep]
         self.residual_scale_ = float(np.sqrt(np.quantile(own, _RESIDUAL_QUANTILE)))
         self.reversion_rate_ = _fit_reversion(cross[keep], own[:-1][keep], dt, self.time_scale_)
-        self.center_counts_ = np.bincount(nearest(Z, self.centers_)[0], minlength=n_centers)
+        self.center_counts_ = np.bincount(nearest(Z, self.centers_)[0], minlength=n_used)
         sample = Z_sorted[rng.permutation(n)[:_SUPPORT_SAMPLE]]
         self.support_threshold_ = _SUPPORT_FACTOR * float(
             np.quantile(self._support_z(sample), _SUPPORT_QUANTILE)

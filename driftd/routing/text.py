@@ -37,7 +37,6 @@ STOPWORDS = frozenset(
 )
 
 _WORD = re.compile(r"[a-z][a-z'\-]+")
-_WORD = re.compile(r"[a-z][a-z'\-]+")
 _SHIFT = re.compile(
     r"\b(also|another|instead|as well|in addition|additionally|besides|by the way|"
     r"one more thing|something else|next)\b",

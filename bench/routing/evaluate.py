@@ -21,11 +21,14 @@ import numpy as np
 from bench.routing.baseline import BaselineConfig, BaselineConversation
 from driftd.config import DEFAULT_EMBED_MODEL
 from driftd.engine.embedding import Embedders
+from driftd.routing.projection import shipped_projection
 from driftd.routing.router import ConversationState, Decision, Router, RoutingConfig, unit
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "sgd_routing_train.jsonl"
 LABELS = ("STAY", "BRANCH", "ROUTE")
+# The offline replays route as the server does: with the shipped topic projection.
+PROJECTION = shipped_projection(DEFAULT_EMBED_MODEL)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def replay(
     conversations: Sequence[Conversation], vectors: Sequence[np.ndarray], cfg: RoutingConfig
 ) -> list[str]:
     """driftd's router over every turn, in order; the predicted actions."""
-    router, out = Router(), []
+    router, out = Router(PROJECTION), []
     for conv, X in zip(conversations, vectors, strict=True):
         state = ConversationState()
         for turn, x in zip(conv.turns, X, strict=True):
@@ -112,7 +115,7 @@ def replay_on_gold_branches(
     """driftd's decisions when its state follows the gold branches (one branch per
     topic) instead of its own earlier decisions: what the rule scores on a turn
     given perfect history, a diagnostic of where its errors come from."""
-    router, out = Router(), []
+    router, out = Router(PROJECTION), []
     for conv, X in zip(conversations, vectors, strict=True):
         state, branch_of = ConversationState(), {}
         for turn, x in zip(conv.turns, X, strict=True):
@@ -170,14 +173,16 @@ def score(truth: Sequence[str], predicted: Sequence[str]) -> Scores:
 #: is a cost cap: both keep their defaults.
 ROUTER_GRID: dict[str, Sequence] = {
     "stay_threshold": np.round(np.arange(0.05, 0.451, 0.025), 3),
-    "route_threshold": np.round(np.arange(0.20, 0.701, 0.025), 3),
-    "route_margin": np.round(np.arange(-0.20, 0.301, 0.025), 3),
+    "route_threshold": np.round(np.arange(0.20, 1.001, 0.025), 3),
+    "route_margin": np.round(np.arange(-0.20, 0.801, 0.025), 3),
     "answer_boost": np.round(np.arange(0.0, 0.301, 0.025), 3),
     "short_message_boost": np.round(np.arange(0.0, 0.301, 0.025), 3),
     "new_word_penalty": np.round(np.arange(0.0, 0.101, 0.01), 3),
     "cue_weight": np.round(np.arange(0.0, 0.301, 0.025), 3),
+    "anchor_weight": np.round(np.arange(0.0, 0.401, 0.025), 3),
     "recent_messages": (0, 1, 2, 4, 6, 8),
     "assistant_follows_user": (True, False),
+    "topic_projection": (True, False),
 }
 BASELINE_GRID: dict[str, Sequence] = {
     "stay": np.round(np.arange(0.10, 0.601, 0.02), 3),
@@ -214,9 +219,25 @@ def _init_worker(conversations, vectors) -> None:
     _DATA = (conversations, vectors, gold(conversations))
 
 
-def _router_f1(cfg: RoutingConfig) -> float:
+#: The ROUTE operating point the issue asks for: recall >= 0.6 at precision >= 0.5.
+ROUTE_TARGET = {"recall": 0.6, "precision": 0.5}
+
+
+def objective(s: Scores) -> float:
+    """What driftd's calibration maximises: macro-F1 among the configs whose
+    ROUTE recall and precision reach :data:`ROUTE_TARGET`; a config that misses
+    it scores its macro-F1 - 1, below every one that reaches it. Macro-F1 alone
+    trades ROUTE recall for STAY and BRANCH F1 (the rarest class counts a third)."""
+    ok = (
+        s.recall["ROUTE"] >= ROUTE_TARGET["recall"]
+        and s.precision["ROUTE"] >= ROUTE_TARGET["precision"]
+    )
+    return s.macro_f1 - (0.0 if ok else 1.0)
+
+
+def _router_objective(cfg: RoutingConfig) -> float:
     conversations, vectors, truth = _DATA
-    return score(truth, replay(conversations, vectors, cfg)).macro_f1
+    return objective(score(truth, replay(conversations, vectors, cfg)))
 
 
 def _baseline_f1(cfg: BaselineConfig) -> float:
@@ -225,15 +246,16 @@ def _baseline_f1(cfg: BaselineConfig) -> float:
 
 
 def calibrate(conversations, vectors, workers: int = 2):
-    """(driftd's RoutingConfig, the baseline's BaselineConfig) maximising
-    macro-F1 on ``conversations``, each starting from its defaults, with their
-    calibration-split macro-F1s. Configs are scored in ``workers`` processes."""
+    """(driftd's RoutingConfig maximising :func:`objective`, the baseline's
+    BaselineConfig maximising macro-F1) on ``conversations``, each starting from
+    its defaults, with their objective values. Configs are scored in ``workers``
+    processes."""
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_worker, initargs=(conversations, vectors)
     ) as pool:
         ours = coordinate_ascent(
-            RoutingConfig(), ROUTER_GRID, lambda cs: list(pool.map(_router_f1, cs))
+            RoutingConfig(), ROUTER_GRID, lambda cs: list(pool.map(_router_objective, cs))
         )
         base = coordinate_ascent(
             BaselineConfig(), BASELINE_GRID, lambda cs: list(pool.map(_baseline_f1, cs))

@@ -2,6 +2,8 @@
 topic branch, opens a new one, or returns to an earlier one.
 
 - :mod:`~driftd.routing.router`: the decision rule and branch state (numpy only).
+- :mod:`~driftd.routing.projection`: the topic space the rule compares in, a
+  linear map shipped per embed model.
 - :mod:`~driftd.routing.text`, :mod:`~driftd.routing.facts`: content words,
   discourse cues, branch topics, and facts extracted by rules.
 - :mod:`~driftd.routing.llm`: optional facts from an OpenAI-compatible endpoint.

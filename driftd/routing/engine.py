@@ -54,6 +54,7 @@ from driftd.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from driftd.routing import llm, wal
 from driftd.routing.convert import check_conversation_id
 from driftd.routing.facts import SourceMessage, extract_facts
+from driftd.routing.projection import shipped_projection
 from driftd.routing.router import (
     BranchState,
     ConversationState,
@@ -98,13 +99,14 @@ _RETRY_SECONDS = 1.0
 #: Allowed values of each RoutingConfig field (inclusive).
 CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "stay_threshold": (-1.0, 1.0),
-    "route_threshold": (-1.0, 1.0),
-    "route_margin": (-1.0, 1.0),
+    "route_threshold": (-1.0, 2.0),
+    "route_margin": (-1.0, 2.0),
     "new_cluster_threshold": (-1.0, 1.0),
     "answer_boost": (0.0, 1.0),
     "short_message_boost": (0.0, 1.0),
     "new_word_penalty": (0.0, 1.0),
     "cue_weight": (0.0, 1.0),
+    "anchor_weight": (0.0, 1.0),
     "recent_messages": (0, 100),
     "route_candidates": (1, 1000),
 }
@@ -203,6 +205,8 @@ class RoutingEngine:
         self, db, *, max_conversations: int = 2_000, facts_llm: llm.LLMConfig | None = None
     ) -> None:
         self._db = db
+        # Replaced at set-up by one with the embed model's topic projection;
+        # applying stored decisions (all this one is used for) does not need it.
         self._router = Router()
         self._max_conversations = max_conversations
         self._facts_llm = facts_llm
@@ -268,6 +272,7 @@ class RoutingEngine:
             ids = await db.on_store(lambda: self._messages.get(include=[])["ids"])
             self._known = {i.rpartition("/")[0] for i in ids}
             self._model = model
+            self._router = Router(shipped_projection(model))
             dimension = int((await self._embed(["dimension probe"])).shape[1])
             self._mover = asyncio.get_running_loop().create_task(self._move_forever())
             self._dimension = dimension  # last: a non-zero dimension means set up

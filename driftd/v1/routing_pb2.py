@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64riftd/v1/routing.proto\x12\tdriftd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x04\n\rRoutingConfig\x12\x1b\n\x0estay_threshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0froute_threshold\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0croute_margin\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\"\n\x15new_cluster_threshold\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x19\n\x0c\x61nswer_boost\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12 \n\x13short_message_boost\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x1d\n\x10new_word_penalty\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x17\n\ncue_weight\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x1c\n\x0frecent_messages\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x1d\n\x10route_candidates\x18\n \x01(\x05H\t\x88\x01\x01\x12#\n\x16\x61ssistant_follows_user\x18\x0b \x01(\x08H\n\x88\x01\x01\x42\x11\n\x0f_stay_thresholdB\x12\n\x10_route_thresholdB\x0f\n\r_route_marginB\x18\n\x16_new_cluster_thresholdB\x0f\n\r_answer_boostB\x16\n\x14_short_message_boostB\x13\n\x11_new_word_penaltyB\r\n\x0b_cue_weightB\x12\n\x10_recent_messagesB\x13\n\x11_route_candidatesB\x19\n\x17_assistant_follows_user\"\xda\x01\n\x13RouteMessageRequest\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.driftd.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x03(\x02\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x06 \x01(\t\x12(\n\x06\x63onfig\x18\x07 \x01(\x0b\x32\x18.driftd.v1.RoutingConfig\"\x8e\x02\n\x14RouteMessageResponse\x12&\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x16.driftd.v1.RouteAction\x12,\n\x0c\x64rift_action\x18\x02 \x01(\x0e\x32\x16.driftd.v1.DriftAction\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\x14\n\x0c\x62ranch_topic\x18\x04 \x01(\t\x12\x12\n\nsimilarity\x18\x05 \x01(\x01\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x15\n\ris_new_branch\x18\x08 \x01(\x08\x12\x12\n\nmessage_id\x18\t \x01(\t\x12\x17\n\x0fprevious_branch\x18\n \x01(\t\"\xd7\x01\n\x06\x42ranch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rparent_branch\x18\x06 \x01(\t\x12\x0f\n\x07\x63luster\x18\x07 \x01(\x05\x12\x0f\n\x07\x63urrent\x18\x08 \x01(\x08\"L\n\x13ListBranchesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"l\n\x14ListBranchesResponse\x12#\n\x08\x62ranches\x18\x01 \x03(\x0b\x32\x11.driftd.v1.Branch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x16\n\x0e\x63urrent_branch\x18\x03 \x01(\t\"\xb9\x01\n\x13\x43onversationMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.driftd.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\x16.driftd.v1.RouteAction\"Q\n\x04\x46\x61\x63t\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x19\n\x11source_message_id\x18\x04 \x01(\t\"]\n\x0b\x42ranchFacts\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x12\x1e\n\x05\x66\x61\x63ts\x18\x04 \x03(\x0b\x32\x0f.driftd.v1.Fact\"=\n\x17GetBranchContextRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmax_messages\x18\x02 \x01(\x05\"\x96\x01\n\x18GetBranchContextResponse\x12!\n\x06\x62ranch\x18\x01 \x01(\x0b\x32\x11.driftd.v1.Branch\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.driftd.v1.ConversationMessage\x12%\n\x05\x66\x61\x63ts\x18\x03 \x03(\x0b\x32\x16.driftd.v1.BranchFacts\"#\n\x13\x45xtractFactsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"p\n\x14\x45xtractFactsResponse\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\x1e\n\x05\x66\x61\x63ts\x18\x02 \x03(\x0b\x32\x0f.driftd.v1.Fact\x12\x11\n\textractor\x18\x03 \x01(\t\x12\x15\n\rmessage_count\x18\x04 \x01(\x05*^\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02*s\n\x0bRouteAction\x12\x1c\n\x18ROUTE_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11ROUTE_ACTION_STAY\x10\x01\x12\x17\n\x13ROUTE_ACTION_BRANCH\x10\x02\x12\x16\n\x12ROUTE_ACTION_ROUTE\x10\x03*\xa5\x01\n\x0b\x44riftAction\x12\x1c\n\x18\x44RIFT_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44RIFT_ACTION_STAY\x10\x01\x12$\n DRIFT_ACTION_BRANCH_SAME_CLUSTER\x10\x02\x12#\n\x1f\x44RIFT_ACTION_BRANCH_NEW_CLUSTER\x10\x03\x12\x16\n\x12\x44RIFT_ACTION_ROUTE\x10\x04\x32\xe0\x02\n\x0eRoutingService\x12O\n\x0cRouteMessage\x12\x1e.driftd.v1.RouteMessageRequest\x1a\x1f.driftd.v1.RouteMessageResponse\x12O\n\x0cListBranches\x12\x1e.driftd.v1.ListBranchesRequest\x1a\x1f.driftd.v1.ListBranchesResponse\x12[\n\x10GetBranchContext\x12\".driftd.v1.GetBranchContextRequest\x1a#.driftd.v1.GetBranchContextResponse\x12O\n\x0c\x45xtractFacts\x12\x1e.driftd.v1.ExtractFactsRequest\x1a\x1f.driftd.v1.ExtractFactsResponseB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64riftd/v1/routing.proto\x12\tdriftd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x05\n\rRoutingConfig\x12\x1b\n\x0estay_threshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0froute_threshold\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x0croute_margin\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\"\n\x15new_cluster_threshold\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x19\n\x0c\x61nswer_boost\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12 \n\x13short_message_boost\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x1d\n\x10new_word_penalty\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x17\n\ncue_weight\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x1c\n\x0frecent_messages\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x1d\n\x10route_candidates\x18\n \x01(\x05H\t\x88\x01\x01\x12#\n\x16\x61ssistant_follows_user\x18\x0b \x01(\x08H\n\x88\x01\x01\x12\x1a\n\ranchor_weight\x18\x0c \x01(\x01H\x0b\x88\x01\x01\x12\x1d\n\x10topic_projection\x18\r \x01(\x08H\x0c\x88\x01\x01\x42\x11\n\x0f_stay_thresholdB\x12\n\x10_route_thresholdB\x0f\n\r_route_marginB\x18\n\x16_new_cluster_thresholdB\x0f\n\r_answer_boostB\x16\n\x14_short_message_boostB\x13\n\x11_new_word_penaltyB\r\n\x0b_cue_weightB\x12\n\x10_recent_messagesB\x13\n\x11_route_candidatesB\x19\n\x17_assistant_follows_userB\x10\n\x0e_anchor_weightB\x13\n\x11_topic_projection\"\xda\x01\n\x13RouteMessageRequest\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.driftd.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x03(\x02\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmessage_id\x18\x06 \x01(\t\x12(\n\x06\x63onfig\x18\x07 \x01(\x0b\x32\x18.driftd.v1.RoutingConfig\"\x8e\x02\n\x14RouteMessageResponse\x12&\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x16.driftd.v1.RouteAction\x12,\n\x0c\x64rift_action\x18\x02 \x01(\x0e\x32\x16.driftd.v1.DriftAction\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\x12\x14\n\x0c\x62ranch_topic\x18\x04 \x01(\t\x12\x12\n\nsimilarity\x18\x05 \x01(\x01\x12\x12\n\nconfidence\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x15\n\ris_new_branch\x18\x08 \x01(\x08\x12\x12\n\nmessage_id\x18\t \x01(\t\x12\x17\n\x0fprevious_branch\x18\n \x01(\t\"\xd7\x01\n\x06\x42ranch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rparent_branch\x18\x06 \x01(\t\x12\x0f\n\x07\x63luster\x18\x07 \x01(\x05\x12\x0f\n\x07\x63urrent\x18\x08 \x01(\x08\"L\n\x13ListBranchesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"l\n\x14ListBranchesResponse\x12#\n\x08\x62ranches\x18\x01 \x03(\x0b\x32\x11.driftd.v1.Branch\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x16\n\x0e\x63urrent_branch\x18\x03 \x01(\t\"\xb9\x01\n\x13\x43onversationMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.driftd.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\x16.driftd.v1.RouteAction\"Q\n\x04\x46\x61\x63t\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x19\n\x11source_message_id\x18\x04 \x01(\t\"]\n\x0b\x42ranchFacts\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x12\x1e\n\x05\x66\x61\x63ts\x18\x04 \x03(\x0b\x32\x0f.driftd.v1.Fact\"=\n\x17GetBranchContextRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmax_messages\x18\x02 \x01(\x05\"\x96\x01\n\x18GetBranchContextResponse\x12!\n\x06\x62ranch\x18\x01 \x01(\x0b\x32\x11.driftd.v1.Branch\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.driftd.v1.ConversationMessage\x12%\n\x05\x66\x61\x63ts\x18\x03 \x03(\x0b\x32\x16.driftd.v1.BranchFacts\"#\n\x13\x45xtractFactsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"p\n\x14\x45xtractFactsResponse\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\x1e\n\x05\x66\x61\x63ts\x18\x02 \x03(\x0b\x32\x0f.driftd.v1.Fact\x12\x11\n\textractor\x18\x03 \x01(\t\x12\x15\n\rmessage_count\x18\x04 \x01(\x05*^\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02*s\n\x0bRouteAction\x12\x1c\n\x18ROUTE_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11ROUTE_ACTION_STAY\x10\x01\x12\x17\n\x13ROUTE_ACTION_BRANCH\x10\x02\x12\x16\n\x12ROUTE_ACTION_ROUTE\x10\x03*\xa5\x01\n\x0b\x44riftAction\x12\x1c\n\x18\x44RIFT_ACTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44RIFT_ACTION_STAY\x10\x01\x12$\n DRIFT_ACTION_BRANCH_SAME_CLUSTER\x10\x02\x12#\n\x1f\x44RIFT_ACTION_BRANCH_NEW_CLUSTER\x10\x03\x12\x16\n\x12\x44RIFT_ACTION_ROUTE\x10\x04\x32\xe0\x02\n\x0eRoutingService\x12O\n\x0cRouteMessage\x12\x1e.driftd.v1.RouteMessageRequest\x1a\x1f.driftd.v1.RouteMessageResponse\x12O\n\x0cListBranches\x12\x1e.driftd.v1.ListBranchesRequest\x1a\x1f.driftd.v1.ListBranchesResponse\x12[\n\x10GetBranchContext\x12\".driftd.v1.GetBranchContextRequest\x1a#.driftd.v1.GetBranchContextResponse\x12O\n\x0c\x45xtractFacts\x12\x1e.driftd.v1.ExtractFactsRequest\x1a\x1f.driftd.v1.ExtractFactsResponseB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,38 +33,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftd.v1.routing_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1'
-  _globals['_MESSAGEROLE']._serialized_start=2286
-  _globals['_MESSAGEROLE']._serialized_end=2380
-  _globals['_ROUTEACTION']._serialized_start=2382
-  _globals['_ROUTEACTION']._serialized_end=2497
-  _globals['_DRIFTACTION']._serialized_start=2500
-  _globals['_DRIFTACTION']._serialized_end=2665
+  _globals['_MESSAGEROLE']._serialized_start=2384
+  _globals['_MESSAGEROLE']._serialized_end=2478
+  _globals['_ROUTEACTION']._serialized_start=2480
+  _globals['_ROUTEACTION']._serialized_end=2595
+  _globals['_DRIFTACTION']._serialized_start=2598
+  _globals['_DRIFTACTION']._serialized_end=2763
   _globals['_ROUTINGCONFIG']._serialized_start=72
-  _globals['_ROUTINGCONFIG']._serialized_end=651
-  _globals['_ROUTEMESSAGEREQUEST']._serialized_start=654
-  _globals['_ROUTEMESSAGEREQUEST']._serialized_end=872
-  _globals['_ROUTEMESSAGERESPONSE']._serialized_start=875
-  _globals['_ROUTEMESSAGERESPONSE']._serialized_end=1145
-  _globals['_BRANCH']._serialized_start=1148
-  _globals['_BRANCH']._serialized_end=1363
-  _globals['_LISTBRANCHESREQUEST']._serialized_start=1365
-  _globals['_LISTBRANCHESREQUEST']._serialized_end=1441
-  _globals['_LISTBRANCHESRESPONSE']._serialized_start=1443
-  _globals['_LISTBRANCHESRESPONSE']._serialized_end=1551
-  _globals['_CONVERSATIONMESSAGE']._serialized_start=1554
-  _globals['_CONVERSATIONMESSAGE']._serialized_end=1739
-  _globals['_FACT']._serialized_start=1741
-  _globals['_FACT']._serialized_end=1822
-  _globals['_BRANCHFACTS']._serialized_start=1824
-  _globals['_BRANCHFACTS']._serialized_end=1917
-  _globals['_GETBRANCHCONTEXTREQUEST']._serialized_start=1919
-  _globals['_GETBRANCHCONTEXTREQUEST']._serialized_end=1980
-  _globals['_GETBRANCHCONTEXTRESPONSE']._serialized_start=1983
-  _globals['_GETBRANCHCONTEXTRESPONSE']._serialized_end=2133
-  _globals['_EXTRACTFACTSREQUEST']._serialized_start=2135
-  _globals['_EXTRACTFACTSREQUEST']._serialized_end=2170
-  _globals['_EXTRACTFACTSRESPONSE']._serialized_start=2172
-  _globals['_EXTRACTFACTSRESPONSE']._serialized_end=2284
-  _globals['_ROUTINGSERVICE']._serialized_start=2668
-  _globals['_ROUTINGSERVICE']._serialized_end=3020
+  _globals['_ROUTINGCONFIG']._serialized_end=749
+  _globals['_ROUTEMESSAGEREQUEST']._serialized_start=752
+  _globals['_ROUTEMESSAGEREQUEST']._serialized_end=970
+  _globals['_ROUTEMESSAGERESPONSE']._serialized_start=973
+  _globals['_ROUTEMESSAGERESPONSE']._serialized_end=1243
+  _globals['_BRANCH']._serialized_start=1246
+  _globals['_BRANCH']._serialized_end=1461
+  _globals['_LISTBRANCHESREQUEST']._serialized_start=1463
+  _globals['_LISTBRANCHESREQUEST']._serialized_end=1539
+  _globals['_LISTBRANCHESRESPONSE']._serialized_start=1541
+  _globals['_LISTBRANCHESRESPONSE']._serialized_end=1649
+  _globals['_CONVERSATIONMESSAGE']._serialized_start=1652
+  _globals['_CONVERSATIONMESSAGE']._serialized_end=1837
+  _globals['_FACT']._serialized_start=1839
+  _globals['_FACT']._serialized_end=1920
+  _globals['_BRANCHFACTS']._serialized_start=1922
+  _globals['_BRANCHFACTS']._serialized_end=2015
+  _globals['_GETBRANCHCONTEXTREQUEST']._serialized_start=2017
+  _globals['_GETBRANCHCONTEXTREQUEST']._serialized_end=2078
+  _globals['_GETBRANCHCONTEXTRESPONSE']._serialized_start=2081
+  _globals['_GETBRANCHCONTEXTRESPONSE']._serialized_end=2231
+  _globals['_EXTRACTFACTSREQUEST']._serialized_start=2233
+  _globals['_EXTRACTFACTSREQUEST']._serialized_end=2268
+  _globals['_EXTRACTFACTSRESPONSE']._serialized_start=2270
+  _globals['_EXTRACTFACTSRESPONSE']._serialized_end=2382
+  _globals['_ROUTINGSERVICE']._serialized_start=2766
+  _globals['_ROUTINGSERVICE']._serialized_end=3118
 # @@protoc_insertion_point(module_scope)

@@ -144,19 +144,21 @@ class RoutingConfig(_message.Message):
     RECENT_MESSAGES_FIELD_NUMBER: _builtins.int
     ROUTE_CANDIDATES_FIELD_NUMBER: _builtins.int
     ASSISTANT_FOLLOWS_USER_FIELD_NUMBER: _builtins.int
+    ANCHOR_WEIGHT_FIELD_NUMBER: _builtins.int
+    TOPIC_PROJECTION_FIELD_NUMBER: _builtins.int
     stay_threshold: _builtins.float
     """A user message stays in the current branch when its stay score is at
     least this (-1 to 1); a message without content words always stays.
     """
     route_threshold: _builtins.float
     """A user message returns to an earlier branch when that branch's route
-    score is at least this (-1 to 1), beats the stay score by
-    `route_margin`, and the message shares a content word with that branch
-    which the current branch never used.
+    score (its similarity, plus `cue_weight` for a return marker, plus
+    `anchor_weight` for a shared word) is at least this (-1 to 2) and beats
+    the stay score by `route_margin`.
     """
     route_margin: _builtins.float
     """How much the route score must exceed the stay score for a ROUTE (-1 to
-    1; negative values let a clear return win over a weak stay).
+    2; negative values let a clear return win over a weak stay).
     """
     new_cluster_threshold: _builtins.float
     """A new branch joins the cluster of the branch it left when the message's
@@ -192,6 +194,17 @@ class RoutingConfig(_message.Message):
     """When true, an assistant message always stays in the current branch: it
     answers the user message just routed.
     """
+    anchor_weight: _builtins.float
+    """Added to an earlier branch's route score when the message shares a
+    content word with it that the current branch never used (a lexical
+    anchor: back-references name what they return to); 0-1.
+    """
+    topic_projection: _builtins.bool
+    """When true, similarities are cosines in the topic space of the server's
+    embed model (a linear discriminant of service domains, see the README),
+    when the server ships one for that model; otherwise in the embedding
+    space. Turn it off for conversations unlike task-oriented dialogue.
+    """
     def __init__(
         self,
         *,
@@ -206,11 +219,15 @@ class RoutingConfig(_message.Message):
         recent_messages: _builtins.int | None = ...,
         route_candidates: _builtins.int | None = ...,
         assistant_follows_user: _builtins.bool | None = ...,
+        anchor_weight: _builtins.float | None = ...,
+        topic_projection: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_answer_boost", b"_answer_boost", "_assistant_follows_user", b"_assistant_follows_user", "_cue_weight", b"_cue_weight", "_new_cluster_threshold", b"_new_cluster_threshold", "_new_word_penalty", b"_new_word_penalty", "_recent_messages", b"_recent_messages", "_route_candidates", b"_route_candidates", "_route_margin", b"_route_margin", "_route_threshold", b"_route_threshold", "_short_message_boost", b"_short_message_boost", "_stay_threshold", b"_stay_threshold", "answer_boost", b"answer_boost", "assistant_follows_user", b"assistant_follows_user", "cue_weight", b"cue_weight", "new_cluster_threshold", b"new_cluster_threshold", "new_word_penalty", b"new_word_penalty", "recent_messages", b"recent_messages", "route_candidates", b"route_candidates", "route_margin", b"route_margin", "route_threshold", b"route_threshold", "short_message_boost", b"short_message_boost", "stay_threshold", b"stay_threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anchor_weight", b"_anchor_weight", "_answer_boost", b"_answer_boost", "_assistant_follows_user", b"_assistant_follows_user", "_cue_weight", b"_cue_weight", "_new_cluster_threshold", b"_new_cluster_threshold", "_new_word_penalty", b"_new_word_penalty", "_recent_messages", b"_recent_messages", "_route_candidates", b"_route_candidates", "_route_margin", b"_route_margin", "_route_threshold", b"_route_threshold", "_short_message_boost", b"_short_message_boost", "_stay_threshold", b"_stay_threshold", "_topic_projection", b"_topic_projection", "anchor_weight", b"anchor_weight", "answer_boost", b"answer_boost", "assistant_follows_user", b"assistant_follows_user", "cue_weight", b"cue_weight", "new_cluster_threshold", b"new_cluster_threshold", "new_word_penalty", b"new_word_penalty", "recent_messages", b"recent_messages", "route_candidates", b"route_candidates", "route_margin", b"route_margin", "route_threshold", b"route_threshold", "short_message_boost", b"short_message_boost", "stay_threshold", b"stay_threshold", "topic_projection", b"topic_projection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_answer_boost", b"_answer_boost", "_assistant_follows_user", b"_assistant_follows_user", "_cue_weight", b"_cue_weight", "_new_cluster_threshold", b"_new_cluster_threshold", "_new_word_penalty", b"_new_word_penalty", "_recent_messages", b"_recent_messages", "_route_candidates", b"_route_candidates", "_route_margin", b"_route_margin", "_route_threshold", b"_route_threshold", "_short_message_boost", b"_short_message_boost", "_stay_threshold", b"_stay_threshold", "answer_boost", b"answer_boost", "assistant_follows_user", b"assistant_follows_user", "cue_weight", b"cue_weight", "new_cluster_threshold", b"new_cluster_threshold", "new_word_penalty", b"new_word_penalty", "recent_messages", b"recent_messages", "route_candidates", b"route_candidates", "route_margin", b"route_margin", "route_threshold", b"route_threshold", "short_message_boost", b"short_message_boost", "stay_threshold", b"stay_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anchor_weight", b"_anchor_weight", "_answer_boost", b"_answer_boost", "_assistant_follows_user", b"_assistant_follows_user", "_cue_weight", b"_cue_weight", "_new_cluster_threshold", b"_new_cluster_threshold", "_new_word_penalty", b"_new_word_penalty", "_recent_messages", b"_recent_messages", "_route_candidates", b"_route_candidates", "_route_margin", b"_route_margin", "_route_threshold", b"_route_threshold", "_short_message_boost", b"_short_message_boost", "_stay_threshold", b"_stay_threshold", "_topic_projection", b"_topic_projection", "anchor_weight", b"anchor_weight", "answer_boost", b"answer_boost", "assistant_follows_user", b"assistant_follows_user", "cue_weight", b"cue_weight", "new_cluster_threshold", b"new_cluster_threshold", "new_word_penalty", b"new_word_penalty", "recent_messages", b"recent_messages", "route_candidates", b"route_candidates", "route_margin", b"route_margin", "route_threshold", b"route_threshold", "short_message_boost", b"short_message_boost", "stay_threshold", b"stay_threshold", "topic_projection", b"topic_projection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__anchor_weight: _TypeAlias = _typing.Literal["anchor_weight"]  # noqa: Y015
+    _WhichOneofArgType__anchor_weight: _TypeAlias = _typing.Literal["_anchor_weight", b"_anchor_weight"]  # noqa: Y015
     _WhichOneofReturnType__answer_boost: _TypeAlias = _typing.Literal["answer_boost"]  # noqa: Y015
     _WhichOneofArgType__answer_boost: _TypeAlias = _typing.Literal["_answer_boost", b"_answer_boost"]  # noqa: Y015
     _WhichOneofReturnType__assistant_follows_user: _TypeAlias = _typing.Literal["assistant_follows_user"]  # noqa: Y015
@@ -233,6 +250,10 @@ class RoutingConfig(_message.Message):
     _WhichOneofArgType__short_message_boost: _TypeAlias = _typing.Literal["_short_message_boost", b"_short_message_boost"]  # noqa: Y015
     _WhichOneofReturnType__stay_threshold: _TypeAlias = _typing.Literal["stay_threshold"]  # noqa: Y015
     _WhichOneofArgType__stay_threshold: _TypeAlias = _typing.Literal["_stay_threshold", b"_stay_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__topic_projection: _TypeAlias = _typing.Literal["topic_projection"]  # noqa: Y015
+    _WhichOneofArgType__topic_projection: _TypeAlias = _typing.Literal["_topic_projection", b"_topic_projection"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__anchor_weight) -> _WhichOneofReturnType__anchor_weight | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__answer_boost) -> _WhichOneofReturnType__answer_boost | None: ...
     @_typing.overload
@@ -255,6 +276,8 @@ class RoutingConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__short_message_boost) -> _WhichOneofReturnType__short_message_boost | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__stay_threshold) -> _WhichOneofReturnType__stay_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__topic_projection) -> _WhichOneofReturnType__topic_projection | None: ...
 
 Global___RoutingConfig: _TypeAlias = RoutingConfig  # noqa: Y015
 
@@ -351,7 +374,8 @@ class RouteMessageResponse(_message.Message):
     """The branch's topic: its key words, most frequent first."""
     similarity: _builtins.float
     """Cosine similarity of the message to the branch it went to (for BRANCH:
-    to the branch it left; 0 for a conversation's first message).
+    to the branch it left; 0 for a conversation's first message), in the
+    topic space when the conversation's `topic_projection` is on.
     """
     confidence: _builtins.float
     """How clear the decision was, 0-1: the distance of the deciding similarity

@@ -38,7 +38,7 @@ def test_first_message_branches_and_assistant_follows():
     assert (d.action, d.branch) == ("STAY", 0)
 
 
-def test_branch_then_route_back_needs_a_shared_word():
+def test_branch_then_route_back_and_the_shared_word_weighs_in():
     s = ConversationState()
     route(s, "user", E[0], "book a flight to Paris")
     d = route(s, "user", E[1], "find a hotel room downtown")
@@ -48,14 +48,16 @@ def test_branch_then_route_back_needs_a_shared_word():
         0,
         "BRANCH_NEW_CLUSTER",
     )
-    # Close to branch 0's centroid but no word in common with it: a new branch.
-    no_anchor = E[0] + 0.1 * E[2]
-    assert Router().decide(s, s.config, "user", unit(no_anchor), "reserve seats").action == (
-        "BRANCH"
-    )
-    d = route(s, "user", no_anchor, "back to the flight: reserve seats")
+    cfg = s.config
+    # Between the two branches, nearer the flight: its cosine alone falls short
+    # of the route threshold, the shared word "flight" (branch 1 never used it)
+    # carries it over.
+    cos = cfg.route_threshold - cfg.anchor_weight / 2
+    between = unit(cos * E[0] + np.sqrt(1 - cos**2) * E[2])
+    assert Router().decide(s, cfg, "user", between, "reserve seats").action == "BRANCH"
+    d = route(s, "user", between, "reserve seats on the flight")
     assert (d.action, d.branch, d.previous_branch) == ("ROUTE", 0, 1)
-    assert "flight" in d.reason
+    assert "'flight'" in d.reason
     assert [b.count for b in s.branches] == [2, 1] and s.current == 0
 
 
@@ -80,8 +82,8 @@ def test_recent_messages_are_compared_besides_the_centroid():
     for x in (E[0], E[0], E[0], E[1]):
         route(s, "user", x, "trip planning details", cfg)
     branch = s.branches[s.current]
-    assert branch.similarity(E[1], 1) == pytest.approx(1.0)
-    assert branch.similarity(E[1], 0) == pytest.approx(branch.centroid_similarity(E[1]))
+    assert branch.similarity(E[1], 1, None) == pytest.approx(1.0)
+    assert branch.similarity(E[1], 0, None) == pytest.approx(branch.centroid_similarity(E[1], None))
 
 
 def test_decisions_are_deterministic():

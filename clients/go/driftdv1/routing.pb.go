@@ -215,12 +215,12 @@ type RoutingConfig struct {
 	// least this (-1 to 1); a message without content words always stays.
 	StayThreshold *float64 `protobuf:"fixed64,1,opt,name=stay_threshold,json=stayThreshold,proto3,oneof" json:"stay_threshold,omitempty"`
 	// A user message returns to an earlier branch when that branch's route
-	// score is at least this (-1 to 1), beats the stay score by
-	// `route_margin`, and the message shares a content word with that branch
-	// which the current branch never used.
+	// score (its similarity, plus `cue_weight` for a return marker, plus
+	// `anchor_weight` for a shared word) is at least this (-1 to 2) and beats
+	// the stay score by `route_margin`.
 	RouteThreshold *float64 `protobuf:"fixed64,2,opt,name=route_threshold,json=routeThreshold,proto3,oneof" json:"route_threshold,omitempty"`
 	// How much the route score must exceed the stay score for a ROUTE (-1 to
-	// 1; negative values let a clear return win over a weak stay).
+	// 2; negative values let a clear return win over a weak stay).
 	RouteMargin *float64 `protobuf:"fixed64,3,opt,name=route_margin,json=routeMargin,proto3,oneof" json:"route_margin,omitempty"`
 	// A new branch joins the cluster of the branch it left when the message's
 	// similarity to that branch is at least this (BRANCH_SAME_CLUSTER), and
@@ -248,8 +248,17 @@ type RoutingConfig struct {
 	// When true, an assistant message always stays in the current branch: it
 	// answers the user message just routed.
 	AssistantFollowsUser *bool `protobuf:"varint,11,opt,name=assistant_follows_user,json=assistantFollowsUser,proto3,oneof" json:"assistant_follows_user,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Added to an earlier branch's route score when the message shares a
+	// content word with it that the current branch never used (a lexical
+	// anchor: back-references name what they return to); 0-1.
+	AnchorWeight *float64 `protobuf:"fixed64,12,opt,name=anchor_weight,json=anchorWeight,proto3,oneof" json:"anchor_weight,omitempty"`
+	// When true, similarities are cosines in the topic space of the server's
+	// embed model (a linear discriminant of service domains, see the README),
+	// when the server ships one for that model; otherwise in the embedding
+	// space. Turn it off for conversations unlike task-oriented dialogue.
+	TopicProjection *bool `protobuf:"varint,13,opt,name=topic_projection,json=topicProjection,proto3,oneof" json:"topic_projection,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RoutingConfig) Reset() {
@@ -355,6 +364,20 @@ func (x *RoutingConfig) GetRouteCandidates() int32 {
 func (x *RoutingConfig) GetAssistantFollowsUser() bool {
 	if x != nil && x.AssistantFollowsUser != nil {
 		return *x.AssistantFollowsUser
+	}
+	return false
+}
+
+func (x *RoutingConfig) GetAnchorWeight() float64 {
+	if x != nil && x.AnchorWeight != nil {
+		return *x.AnchorWeight
+	}
+	return 0
+}
+
+func (x *RoutingConfig) GetTopicProjection() bool {
+	if x != nil && x.TopicProjection != nil {
+		return *x.TopicProjection
 	}
 	return false
 }
@@ -479,7 +502,8 @@ type RouteMessageResponse struct {
 	// The branch's topic: its key words, most frequent first.
 	BranchTopic string `protobuf:"bytes,4,opt,name=branch_topic,json=branchTopic,proto3" json:"branch_topic,omitempty"`
 	// Cosine similarity of the message to the branch it went to (for BRANCH:
-	// to the branch it left; 0 for a conversation's first message).
+	// to the branch it left; 0 for a conversation's first message), in the
+	// topic space when the conversation's `topic_projection` is on.
 	Similarity float64 `protobuf:"fixed64,5,opt,name=similarity,proto3" json:"similarity,omitempty"`
 	// How clear the decision was, 0-1: the distance of the deciding similarity
 	// from its threshold, scaled so that 1 is unambiguous.
@@ -1322,7 +1346,7 @@ var File_driftd_v1_routing_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_routing_proto_rawDesc = "" +
 	"\n" +
-	"\x17driftd/v1/routing.proto\x12\tdriftd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x05\n" +
+	"\x17driftd/v1/routing.proto\x12\tdriftd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x06\n" +
 	"\rRoutingConfig\x12*\n" +
 	"\x0estay_threshold\x18\x01 \x01(\x01H\x00R\rstayThreshold\x88\x01\x01\x12,\n" +
 	"\x0froute_threshold\x18\x02 \x01(\x01H\x01R\x0erouteThreshold\x88\x01\x01\x12&\n" +
@@ -1337,7 +1361,9 @@ const file_driftd_v1_routing_proto_rawDesc = "" +
 	"\x10route_candidates\x18\n" +
 	" \x01(\x05H\tR\x0frouteCandidates\x88\x01\x01\x129\n" +
 	"\x16assistant_follows_user\x18\v \x01(\bH\n" +
-	"R\x14assistantFollowsUser\x88\x01\x01B\x11\n" +
+	"R\x14assistantFollowsUser\x88\x01\x01\x12(\n" +
+	"\ranchor_weight\x18\f \x01(\x01H\vR\fanchorWeight\x88\x01\x01\x12.\n" +
+	"\x10topic_projection\x18\r \x01(\bH\fR\x0ftopicProjection\x88\x01\x01B\x11\n" +
 	"\x0f_stay_thresholdB\x12\n" +
 	"\x10_route_thresholdB\x0f\n" +
 	"\r_route_marginB\x18\n" +
@@ -1348,7 +1374,9 @@ const file_driftd_v1_routing_proto_rawDesc = "" +
 	"\v_cue_weightB\x12\n" +
 	"\x10_recent_messagesB\x13\n" +
 	"\x11_route_candidatesB\x19\n" +
-	"\x17_assistant_follows_user\"\x98\x02\n" +
+	"\x17_assistant_follows_userB\x10\n" +
+	"\x0e_anchor_weightB\x13\n" +
+	"\x11_topic_projection\"\x98\x02\n" +
 	"\x13RouteMessageRequest\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\x12*\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x16.driftd.v1.MessageRoleR\x04role\x12\x18\n" +

@@ -41,8 +41,8 @@ Then, in order:
 Centroids are sums of unit embeddings (exact, order-independent updates; the
 cosine does not depend on their length, so keeping them unnormalised changes
 nothing else); the projection is linear, so a projected centroid is the
-projection of the sum. All arithmetic is float64 in a fixed order: the same messages with the
-same config give the same decisions.
+projection of the sum. All arithmetic is float64 in a fixed order: the same
+messages with the same config give the same decisions.
 """
 
 from __future__ import annotations

@@ -272,7 +272,8 @@ class RoutingEngine:
             ids = await db.on_store(lambda: self._messages.get(include=[])["ids"])
             self._known = {i.rpartition("/")[0] for i in ids}
             self._model = model
-            self._router = Router(shipped_projection(model))
+            # A file read (once per model): off the loop like every other one.
+            self._router = Router(await asyncio.to_thread(shipped_projection, model))
             dimension = int((await self._embed(["dimension probe"])).shape[1])
             self._mover = asyncio.get_running_loop().create_task(self._move_forever())
             self._dimension = dimension  # last: a non-zero dimension means set up

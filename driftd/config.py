@@ -75,6 +75,17 @@ class Settings:
         default=16_384, metadata={"help": "FindAttractors seeds x bootstrap refits"}
     )
     max_top_k: int = field(default=1_000, metadata={"help": "SearchPoints results"})
+    storage_reserve_bytes: int = field(
+        default=64 << 20,
+        metadata={
+            "help": "free bytes an embedded Chroma volume keeps: writes that would go "
+            "below answer RESOURCE_EXHAUSTED/STORAGE_FULL"
+        },
+    )
+    readiness_interval_seconds: float = field(
+        default=5.0,
+        metadata={"help": "seconds between storage heartbeats behind readiness health"},
+    )
     grace_seconds: float = field(
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )

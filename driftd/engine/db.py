@@ -32,7 +32,14 @@ from driftd.engine import validate as v
 from driftd.engine.cache import Snapshot, TrajectoryCache
 from driftd.engine.embedding import Embedders
 from driftd.engine.pool import MathPool, Rows
-from driftd.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from driftd.errors import (
+    DriftdError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from driftd.flow import MIN_POINTS, InsufficientDataError
 from driftd.flow import tasks as flow_tasks
 from driftd.flow.chapters import nearest_to_means
@@ -40,6 +47,7 @@ from driftd.flow.ensemble import FlowEnsemble
 from driftd.flow.field import FlowField, RefitRequired
 from driftd.flow.timeline import spread_appended
 from driftd.monitor.events import EventHub
+from driftd.store import faults
 from driftd.store.chroma import (
     ChromaStore,
     Columns,
@@ -143,9 +151,16 @@ class AsyncDriftDB:
         self._store_thread.shutdown(wait=True)
         self._embed_thread.shutdown(wait=False, cancel_futures=True)
 
-    async def ready(self) -> bool:
-        """True once storage is open."""
-        return self._store is not None
+    async def ready(self, timeout: float = 5.0) -> bool:
+        """True while storage is open and answers a heartbeat within ``timeout``
+        seconds (the readiness probe, :mod:`driftd.server.readiness`)."""
+        if self._store is None:
+            return False
+        try:
+            await asyncio.wait_for(self.on_store(self._store.heartbeat), timeout)
+        except (TimeoutError, Unavailable):
+            return False
+        return True
 
     # --- plumbing ------------------------------------------------------------
 
@@ -156,8 +171,19 @@ class AsyncDriftDB:
 
         For the engine's other capabilities (routing, monitoring), which keep
         their own Chroma collections through :attr:`chroma`.
+
+        Storage failures come out as driftd errors (:mod:`driftd.store.faults`):
+        Unavailable(STORAGE_UNAVAILABLE), ResourceExhausted(STORAGE_FULL).
         """
-        return asyncio.get_running_loop().run_in_executor(self._store_thread, fn)
+        return asyncio.get_running_loop().run_in_executor(
+            self._store_thread,
+            faults.translated(fn, self._embedded_path, self.settings.storage_reserve_bytes),
+        )
+
+    @property
+    def _embedded_path(self) -> str | None:
+        """The embedded Chroma directory; None with a Chroma server."""
+        return None if self.settings.chroma_url else self.settings.chroma_path
 
     @property
     def chroma(self):
@@ -446,6 +472,12 @@ class AsyncDriftDB:
                 )
             vectors[batch.to_embed] = embedded
         await self._loaded(coll)
+        # What the write adds to the volume, roughly: vectors, texts, payloads.
+        batch_bytes = vectors.nbytes + sum(
+            len(p.text or "") + len(repr(p.payload)) + len(p.id) for p in batch.points
+        )
+        reserve = self.settings.storage_reserve_bytes
+        await self.on_store(lambda: faults.check_room(self._embedded_path, batch_bytes, reserve))
         async with coll.write_lock:
             version = coll.meta.version + 1
             cols = Columns(
@@ -459,10 +491,21 @@ class AsyncDriftDB:
             )
 
             def write() -> tuple[StoredCollection, SeenWrites | None]:
-                self._store.upsert(coll.meta, cols)
-                return self._store.commit(coll.meta, version, coll.seen)
+                self._store.upsert(coll.meta, cols)  # durable (verified) once it returns
+                try:
+                    return self._store.commit(coll.meta, version, coll.seen)
+                except Exception:
+                    # The points are stored: acknowledge them; the cache reloads.
+                    log.warning(
+                        "%s: version not recorded after a durable write", name, exc_info=True
+                    )
+                    return coll.meta, None
 
-            coll.meta, seen = await self.on_store(write)
+            try:
+                coll.meta, seen = await self.on_store(write)
+            except DriftdError:
+                self._invalidate(coll)  # the store may hold part of what failed
+                raise
             if seen is None:
                 self._invalidate(coll)
             else:

@@ -23,6 +23,7 @@ from driftd.config import Settings
 from driftd.engine import AsyncDriftDB
 from driftd.errors import Unavailable
 from driftd.monitor.monitor import Monitor
+from driftd.server import readiness
 from driftd.server import reflection as commented_reflection
 from driftd.server.behavior_service import BehaviorServiceServicer
 from driftd.server.collection_service import CollectionServiceServicer
@@ -157,7 +158,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
 
-    engine = None
+    engine = probe = None
     try:
         await server.start()
         logger.info(
@@ -170,12 +171,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         await monitor.start()
         for service in ("", *SERVICE_NAMES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        probe = asyncio.create_task(
+            readiness.follow_storage(
+                engine, health_servicer, SERVICE_NAMES, settings.readiness_interval_seconds
+            )
+        )
         logger.info("driftd ready")
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
         logger.info("driftd stopping: draining RPCs for up to %gs", settings.grace_seconds)
+        if probe is not None:
+            probe.cancel()
         await health_servicer.enter_graceful_shutdown()
         if engine is not None:
             await monitor.stop()  # ends the watch streams, which would never drain

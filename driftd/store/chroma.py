@@ -198,6 +198,10 @@ class ChromaStore:
         )
         self._pruned: dict[str, float] = {}  # collection uid -> last journal prune
 
+    def heartbeat(self) -> None:
+        """Raises if Chroma does not answer (the readiness probe)."""
+        self.client.heartbeat()
+
     # --- collections ---------------------------------------------------------
 
     def _chroma(self, name: str):
@@ -385,11 +389,39 @@ class ChromaStore:
                     documents=cols.texts[lo:hi] if cols.texts else None,
                 )
                 written.extend(cols.ids[lo:hi])
-        except Exception:
+        except Exception as exc:
+            # An error need not mean nothing was stored (a full disk failed Chroma's
+            # compaction after the batch was logged): read it back before answering.
+            if self._stored(col, cols):
+                log.warning("a write failed (%r) but its %d points are stored", exc, len(cols.ids))
+                return
             if written:
                 log.warning("rolling back %d points of a failed batch", len(written))
-                col.delete(ids=written)
+                try:
+                    col.delete(ids=written)
+                except Exception:
+                    log.warning("rollback failed: a reload will show what is stored")
             raise
+
+    def _stored(self, col, cols: Columns) -> bool:
+        """Whether every point of ``cols`` is stored as this write left it (its
+        sequence numbers); False when that cannot be read."""
+        try:
+            for lo in range(0, len(cols.ids), self.max_batch_size):
+                ids = cols.ids[lo : lo + self.max_batch_size]
+                got = col.get(ids=ids, include=["metadatas"])
+                seqs = {
+                    i: (md or {}).get(SEQ_KEY)
+                    for i, md in zip(got["ids"], got["metadatas"], strict=True)
+                }
+                if any(
+                    seqs.get(i) != int(s)
+                    for i, s in zip(ids, cols.seqs[lo : lo + self.max_batch_size], strict=True)
+                ):
+                    return False
+        except Exception:
+            return False
+        return True
 
     def fetch(
         self, meta: StoredCollection, ids: Sequence[str], *, include_vectors: bool

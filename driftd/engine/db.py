@@ -108,6 +108,9 @@ class _Collection:
     cache: TrajectoryCache | None = None
     #: Server mode: the write journal's entries that ``cache`` reflects.
     seen: SeenWrites = field(default_factory=SeenWrites)
+    #: Attached collections: Chroma's record count that ``cache`` reflects; another
+    #: client's writes change it (-1: not read).
+    stored_count: int = -1
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -208,19 +211,28 @@ class AsyncDriftDB:
         """The collection's state. With a shared Chroma server other replicas may
         write too, so there its settings are re-read on every call (one small
         request) and a write id or incarnation other than the cached one drops the
-        cached trajectory and flow model."""
+        cached trajectory and flow model. An attached collection may also take
+        writes from its owner's own Chroma clients, which driftd's write ids do not
+        see: there a record count other than the cached one drops the cache too
+        (one ``count`` per call; an overwrite that keeps the count is not noticed)."""
         v.check_collection_id(name, "name")
         coll = self._collections.get(name)
-        if coll is not None and not self.settings.chroma_url:
-            return coll
-        try:
-            meta = await self.on_store(lambda: self._store.get(name))
-        except NotFound:
-            gone = self._collections.pop(name, None)
-            if gone is not None:
-                self.events.drop(name, gone.meta.uid)  # deleted through another replica
-            raise
-        return self._current(meta)
+        if coll is None or self.settings.chroma_url:
+            try:
+                meta = await self.on_store(lambda: self._store.get(name))
+            except NotFound:
+                gone = self._collections.pop(name, None)
+                if gone is not None:
+                    self.events.drop(name, gone.meta.uid)  # deleted through another replica
+                raise
+            coll = self._current(meta)
+        if coll.meta.attached and coll.cache is not None:
+            count = await self.on_store(lambda: self._store.count(coll.meta))
+            if count != coll.stored_count:
+                log.info("%s: written by another Chroma client: reloading", name)
+                self._invalidate(coll)
+                coll = self._collections[name]
+        return coll
 
     def _current(self, meta: StoredCollection) -> _Collection:
         """The state for settings just read from Chroma: a cached state of another
@@ -239,6 +251,16 @@ class AsyncDriftDB:
         if self._collections.get(coll.meta.name) is coll:
             self._collections[coll.meta.name] = _Collection(coll.meta)
 
+    def _commit(
+        self, coll: _Collection, version: int
+    ) -> tuple[StoredCollection, SeenWrites | None]:
+        """:meth:`ChromaStore.commit` of a write to ``coll`` (on the store thread);
+        for an attached collection the record count it leaves is noted too."""
+        meta, seen = self._store.commit(coll.meta, version, coll.seen)
+        if meta.attached:
+            coll.stored_count = self._store.count(meta)
+        return meta, seen
+
     async def _loaded(self, coll: _Collection) -> TrajectoryCache:
         """The collection's trajectory cache, read from Chroma on first use."""
         if coll.cache is not None:
@@ -248,15 +270,16 @@ class AsyncDriftDB:
                 meta = coll.meta
                 t0 = time.perf_counter()
 
-                def load() -> tuple[TrajectoryCache, SeenWrites]:
+                def load() -> tuple[TrajectoryCache, SeenWrites, int]:
                     seen = self._store.seen_writes(meta)  # before the points it covers
+                    count = self._store.count(meta) if meta.attached else -1  # likewise
                     cache = TrajectoryCache(meta.dimension, meta.version)
                     for cols in self._store.iter_load(meta):
                         cache.upsert(cols, meta.version)
                     memory.trim()  # Chroma's pages of embeddings, now in the cache
-                    return cache, seen
+                    return cache, seen, count
 
-                coll.cache, coll.seen = await self.on_store(load)
+                coll.cache, coll.seen, coll.stored_count = await self.on_store(load)
                 metrics.CACHED_POINTS.labels(collection=meta.name).set(len(coll.cache))
                 log.info(
                     "loaded %s: %d points in %.2f s",
@@ -493,7 +516,7 @@ class AsyncDriftDB:
             def write() -> tuple[StoredCollection, SeenWrites | None]:
                 self._store.upsert(coll.meta, cols)  # durable (verified) once it returns
                 try:
-                    return self._store.commit(coll.meta, version, coll.seen)
+                    return self._commit(coll, version)
                 except Exception:
                     # The points are stored: acknowledge them; the cache reloads.
                     log.warning(
@@ -555,7 +578,7 @@ class AsyncDriftDB:
 
             def write() -> tuple[StoredCollection, SeenWrites | None]:
                 self._store.delete_points(coll.meta, present)
-                return self._store.commit(coll.meta, version, coll.seen)
+                return self._commit(coll, version)
 
             coll.meta, seen = await self.on_store(write)
             if seen is None:

@@ -11,17 +11,26 @@ answer within a generous deadline, never by timing the fast path.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from datetime import UTC, datetime
 
 import grpc
+import numpy as np
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from support import ServerProcess, error_details
 
 from driftd.flow.planted import limit_cycle
-from driftd.v1 import flow_pb2, flow_pb2_grpc
+from driftd.v1 import (
+    flow_pb2,
+    flow_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    point_pb2,
+    point_pb2_grpc,
+)
 
 HEAVY = 200_000  # time scales per step
 GRACE = 2.0
@@ -170,3 +179,121 @@ def test_sigterm_exits_within_grace_plus_five_seconds_with_a_runaway_task(tmp_pa
         assert took <= GRACE + 5.0, took
     finally:
         srv.stop()
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromSeconds(int(seconds))
+    return out
+
+
+def _calls(channel, system, time_scale: float) -> dict:
+    """For every streaming and pool RPC, a function (timeout) -> a started call."""
+    flow = flow_pb2_grpc.FlowServiceStub(channel)
+    points = point_pb2_grpc.PointServiceStub(channel)
+    monitor = monitor_pb2_grpc.MonitorServiceStub(channel)
+    parent = "collections/cycle"
+    mid = float(np.median(system.t))
+    first = point_pb2.TimeRange(start_time=_ts(system.t.min()), end_time=_ts(mid))
+    second = point_pb2.TimeRange(start_time=_ts(mid), end_time=_ts(system.t.max() + 1))
+
+    def upserts():
+        vector = [0.1] * 32
+        for sequence in range(1, 1_000_000):
+            yield point_pb2.StreamUpsertPointsRequest(
+                parent="collections/sink",
+                sequence=sequence,
+                points=[point_pb2.Point(id=f"s{sequence}", time=_ts(sequence), vector=vector)],
+            )
+            time.sleep(0.05)
+
+    return {
+        "ProbeFlow": lambda t: flow.ProbeFlow.future(
+            flow_pb2.ProbeFlowRequest(parent=parent, start=flow_pb2.FlowStart(point_id="p2")),
+            timeout=t,
+        ),
+        "SimulatePaths": lambda t: _simulate(flow, HEAVY * time_scale, timeout=t),
+        "FindAttractors": lambda t: flow.FindAttractors.future(
+            flow_pb2.FindAttractorsRequest(parent=parent, seeds=1024, bootstrap=16), timeout=t
+        ),
+        "DetectChapters": lambda t: flow.DetectChapters.future(
+            flow_pb2.DetectChaptersRequest(parent=parent, min_size=5), timeout=t
+        ),
+        "DetectChapters(ONLINE)": lambda t: flow.DetectChapters.future(
+            flow_pb2.DetectChaptersRequest(
+                parent=parent, min_size=5, method=flow_pb2.CHANGE_POINT_METHOD_ONLINE
+            ),
+            timeout=t,
+        ),
+        "CompareWindows": lambda t: monitor.CompareWindows.future(
+            monitor_pb2.CompareWindowsRequest(
+                parent=parent,
+                window_a=monitor_pb2.Window(time_range=first),
+                window_b=monitor_pb2.Window(time_range=second),
+                permutations=10_000,
+            ),
+            timeout=t,
+        ),
+        "EmbeddingHealth": lambda t: monitor.EmbeddingHealth.future(
+            monitor_pb2.EmbeddingHealthRequest(parent=parent), timeout=t
+        ),
+        "GetTrajectory": lambda t: points.GetTrajectory(
+            point_pb2.GetTrajectoryRequest(parent=parent, include_vectors=True, chunk_size=1),
+            timeout=t,
+        ),
+        "StreamUpsertPoints": lambda t: points.StreamUpsertPoints(upserts(), timeout=t),
+        "WatchCollection": lambda t: monitor.WatchCollection(
+            monitor_pb2.WatchCollectionRequest(parent=parent), timeout=t
+        ),
+    }
+
+
+RPCS = [
+    "ProbeFlow",
+    "SimulatePaths",
+    "FindAttractors",
+    "DetectChapters",
+    "DetectChapters(ONLINE)",
+    "CompareWindows",
+    "EmbeddingHealth",
+    "GetTrajectory",
+    "StreamUpsertPoints",
+    "WatchCollection",
+]
+
+
+STREAMING = {"SimulatePaths", "GetTrajectory", "StreamUpsertPoints", "WatchCollection"}
+
+
+def _finish(call, streaming: bool) -> None:
+    """Waits for a call's end, whatever its outcome."""
+    with contextlib.suppress(grpc.RpcError, grpc.FutureCancelledError):
+        if streaming:
+            for _ in call:
+                pass
+        else:
+            call.result()
+
+
+@pytest.mark.parametrize("how", ["cancelled", "expired"])
+@pytest.mark.parametrize("rpc", RPCS)
+def test_an_abandoned_call_frees_the_server(cycle, rpc, how):
+    """Every streaming and pool RPC, cancelled 0.3 s after it starts or given a
+    0.3 s deadline: a follow-up call is answered promptly and readiness holds."""
+    srv, stub, system, time_scale = cycle
+    from driftd.client import DriftClient
+
+    with DriftClient(srv.target, timeout=60.0) as c:
+        if "sink" not in {i.name for i in c.list_collections()}:
+            c.create_collection(name="sink", dim=32, distance="l2")
+    with grpc.insecure_channel(srv.target) as channel:
+        start = _calls(channel, system, time_scale)[rpc]
+        if how == "cancelled":
+            call = start(None)
+            time.sleep(0.3)
+            call.cancel()
+        else:
+            call = start(0.3)
+        _finish(call, rpc in STREAMING)
+    _worker_is_free(stub)
+    assert srv.health("driftd.v1.FlowService") == "SERVING"

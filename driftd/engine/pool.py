@@ -136,8 +136,8 @@ class MathPool:
             slot = self._free.pop() if self._free else -1
             if slot >= 0:
                 self._flags[slot] = 0
-            future = self._executor.submit(worker.run, slot, fn, args, kwargs)
             try:
+                future = self._executor.submit(worker.run, slot, fn, args, kwargs)
                 result = await asyncio.wrap_future(future, loop=loop)
             except asyncio.CancelledError:
                 if slot >= 0:

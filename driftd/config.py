@@ -75,6 +75,9 @@ class Settings:
         default=16_384, metadata={"help": "FindAttractors seeds x bootstrap refits"}
     )
     max_top_k: int = field(default=1_000, metadata={"help": "SearchPoints results"})
+    max_chapter_points: int = field(
+        default=100_000, metadata={"help": "DetectChapters (OFFLINE) points per selection"}
+    )
     storage_reserve_bytes: int = field(
         default=64 << 20,
         metadata={

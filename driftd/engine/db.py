@@ -2,7 +2,7 @@
 
 Threads and processes, so the event loop never blocks:
 - Chroma: one dedicated thread owns the client (its local client is synchronous
-  and not safe across processes).
+  and not safe across processes): :class:`driftd.store.runner.StoreRunner`.
 - Embedding: one thread (onnxruntime parallelises inside).
 - Flow math: a forkserver process pool (:mod:`driftd.engine.pool`).
 
@@ -32,7 +32,13 @@ from driftd.engine import validate as v
 from driftd.engine.cache import Snapshot, TrajectoryCache
 from driftd.engine.embedding import Embedders
 from driftd.engine.pool import MathPool, Rows
-from driftd.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from driftd.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from driftd.flow import MIN_POINTS, InsufficientDataError
 from driftd.flow import tasks as flow_tasks
 from driftd.flow.chapters import nearest_to_means
@@ -47,6 +53,7 @@ from driftd.store.chroma import (
     StoredCollection,
     payload_where,
 )
+from driftd.store.runner import StoreRunner
 from driftd.types import (
     AttractorInfo,
     AttractorSet,
@@ -104,13 +111,14 @@ class _Collection:
 
 
 class AsyncDriftDB:
-    """The driftd engine. Create with :meth:`open`; close with :meth:`close`."""
+    """The driftd engine: collections, points and flow. Create with :meth:`open`;
+    close with :meth:`close`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: StoreRunner) -> None:
         self.settings = settings
-        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="driftd-chroma")
+        self._runner = store
+        self._owns_store = False
         self._embed_thread = ThreadPoolExecutor(1, thread_name_prefix="driftd-embed")
-        self._store: ChromaStore | None = None
         self._embedders = Embedders()
         self._pool: MathPool | None = None
         self._collections: dict[str, _Collection] = {}
@@ -119,51 +127,53 @@ class AsyncDriftDB:
         self.events = EventHub()
 
     @classmethod
-    async def open(cls, settings: Settings | None = None) -> AsyncDriftDB:
-        """Opens Chroma (on its thread) and starts the math pool.
+    async def open(
+        cls, settings: Settings | None = None, *, store: StoreRunner | None = None
+    ) -> AsyncDriftDB:
+        """Starts the math pool over ``store`` (the composition root's,
+        :class:`driftd.engine.root.Driftd`); without one, opens Chroma on a store
+        thread of its own, closed with the engine.
 
         Raises:
             Exception: Chroma cannot open the directory or reach the server.
         """
-        db = cls(settings or Settings.from_env())
-        db._store = await db.on_store(
-            lambda: ChromaStore(path=db.settings.chroma_path, url=db.settings.chroma_url)
-        )
+        settings = settings or Settings.from_env()
+        owns = store is None
+        if store is None:
+            store = await StoreRunner.open(path=settings.chroma_path, url=settings.chroma_url)
+        db = cls(settings, store)
+        db._owns_store = owns
         db._pool = MathPool(db.settings.workers)
         return db
 
     async def close(self) -> None:
-        """Stops the pool and releases Chroma's thread. Idempotent."""
+        """Stops the pool (and the store thread, if this engine opened it). Idempotent."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        self._store_thread.shutdown(wait=True)
+        if self._owns_store:
+            await self._runner.aclose()
         self._embed_thread.shutdown(wait=False, cancel_futures=True)
 
     async def ready(self) -> bool:
         """True once storage is open."""
-        return self._store is not None
+        return self._runner.is_open
 
     # --- plumbing ------------------------------------------------------------
 
-    def on_store(self, fn) -> asyncio.Future:
-        """Runs ``fn()`` on the Chroma thread (the only thread that touches Chroma);
-        await the result. Submitted at once, so calls run in the order they are
-        made, even one started from a synchronous callback.
-
-        For the engine's other capabilities (routing, monitoring), which keep
-        their own Chroma collections through :attr:`chroma`.
-        """
-        return asyncio.get_running_loop().run_in_executor(self._store_thread, fn)
-
     @property
-    def chroma(self):
-        """The raw chromadb client; use it only inside :meth:`on_store`."""
-        return self._store.client
+    def _store(self) -> ChromaStore:
+        """The Chroma adapter: use it only in functions run by ``self._runner.call``."""
+        return self._runner.store
 
     @property
     def pool(self) -> MathPool:
-        """The math process pool."""
+        """The math process pool.
+
+        Raises Unavailable once the engine is closed.
+        """
+        if self._pool is None:
+            raise Unavailable("driftd is not serving: the engine is closed")
         return self._pool
 
     async def embed(self, model: str, texts: list[str]) -> np.ndarray:
@@ -185,7 +195,7 @@ class AsyncDriftDB:
         if coll is not None and not self.settings.chroma_url:
             return coll
         try:
-            meta = await self.on_store(lambda: self._store.get(name))
+            meta = await self._runner.call(lambda: self._store.get(name))
         except NotFound:
             gone = self._collections.pop(name, None)
             if gone is not None:
@@ -227,7 +237,7 @@ class AsyncDriftDB:
                     memory.trim()  # Chroma's pages of embeddings, now in the cache
                     return cache, seen
 
-                coll.cache, coll.seen = await self.on_store(load)
+                coll.cache, coll.seen = await self._runner.call(load)
                 metrics.CACHED_POINTS.labels(collection=meta.name).set(len(coll.cache))
                 log.info(
                     "loaded %s: %d points in %.2f s",
@@ -320,7 +330,7 @@ class AsyncDriftDB:
             )
         v.check_range(dim, 1, 65_536, "collection.dimension")
         meta = StoredCollection(name, int(dim), distance, embed_model, time.time(), 0)
-        meta = await self.on_store(lambda: self._store.create(meta))
+        meta = await self._runner.call(lambda: self._store.create(meta))
         gone = self._collections.pop(name, None)
         if gone is not None:  # an incarnation deleted through another replica
             self.events.drop(name, gone.meta.uid)
@@ -351,7 +361,7 @@ class AsyncDriftDB:
                 reason="INVALID_PAGE_TOKEN",
                 field_violations=[FieldViolation("page_token", "invalid")],
             )
-        metas = await self.on_store(self._store.list)
+        metas = await self._runner.call(self._store.list)
         after = [m for m in metas if m.name > page_token]
         page = after[:page_size]
         out = []
@@ -365,7 +375,7 @@ class AsyncDriftDB:
     async def delete_collection(self, name: str) -> None:
         """Deletes the collection and its points. Raises NotFound."""
         v.check_collection_id(name, "name")
-        gone = await self.on_store(lambda: self._store.delete(name))
+        gone = await self._runner.call(lambda: self._store.delete(name))
         self._collections.pop(name, None)
         self.events.drop(name, gone.uid)
         with contextlib.suppress(KeyError):
@@ -387,7 +397,7 @@ class AsyncDriftDB:
             raise InvalidArgument(
                 "time_key is required", field_violations=[FieldViolation("time_key", "required")]
             )
-        meta = await self.on_store(
+        meta = await self._runner.call(
             lambda: self._store.attach(
                 chroma_collection, time_key=time_key, series_key=series_key, embed_model=embed_model
             )
@@ -459,7 +469,7 @@ class AsyncDriftDB:
                 self._store.upsert(coll.meta, cols)
                 return self._store.commit(coll.meta, version, coll.seen)
 
-            coll.meta, seen = await self.on_store(write)
+            coll.meta, seen = await self._runner.call(write)
             if seen is None:
                 self._invalidate(coll)
             else:
@@ -471,7 +481,7 @@ class AsyncDriftDB:
         self._untrimmed_bytes += vectors.nbytes
         if self._untrimmed_bytes >= TRIM_BYTES:
             self._untrimmed_bytes = 0
-            self._store_thread.submit(memory.trim)  # after the writes queued there
+            self._runner.call(memory.trim)  # after the writes queued there
         return UpsertResult(n, len(batch.to_embed), coll.meta.version, tuple(errors))
 
     async def get_points(
@@ -483,7 +493,7 @@ class AsyncDriftDB:
         """
         coll = await self._collection(name)
         v.check_batch_size(len(ids), self.settings.max_batch_points, "ids")
-        records = await self.on_store(
+        records = await self._runner.call(
             lambda: self._store.fetch(coll.meta, list(ids), include_vectors=include_vectors)
         )
         found = [self._point(records[i]) for i in ids if i in records]
@@ -511,7 +521,7 @@ class AsyncDriftDB:
                 self._store.delete_points(coll.meta, present)
                 return self._store.commit(coll.meta, version, coll.seen)
 
-            coll.meta, seen = await self.on_store(write)
+            coll.meta, seen = await self._runner.call(write)
             if seen is None:
                 self._invalidate(coll)
             else:
@@ -544,7 +554,7 @@ class AsyncDriftDB:
         for lo in range(0, len(positions), chunk_size):
             pos = positions[lo : lo + chunk_size]
             ids = [str(i) for i in snap.ids[pos]]
-            records = await self.on_store(
+            records = await self._runner.call(
                 lambda ids=ids: self._store.fetch(coll.meta, ids, include_vectors=False)
             )
             chunk = []
@@ -585,12 +595,14 @@ class AsyncDriftDB:
         where = payload_where(payload_filter or {})
         cache = await self._loaded(coll)
         if start is None and end is None and not series:
-            hits = await self.on_store(lambda: self._store.query(coll.meta, query, top_k, where))
+            hits = await self._runner.call(
+                lambda: self._store.query(coll.meta, query, top_k, where)
+            )
         else:
             snap = cache.snapshot()
             rows = snap.rows[snap.select(start, end, series)]
             if where is not None:
-                allowed = await self.on_store(lambda: self._store.ids_where(coll.meta, where))
+                allowed = await self._runner.call(lambda: self._store.ids_where(coll.meta, where))
                 rows = np.array([r for r in rows if cache.id_of_row(r) in allowed], dtype=np.int64)
             hits = _exact_knn(cache, rows, query, top_k, coll.meta.distance)
         if not hits:
@@ -696,7 +708,7 @@ class AsyncDriftDB:
             coll.model = _FlowModel(key, fitted[0], snap, fitted[1])
             # The result's unpickling buffers (tens of MB at 100k points) are freed
             # below glibc's raised mmap threshold: give their pages back.
-            self._store_thread.submit(memory.trim)
+            self._runner.call(memory.trim)
             return coll.model
 
     async def _refresh(
@@ -922,7 +934,7 @@ class AsyncDriftDB:
         ids = [str(snap.ids[p]) for p in positions]
         if not ids:
             return ()
-        records = await self.on_store(
+        records = await self._runner.call(
             lambda: self._store.fetch(coll.meta, ids, include_vectors=False)
         )
         out = []

@@ -3,8 +3,8 @@ rules, and the live work behind WatchCollection.
 
 :class:`Monitor` reads windows from the engine's in-memory trajectory cache
 (never from Chroma), runs the statistics of :mod:`driftd.monitor.drift` and
-:mod:`driftd.monitor.health` in the engine's process pool, keeps drift rules in
-the Chroma collection ``driftd.sys.monitor.drift_rules``, and listens to the
+:mod:`driftd.monitor.health` in the engine's process pool, keeps drift rules through its
+repository (:class:`driftd.monitor.ports.RuleRepository`), and listens to the
 engine's event hub (``db.events``): for each durable upsert it feeds the new
 points to a per-series online change-point detector (:mod:`driftd.monitor.bocpd`)
 and checks the collection's drift rules, publishing chapter and drift-alarm
@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from driftd.engine.validate import SYSTEM_PREFIX, check_range
+from driftd.engine.validate import check_range
 from driftd.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -46,11 +46,11 @@ from driftd.monitor.events import (
     Event,
     Watcher,
 )
+from driftd.monitor.ports import PointsEngine, RuleRepository
 from driftd.types import ChapterSet
 
 log = logging.getLogger(__name__)
 
-RULES_COLLECTION = SYSTEM_PREFIX + "monitor.drift_rules"
 RULE_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 #: Upsert batches queued per collection for the live detectors; beyond it a
 #: batch is skipped (logged) and the collection's detectors restart.
@@ -174,14 +174,15 @@ def _utc(seconds: float) -> datetime:
 
 
 class Monitor:
-    """Monitoring over an engine (``AsyncDriftDB``, or the server's gate to it).
+    """Monitoring over the points engine (``AsyncDriftDB``).
 
-    Call :meth:`start` once the engine is open (it loads the drift rules and
-    subscribes to the engine's events) and :meth:`stop` before closing it.
+    Call :meth:`open` once the engine is open (it loads the drift rules and
+    subscribes to the engine's events) and :meth:`aclose` before closing it.
     """
 
-    def __init__(self, db) -> None:
+    def __init__(self, db: PointsEngine, rules: RuleRepository) -> None:
         self._db = db
+        self._repo = rules
         self._rules: dict[str, dict[str, DriftRule]] | None = None
         self._queues: dict[str, asyncio.Queue[Event]] = {}
         self._workers: dict[str, asyncio.Task] = {}
@@ -197,15 +198,15 @@ class Monitor:
         self._projections: dict[int, np.ndarray] = {}
         self._stale: set[str] = set()  # collections whose detectors missed a batch
 
-    async def start(self) -> None:
+    async def open(self) -> None:
         """Loads the drift rules and starts listening to the engine's events."""
         self._rules = {}
-        for rule in await self._db.on_store(self._load_rules):
+        for rule in await self._load_rules():
             self._rules.setdefault(rule.collection, {})[rule.rule_id] = rule
         self._db.events.add_listener(self._on_event)
         self._db.events.add_drop_listener(self._on_drop)
 
-    async def stop(self) -> None:
+    async def aclose(self) -> None:
         """Ends the watches (UNAVAILABLE, so a draining server is not held up by
         them) and stops the background work (pending batches are dropped)."""
         self._db.events.close()
@@ -443,45 +444,35 @@ class Monitor:
         """Raises NotFound (COLLECTION_NOT_FOUND, DRIFT_RULE_NOT_FOUND)."""
         await self._cached(name)
         self._rule(name, rule_id)
-        await self._db.on_store(lambda: self._rules_store().delete(ids=[f"{name}/{rule_id}"]))
+        await self._repo.delete([f"{name}/{rule_id}"])
         self._rules_of(name).pop(rule_id, None)
 
-    # --- rule storage (store thread) -----------------------------------------
+    # --- rule storage --------------------------------------------------------
 
-    def _rules_store(self):
-        return self._db.chroma.get_or_create_collection(RULES_COLLECTION, embedding_function=None)
-
-    def _load_rules(self) -> list[DriftRule]:
+    async def _load_rules(self) -> list[DriftRule]:
         """The rules of the existing collections. Rules left by a deleted collection
         (e.g. deleted through another replica) are deleted; rules stored before
         they carried their collection's id are given it."""
-        uids = {c.name: str(c.id) for c in self._db.chroma.list_collections()}
-        store = self._rules_store()
-        got = store.get(include=["metadatas"])
+        uids = await self._repo.collection_uids()
         rules, orphans = [], []
-        for rid, md in zip(got["ids"], got["metadatas"], strict=True):
-            rule = _rule_from_metadata(md)
+        for record in await self._repo.load():
+            rule = _rule_from_metadata(record.metadata)
             uid = uids.get(rule.collection)
             if uid is None or rule.collection_uid not in ("", uid):
-                orphans.append(rid)
+                orphans.append(record.id)
             elif not rule.collection_uid:
                 rule = replace(rule, collection_uid=uid)
-                store.upsert(ids=[rid], embeddings=[[0.0]], metadatas=[_rule_to_metadata(rule)])
+                await self._save(rule)
                 rules.append(rule)
             else:
                 rules.append(rule)
         if orphans:
             log.info("deleting %d drift rules of deleted collections", len(orphans))
-            store.delete(ids=orphans)
+            await self._repo.delete(orphans)
         return rules
 
     async def _save(self, rule: DriftRule) -> None:
-        md = _rule_to_metadata(rule)
-        await self._db.on_store(
-            lambda: self._rules_store().upsert(
-                ids=[f"{rule.collection}/{rule.rule_id}"], embeddings=[[0.0]], metadatas=[md]
-            )
-        )
+        await self._repo.save(f"{rule.collection}/{rule.rule_id}", _rule_to_metadata(rule))
 
     # --- live work -----------------------------------------------------------
 
@@ -496,11 +487,7 @@ class Monitor:
             if not done.cancelled() and done.exception() is not None:
                 log.error("deleting the drift rules of %s failed", name, exc_info=done.exception())
 
-        self._db.on_store(
-            lambda: self._rules_store().delete(
-                where={"$and": [{"collection": name}, {"collection_uid": uid}]}
-            )
-        ).add_done_callback(logged)
+        self._repo.delete_of_collection(name, uid).add_done_callback(logged)
         task = self._workers.pop(name, None)
         if task is not None:
             task.cancel()

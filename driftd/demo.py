@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from importlib import resources
 
-from driftd.cli import describe_error, ingest_rows
 from driftd.client import DriftClient
 from driftd.config import DEFAULT_EMBED_MODEL, Settings
 from driftd.errors import AlreadyExists, DriftdError
+from driftd.ingest import describe_error, ingest_rows
 
 #: Minimum paragraphs per chapter: speeches have ~100 paragraphs and a regime
 #: should span more than one or two of them (a single speech's topic is not a chapter).

@@ -23,7 +23,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -147,6 +147,28 @@ class _SeriesState:
     starts: list[tuple[str, float]]
 
 
+@dataclass
+class _Watched:
+    """Everything the monitor keeps for one collection (dropped with it)."""
+
+    rules: dict[str, DriftRule] = field(default_factory=dict)
+    #: Upsert events waiting for the live worker, and the worker.
+    queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(LIVE_QUEUE))
+    worker: asyncio.Task[None] | None = None
+    #: Online change-point detectors by series, and their lock (live feed vs replay).
+    detectors: dict[str, _SeriesState] = field(default_factory=dict)
+    detector_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Version of the last delete: detectors built before it are replayed on demand.
+    deleted: int = 0
+    #: Versions of the last upsert queued and of the last one the worker finished.
+    queued: int = 0
+    finished: int = 0
+    #: Set (and replaced) each time the worker finishes an event.
+    progress: asyncio.Event | None = None
+    #: The detectors missed a batch (queue full): dropped before the next one.
+    stale: bool = False
+
+
 def parse_rule_name(name: str, field: str = "name") -> tuple[str, str]:
     """``"collections/{c}/driftRules/{r}"`` -> ``(c, r)``.
 
@@ -183,26 +205,15 @@ class Monitor:
     def __init__(self, db: PointsEngine, rules: RuleRepository) -> None:
         self._db = db
         self._repo = rules
-        self._rules: dict[str, dict[str, DriftRule]] | None = None
-        self._queues: dict[str, asyncio.Queue[Event]] = {}
-        self._workers: dict[str, asyncio.Task] = {}
-        self._detectors: dict[tuple[str, str], _SeriesState] = {}  # (collection, series)
-        # Per collection: the detectors' lock (live feed vs replay), the version of
-        # the last delete (detectors built before it are replayed on demand), and
-        # the versions of the last upsert queued and the last one the worker finished.
-        self._detector_locks: dict[str, asyncio.Lock] = {}
-        self._deleted: dict[str, int] = {}
-        self._queued: dict[str, int] = {}
-        self._finished: dict[str, int] = {}
-        self._progress: dict[str, asyncio.Event] = {}
+        self._opened = False
+        self._watched: dict[str, _Watched] = {}
         self._projections: dict[int, np.ndarray] = {}
-        self._stale: set[str] = set()  # collections whose detectors missed a batch
 
     async def open(self) -> None:
         """Loads the drift rules and starts listening to the engine's events."""
-        self._rules = {}
         for rule in await self._load_rules():
-            self._rules.setdefault(rule.collection, {})[rule.rule_id] = rule
+            self._state(rule.collection).rules[rule.rule_id] = rule
+        self._opened = True
         self._db.events.add_listener(self._on_event)
         self._db.events.add_drop_listener(self._on_drop)
 
@@ -210,17 +221,25 @@ class Monitor:
         """Ends the watches (UNAVAILABLE, so a draining server is not held up by
         them) and stops the background work (pending batches are dropped)."""
         self._db.events.close()
-        for task in self._workers.values():
+        workers = [w.worker for w in self._watched.values() if w.worker is not None]
+        for task in workers:
             task.cancel()
-        for task in self._workers.values():
+        for task in workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._workers.clear()
+        for w in self._watched.values():
+            w.worker = None
+
+    def _state(self, collection: str) -> _Watched:
+        state = self._watched.get(collection)
+        if state is None:
+            state = self._watched[collection] = _Watched()
+        return state
 
     def _rules_of(self, collection: str) -> dict[str, DriftRule]:
-        if self._rules is None:
+        if not self._opened:
             raise Unavailable("driftd is not serving: the monitor has not started")
-        return self._rules.setdefault(collection, {})
+        return self._state(collection).rules
 
     # --- windows -------------------------------------------------------------
 
@@ -269,10 +288,10 @@ class Monitor:
         meta, cache = await self._cached(name)
         snap = cache.snapshot()
         samples = []
-        for field, w in (("window_a", window_a), ("window_b", window_b)):
+        for which, w in (("window_a", window_a), ("window_b", window_b)):
             pos = snap.select(w.start, w.end, w.series)
             if len(pos) < drift.MIN_POINTS:
-                raise _too_few(field, drift.MIN_POINTS, len(pos))
+                raise _too_few(which, drift.MIN_POINTS, len(pos))
             samples.append(cache.vectors[snap.rows[pos]])
         result = await self._db.pool.submit(
             drift.compare_windows,
@@ -480,46 +499,36 @@ class Monitor:
         """Hub drop listener: the collection was deleted, so its rules (in memory
         and, submitted now so before any later store call, in Chroma) and its
         live work go; a collection created again under the name starts afresh."""
-        if self._rules is not None:
-            self._rules.pop(name, None)
+        state = self._watched.pop(name, None)
 
         def logged(done: asyncio.Future) -> None:
             if not done.cancelled() and done.exception() is not None:
                 log.error("deleting the drift rules of %s failed", name, exc_info=done.exception())
 
         self._repo.delete_of_collection(name, uid).add_done_callback(logged)
-        task = self._workers.pop(name, None)
-        if task is not None:
-            task.cancel()
-        self._queues.pop(name, None)
-        for key in [k for k in self._detectors if k[0] == name]:
-            del self._detectors[key]
-        for state in (self._detector_locks, self._deleted, self._queued, self._finished):
-            state.pop(name, None)
-        self._stale.discard(name)
-        progress = self._progress.pop(name, None)
-        if progress is not None:  # online_chapters calls waiting on the cancelled worker
-            progress.set()
+        if state is None:
+            return
+        if state.worker is not None:
+            state.worker.cancel()
+        if state.progress is not None:  # online_chapters calls waiting on the cancelled worker
+            state.progress.set()
 
     def _on_event(self, event: Event) -> None:
         """Hub listener: queues upserts for the collection's background task."""
         name = event.collection
         if event.type == POINTS_DELETED:
-            self._deleted[name] = event.version
+            self._state(name).deleted = event.version
             return
         if event.type != POINTS_UPSERTED:
             return
-        queue = self._queues.get(name)
-        if queue is None:
-            queue = self._queues[name] = asyncio.Queue(LIVE_QUEUE)
-        task = self._workers.get(name)
-        if task is None or task.done():
-            self._workers[name] = asyncio.get_running_loop().create_task(
-                self._work(name, queue), name=f"driftd-monitor-{name}"
+        state = self._state(name)
+        if state.worker is None or state.worker.done():
+            state.worker = asyncio.get_running_loop().create_task(
+                self._work(name, state), name=f"driftd-monitor-{name}"
             )
         try:
-            queue.put_nowait(event)
-            self._queued[name] = event.version
+            state.queue.put_nowait(event)
+            state.queued = event.version
         except asyncio.QueueFull:
             log.warning(
                 "monitor of %s is %d batches behind: skipping one; its chapter detectors restart",
@@ -527,11 +536,11 @@ class Monitor:
                 LIVE_QUEUE,
             )
             # The detectors missed points; the worker drops them before its next batch.
-            self._stale.add(name)
+            state.stale = True
 
-    async def _work(self, name: str, queue: asyncio.Queue[Event]) -> None:
+    async def _work(self, name: str, state: _Watched) -> None:
         while True:
-            event = await queue.get()
+            event = await state.queue.get()
             try:
                 await self._detect_chapters(event)
                 await self._check_rules(event)
@@ -540,18 +549,18 @@ class Monitor:
                 # not stop the monitoring of the next ones.
                 log.exception("monitor of %s failed on event %d", name, event.sequence)
             finally:
-                self._finished[name] = event.version
-                progress = self._progress.pop(name, None)
+                state.finished = event.version
+                progress, state.progress = state.progress, None
                 if progress is not None:  # wake online_chapters calls waiting for it
                     progress.set()
 
     async def _detect_chapters(self, event: Event) -> None:
         name = event.collection
-        async with self._detector_lock(name):
-            if name in self._stale:
-                self._stale.discard(name)
-                for key in [k for k in self._detectors if k[0] == name]:
-                    del self._detectors[key]
+        watched = self._state(name)
+        async with watched.detector_lock:
+            if watched.stale:
+                watched.stale = False
+                watched.detectors.clear()
             meta, cache = await self._cached(name)
             data = event.data
             items, rows = [], []  # (id, time, series, index into rows)
@@ -568,11 +577,11 @@ class Monitor:
             vectors = np.take(cache.vectors, rows, axis=0)
             states = {}
             for series in {item[2] for item in items}:
-                state = self._detectors.get((name, series))
+                state = watched.detectors.get(series)
                 if state is None or state.cache() is not cache:
                     # Complete when this batch holds every point of the series.
                     fed = sum(item[2] == series for item in items)
-                    state = self._detectors[(name, series)] = _SeriesState(
+                    state = watched.detectors[series] = _SeriesState(
                         bocpd.OnlineChangeDetector(
                             self._projection(meta.dimension), normalize=meta.distance == "cosine"
                         ),
@@ -624,12 +633,6 @@ class Monitor:
             state.last_time = batch[-1][1]
             state.fed_version = version
         return changes
-
-    def _detector_lock(self, name: str) -> asyncio.Lock:
-        lock = self._detector_locks.get(name)
-        if lock is None:
-            lock = self._detector_locks[name] = asyncio.Lock()
-        return lock
 
     def _projection(self, dimension: int) -> np.ndarray:
         proj = self._projections.get(dimension)
@@ -688,7 +691,7 @@ class Monitor:
         await self._caught_up(name, cache.version)
         starts: list[float] = []
         if cache.series_size(series):
-            async with self._detector_lock(name):
+            async with self._state(name).detector_lock:
                 state = await self._series_state(name, series, meta, cache)
                 starts = [t for _, t in state.starts]
         return await self._db.split_chapters(
@@ -703,25 +706,25 @@ class Monitor:
 
     async def _caught_up(self, name: str, version: int) -> None:
         """Waits until the live worker has finished the upserts queued up to ``version``."""
-        target = min(version, self._queued.get(name, 0))
-        while self._finished.get(name, 0) < target:
-            task = self._workers.get(name)
-            if task is None or task.done():
+        state = self._state(name)
+        target = min(version, state.queued)
+        while state.finished < target:
+            if state.worker is None or state.worker.done():
                 return
-            progress = self._progress.get(name)
-            if progress is None:
-                progress = self._progress[name] = asyncio.Event()
-            await progress.wait()
+            if state.progress is None:
+                state.progress = asyncio.Event()
+            await state.progress.wait()
 
     async def _series_state(self, name: str, series: str, meta, cache) -> _SeriesState:
         """The series' detector, replayed from the cache unless it covers the whole
         series (call with the collection's detector lock held)."""
-        state = self._detectors.get((name, series))
+        watched = self._state(name)
+        state = watched.detectors.get(series)
         if (
             state is not None
             and state.cache() is cache
             and state.complete
-            and state.base_version >= self._deleted.get(name, 0)
+            and state.base_version >= watched.deleted
         ):
             return state
         t0 = time.perf_counter()
@@ -734,7 +737,7 @@ class Monitor:
         )
         Y = await asyncio.to_thread(_project_rows, detector, cache.vectors, rows)
         detector, changes = await self._db.pool.submit(bocpd.replay, detector, Y, keys)
-        state = self._detectors[(name, series)] = _SeriesState(
+        state = watched.detectors[series] = _SeriesState(
             detector,
             weakref.ref(cache),
             complete=True,

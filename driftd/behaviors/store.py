@@ -17,6 +17,7 @@ dimension at the end, so a rejected request writes nothing.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import math
 import re
@@ -157,7 +158,7 @@ class BehaviorStore:
         *,
         at: float | None = None,
         policy: Policy = DEFAULT_POLICY,
-    ) -> list[DecisionOut]:
+    ) -> builtins.list[DecisionOut]:
         """Decides and applies each candidate in order; returns one decision each.
 
         Args:
@@ -187,7 +188,8 @@ class BehaviorStore:
                 same = [b for b in active.values() if b.intent == c.intent]
                 d = rules.decide(c, same, at, policy)
                 new_id = ""
-                if d.action == rules.REINFORCE:
+                # REINFORCE and IGNORE always name the old behaviour (rules.decide).
+                if d.action == rules.REINFORCE and d.old is not None:
                     b = replace(
                         d.old,
                         credibility=d.new_credibility,
@@ -196,7 +198,7 @@ class BehaviorStore:
                     )
                     active[b.id] = changed[b.id] = b
                     new_id = b.id
-                elif d.action == rules.IGNORE:
+                elif d.action == rules.IGNORE and d.old is not None:
                     b = replace(d.old, signals=d.signals)
                     active[b.id] = changed[b.id] = b
                 else:
@@ -247,7 +249,7 @@ class BehaviorStore:
         state: str = "",
         page_size: int = 100,
         page_token: str = "",
-    ) -> tuple[list[Behavior], str]:
+    ) -> tuple[builtins.list[Behavior], str]:
         """A page of the user's behaviours (all dimensions), oldest first (create
         time, then id), and the next page token ("" at the end).
 
@@ -273,12 +275,12 @@ class BehaviorStore:
         token = f"{page[-1].create_time!r}:{page[-1].id}" if len(found) > page_size else ""
         return page, token
 
-    async def _validate(self, candidates: Sequence[CandidateInput]) -> list[Candidate]:
+    async def _validate(self, candidates: Sequence[CandidateInput]) -> builtins.list[Candidate]:
         """Checks every candidate and embeds the texts; unit vectors out.
 
         Raises InvalidArgument naming ``candidates[i].field``.
         """
-        texts: list[tuple[int, str]] = []
+        texts: builtins.list[tuple[int, str]] = []
         vectors: dict[int, np.ndarray] = {}
         for i, c in enumerate(candidates):
             at = f"candidates[{i}]"

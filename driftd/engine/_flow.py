@@ -71,7 +71,7 @@ class FlowMixin(EngineCore):
             kind = "full" if fitted is None else "incremental"
             if fitted is None:
                 try:
-                    fitted = await self._pool.submit(
+                    fitted = await self.pool.submit(
                         flow_tasks.fit,
                         key,
                         Rows(cache.vectors, snap.rows),  # gathered off the event loop
@@ -114,7 +114,7 @@ class FlowMixin(EngineCore):
             return None
         X = cache.vectors[snap.rows[positions]]
         try:
-            return await self._pool.on_model(
+            return await self.pool.on_model(
                 "update", old, key, X, t, series, positions, self.settings.ensemble_size
             )
         except RefitRequired as exc:
@@ -132,7 +132,7 @@ class FlowMixin(EngineCore):
         coll = await self._collection(name)
         x = await self._start_vector(coll, vector=vector, text=text, point_id=point_id)
         model = await self._model(coll)
-        out = await self._pool.on_model(
+        out = await self.pool.on_model(
             "probe", model, x[None, :], replicates=self.settings.ensemble_size
         )
         speed = float(out.speed[0])
@@ -194,14 +194,14 @@ class FlowMixin(EngineCore):
         else:
             t_start = time.time()
         dt = float(dt_seconds) if dt_seconds else float(model.field.time_scale_)
-        starts = await self._pool.on_model("starts", model, x0, paths, seed)
+        starts = await self.pool.on_model("starts", model, x0, paths, seed)
         cosine = coll.meta.distance == "cosine"
         for path, x in enumerate(starts):
             done, state, size = 0, None, 1
             while True:
                 n = min(size, steps - done)
                 size = min(2 * size, SIM_CHUNK_STEPS)
-                chunk = await self._pool.on_model(
+                chunk = await self.pool.on_model(
                     "simulate",
                     model,
                     x,
@@ -254,7 +254,7 @@ class FlowMixin(EngineCore):
         default = seeds == 64 and seed == 0 and bootstrap in (None, self.settings.ensemble_size)
         if model.attractors is not None and default and k <= 3:
             return model.attractors
-        out = await self._pool.on_model(
+        out = await self.pool.on_model(
             "attractors",
             model,
             seeds,
@@ -364,7 +364,7 @@ class FlowMixin(EngineCore):
         # np.take lets the GIL go while it copies (fancy indexing held it ~50 ms at 100k).
         X = await asyncio.to_thread(np.take, coll.cache.vectors, snap.rows[positions], 0)
         cosine = coll.meta.distance == "cosine"
-        out = await self._pool.submit(
+        out = await self.pool.submit(
             flow_tasks.chapters,
             X,
             normalize=cosine,

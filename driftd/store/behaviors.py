@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from driftd.store import system
-from driftd.store.chroma import SYSTEM_PREFIX
+from driftd.store.chroma import SYSTEM_PREFIX, hnsw_config
 from driftd.store.runner import StoreRunner
 from driftd.store.system import StoredRecord
 
@@ -24,7 +24,7 @@ class ChromaBehaviorRepository:
 
     def _collection(self, dim: int) -> Any:
         return self._runner.store.client.get_or_create_collection(
-            f"{PREFIX}d{dim}", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            f"{PREFIX}d{dim}", configuration=hnsw_config("cosine"), embedding_function=None
         )
 
     async def active(self, user_id: str, dim: int) -> list[StoredRecord]:

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from driftd.store import system
+from driftd.store.chroma import hnsw_config
 from driftd.store.runner import StoreRunner
 from driftd.store.system import StoredRecord
 
 MESSAGES = "driftd.sys.routing.messages"
 BRANCHES = "driftd.sys.routing.branches"
 _MODEL_KEY = "driftd:embed_model"
-_COSINE = {"hnsw": {"space": "cosine"}}
 
 
 class ChromaRoutingRepository:
@@ -47,11 +47,11 @@ class ChromaRoutingRepository:
             self._messages = client.get_or_create_collection(
                 MESSAGES,
                 metadata={_MODEL_KEY: default_model},
-                configuration=_COSINE,
+                configuration=hnsw_config("cosine"),
                 embedding_function=None,
             )
             self._branches = client.get_or_create_collection(
-                BRANCHES, configuration=_COSINE, embedding_function=None
+                BRANCHES, configuration=hnsw_config("cosine"), embedding_function=None
             )
             return str((self._messages.metadata or {}).get(_MODEL_KEY, default_model))
 

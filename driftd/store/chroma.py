@@ -32,7 +32,7 @@ import chromadb
 import chromadb.errors
 import numpy as np
 from chromadb.api.collection_configuration import CreateCollectionConfiguration
-from chromadb.api.types import Where
+from chromadb.base_types import LiteralValue, LogicalOperator, Where, WhereOperator
 
 from driftd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
@@ -489,11 +489,8 @@ class ChromaStore:
 def _journal_where(uid: str, op: Literal["$lt", "$gte"], seconds: float) -> Where:
     """The journal entries of collection ``uid`` whose time is ``op`` ``seconds``."""
     of_collection: Where = {"collection": uid}
-    in_time: Where
-    if op == "$lt":
-        in_time = {"time": {"$lt": seconds}}
-    else:
-        in_time = {"time": {"$gte": seconds}}
+    bound: dict[WhereOperator | LogicalOperator, LiteralValue] = {op: seconds}
+    in_time: Where = {"time": bound}
     return {"$and": [of_collection, in_time]}
 
 

@@ -80,6 +80,13 @@ class _Collection:
     fit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     model: _FlowModel | None = None
 
+    @property
+    def loaded(self) -> TrajectoryCache:
+        """The trajectory cache, for code that runs after :meth:`EngineCore._loaded`."""
+        if self.cache is None:
+            raise RuntimeError(f"collection {self.meta.name!r} used before it was loaded")
+        return self.cache
+
 
 class EngineCore:
     """What every part of the engine shares: settings, the store thread, the
@@ -209,15 +216,16 @@ class EngineCore:
                     memory.trim()  # Chroma's pages of embeddings, now in the cache
                     return cache, seen
 
-                coll.cache, coll.seen = await self._runner.call(load)
-                metrics.CACHED_POINTS.labels(collection=meta.name).set(len(coll.cache))
+                cache, coll.seen = await self._runner.call(load)
+                coll.cache = cache
+                metrics.CACHED_POINTS.labels(collection=meta.name).set(len(cache))
                 log.info(
                     "loaded %s: %d points in %.2f s",
                     meta.name,
-                    len(coll.cache),
+                    len(cache),
                     time.perf_counter() - t0,
                 )
-        return coll.cache
+        return coll.loaded
 
     async def trajectory_cache(self, name: str) -> tuple[StoredCollection, TrajectoryCache]:
         """The collection's stored settings and its in-memory trajectory (read from

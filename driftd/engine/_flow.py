@@ -104,6 +104,8 @@ class FlowMixin(EngineCore):
         series' last one or changes how tied times spread, or the field refuses
         (:class:`RefitRequired`). Call under the fit lock."""
         old, cache = coll.model, coll.cache
+        if old is None or cache is None:
+            return None
         if cache.rewrite_version > old.snapshot.version:
             return None
         # No row changed or went since the model's version: the new ones come after.
@@ -188,11 +190,9 @@ class FlowMixin(EngineCore):
         coll = await self._collection(name)
         x0 = await self._start_vector(coll, vector=vector, text=text, point_id=point_id)
         model = await self._model(coll)
-        cache = coll.cache
-        if point_id:
-            t_start = cache.time_of_row(cache.row_of(point_id))
-        else:
-            t_start = time.time()
+        cache = coll.loaded
+        row = cache.row_of(point_id) if point_id else None
+        t_start = cache.time_of_row(row) if row is not None else time.time()
         dt = float(dt_seconds) if dt_seconds else float(model.field.time_scale_)
         starts = await self.pool.on_model("starts", model, x0, paths, seed)
         cosine = coll.meta.distance == "cosine"
@@ -321,7 +321,7 @@ class FlowMixin(EngineCore):
         )
         out = []
         for p, pid in zip(positions, ids, strict=True):
-            vec = coll.cache.vectors[snap.rows[p]]
+            vec = coll.loaded.vectors[snap.rows[p]]
             r = records.get(pid)
             out.append(
                 Representative(
@@ -362,7 +362,7 @@ class FlowMixin(EngineCore):
         if len(positions) < 2 * min_size:
             raise _not_enough(2 * min_size, len(positions), what="points in the selection")
         # np.take lets the GIL go while it copies (fancy indexing held it ~50 ms at 100k).
-        X = await asyncio.to_thread(np.take, coll.cache.vectors, snap.rows[positions], 0)
+        X = await asyncio.to_thread(np.take, coll.loaded.vectors, snap.rows[positions], 0)
         cosine = coll.meta.distance == "cosine"
         out = await self.pool.submit(
             flow_tasks.chapters,

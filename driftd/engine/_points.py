@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
+from typing import cast
 
 import numpy as np
 
@@ -75,7 +77,7 @@ class PointsMixin(EngineCore):
                 vectors[j] = p.vector
         if batch.to_embed:
             embedded = await self.embed(
-                meta.embed_model, [batch.points[j].text for j in batch.to_embed]
+                meta.embed_model, [batch.points[j].text or "" for j in batch.to_embed]
             )
             if embedded.shape[1] != meta.dimension:
                 raise FailedPrecondition(
@@ -90,7 +92,10 @@ class PointsMixin(EngineCore):
             cols = Columns(
                 ids=[p.id for p in batch.points],
                 vectors=vectors,
-                times=np.array([p.time.timestamp() for p in batch.points], dtype=np.float64),
+                # Validated: every point has a time.
+                times=np.array(
+                    [cast(datetime, p.time).timestamp() for p in batch.points], dtype=np.float64
+                ),
                 series=[p.series for p in batch.points],
                 seqs=(version << _SEQ_SHIFT) + np.arange(n, dtype=np.int64),
                 texts=[p.text for p in batch.points],
@@ -106,8 +111,8 @@ class PointsMixin(EngineCore):
                 self._invalidate(coll)
             else:
                 coll.seen = seen
-                coll.cache.upsert(cols, version)
-                metrics.CACHED_POINTS.labels(collection=name).set(len(coll.cache))
+                coll.loaded.upsert(cols, version)
+                metrics.CACHED_POINTS.labels(collection=name).set(len(coll.loaded))
             self.events.publish_upsert(name, coll.meta.version, cols.ids, cols.times, cols.series)
         metrics.POINTS_INGESTED.labels(collection=name).inc(n)
         self._untrimmed_bytes += vectors.nbytes
@@ -187,7 +192,7 @@ class PointsMixin(EngineCore):
             pos = positions[lo : lo + chunk_size]
             ids = [str(i) for i in snap.ids[pos]]
             records = await self._runner.call(
-                lambda ids=ids: self._store.fetch(coll.meta, ids, include_vectors=False)
+                functools.partial(self._store.fetch, coll.meta, ids, include_vectors=False)
             )
             chunk = []
             for p, pid in zip(pos, ids, strict=True):

@@ -44,6 +44,7 @@ from driftd.monitor.events import (
     ChapterDetected,
     DriftAlarm,
     Event,
+    PointsUpserted,
     Watcher,
 )
 from driftd.monitor.ports import PointsEngine, RuleRepository
@@ -542,8 +543,9 @@ class Monitor:
         while True:
             event = await state.queue.get()
             try:
-                await self._detect_chapters(event)
-                await self._check_rules(event)
+                if isinstance(event.data, PointsUpserted):  # all that _on_event queues
+                    await self._detect_chapters(event, event.data)
+                    await self._check_rules(event, event.data)
             except Exception:
                 # A failure on one batch (e.g. the collection was deleted) must
                 # not stop the monitoring of the next ones.
@@ -554,7 +556,7 @@ class Monitor:
                 if progress is not None:  # wake online_chapters calls waiting for it
                     progress.set()
 
-    async def _detect_chapters(self, event: Event) -> None:
+    async def _detect_chapters(self, event: Event, data: PointsUpserted) -> None:
         name = event.collection
         watched = self._state(name)
         async with watched.detector_lock:
@@ -562,8 +564,8 @@ class Monitor:
                 watched.stale = False
                 watched.detectors.clear()
             meta, cache = await self._cached(name)
-            data = event.data
-            items, rows = [], []  # (id, time, series, index into rows)
+            items: list[tuple[str, float, str, int]] = []  # (id, time, series, row in rows)
+            rows: list[int] = []
             for pid, t, series in sorted(
                 zip(data.point_ids, data.times, data.point_series, strict=True),
                 key=lambda x: (x[2], x[1]),
@@ -755,11 +757,11 @@ class Monitor:
         )
         return state
 
-    async def _check_rules(self, event: Event) -> None:
+    async def _check_rules(self, event: Event, data: PointsUpserted) -> None:
         for rule in list(self._rules_of(event.collection).values()):
             times = [
                 t
-                for t, s in zip(event.data.times, event.data.point_series, strict=True)
+                for t, s in zip(data.times, data.point_series, strict=True)
                 if not rule.series or s == rule.series
             ]
             if not times:

@@ -152,11 +152,12 @@ def main(*, target: str | None, collection: str = "sotu", prompt: str) -> int:
     """
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        where = target
         if target is None:
             print("starting an in-process driftd server (temporary storage)...", file=sys.stderr)
             target = stack.enter_context(local_server())
             where = f"in-process server at {target}"
+        else:
+            where = target
         client = stack.enter_context(DriftClient(target, timeout=600.0))
         return Demo(client, collection, where, started).run(prompt)
 

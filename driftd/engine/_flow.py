@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 
 import numpy as np
@@ -161,7 +161,7 @@ class FlowMixin(EngineCore):
         stop_outside_support: bool = False,
         seed: int = 0,
         band_coverage: float = 0.9,
-    ) -> AsyncIterator[SimulationStep]:
+    ) -> AsyncGenerator[SimulationStep, None]:
         """Follows the flow from a start: yields each step of path 0, then path 1, ...
 
         Each path carries the uncertainty band of the flow's bootstrap ensemble

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from datetime import datetime
 from typing import cast
 
@@ -177,7 +177,7 @@ class PointsMixin(EngineCore):
         series: str = "",
         include_vectors: bool = False,
         chunk_size: int = 500,
-    ) -> AsyncIterator[list[Point]]:
+    ) -> AsyncGenerator[list[Point], None]:
         """Points of a time window in time order, in chunks of ``chunk_size``.
 
         An async generator: stop iterating (or ``aclose()``) to stop the reads.

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from time import time_ns
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -79,6 +79,7 @@ from driftd.routing.types import (
     Fact,
     FactsResult,
     MessageInfo,
+    Role,
     RouteResult,
 )
 from driftd.store.system import StoredRecord
@@ -154,7 +155,7 @@ def merge_config(base: RoutingConfig, changes: Mapping[str, float | int | bool])
             the field path is ``config.{name}``.
     """
     kinds = {f.name: type(getattr(base, f.name)) for f in fields(RoutingConfig)}
-    clean: dict[str, float | int | bool] = {}
+    clean: dict[str, Any] = {}  # each converted to its field's type
     for key, value in changes.items():
         at = f"config.{key}"
         kind = kinds.get(key)
@@ -167,7 +168,7 @@ def merge_config(base: RoutingConfig, changes: Mapping[str, float | int | bool])
             ok = float(value).is_integer()
         if ok and kind is float:
             ok = math.isfinite(value)
-        if not ok:
+        if kind is None or not ok:
             raise InvalidArgument(
                 f"{at}: {value!r} is not a valid value"
                 + ("" if kind else f"; known fields: {', '.join(kinds)}"),
@@ -516,7 +517,7 @@ class RoutingEngine:
                 return await self._stored_result(conv, conv.message_ids[message_id])
             state = conv.state
             cfg = merge_config(state.config, changes)
-            decision = self._router.decide(state, cfg, role, x, content)
+            decision = self._router.decide(state, cfg, cast(Role, role), x, content)  # checked
             index = state.message_count
             mid = message_id or f"m{index}"
             key = message_key(conv.last_key)

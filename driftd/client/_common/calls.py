@@ -182,7 +182,7 @@ def search(
     if vector is not None:
         request.vector.values.extend(np.asarray(vector, dtype=np.float32).ravel().tolist())
     else:
-        request.text = text
+        request.text = text or ""
     if payload_filter:
         request.payload_filter.CopyFrom(convert.dict_to_struct(payload_filter))
     return Call(
@@ -236,7 +236,7 @@ def find_attractors(
 
 
 #: ``flow_chapters(method=...)`` -> DetectChaptersRequest.method.
-CHANGE_POINT_METHODS = {
+CHANGE_POINT_METHODS: dict[str, flow_pb2.ChangePointMethod.ValueType] = {
     "offline": flow_pb2.CHANGE_POINT_METHOD_OFFLINE,
     "online": flow_pb2.CHANGE_POINT_METHOD_ONLINE,
 }

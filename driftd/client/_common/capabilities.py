@@ -23,22 +23,22 @@ from driftd.v1 import (
     routing_pb2,
 )
 
-EVENT_TYPES = {
+EVENT_TYPES: dict[str, monitor_pb2.EventType.ValueType] = {
     "points_upserted": monitor_pb2.EVENT_TYPE_POINTS_UPSERTED,
     "points_deleted": monitor_pb2.EVENT_TYPE_POINTS_DELETED,
     "chapter_detected": monitor_pb2.EVENT_TYPE_CHAPTER_DETECTED,
     "drift_alarm": monitor_pb2.EVENT_TYPE_DRIFT_ALARM,
 }
-INTENTS = {
+INTENTS: dict[str, behavior_pb2.BehaviorIntent.ValueType] = {
     name.removeprefix("BEHAVIOR_INTENT_").lower(): value
     for name, value in behavior_pb2.BehaviorIntent.items()
     if value
 }
-POLARITIES = {
+POLARITIES: dict[str, behavior_pb2.BehaviorPolarity.ValueType] = {
     "positive": behavior_pb2.BEHAVIOR_POLARITY_POSITIVE,
     "negative": behavior_pb2.BEHAVIOR_POLARITY_NEGATIVE,
 }
-BEHAVIOR_STATES = {
+BEHAVIOR_STATES: dict[str, behavior_pb2.BehaviorState.ValueType] = {
     "": behavior_pb2.BEHAVIOR_STATE_UNSPECIFIED,
     "active": behavior_pb2.BEHAVIOR_STATE_ACTIVE,
     "superseded": behavior_pb2.BEHAVIOR_STATE_SUPERSEDED,
@@ -166,7 +166,8 @@ def read_event(
 
 def _policy(policy: Mapping[str, float] | None) -> behavior_pb2.BehaviorPolicy:
     try:
-        return behavior_pb2.BehaviorPolicy(**(policy or {}))
+        fields: dict[str, Any] = dict(policy or {})
+        return behavior_pb2.BehaviorPolicy(**fields)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(
             f"policy: {exc}", field_violations=[FieldViolation("policy", str(exc))]

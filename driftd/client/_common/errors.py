@@ -38,7 +38,8 @@ def from_rpc_error(err: grpc.RpcError, index_offset: int | None = None) -> Drift
     has_status = callable(getattr(err, "code", None))
     code = err.code() if has_status else grpc.StatusCode.UNKNOWN
     message = (err.details() if has_status else "") or code.name
-    reason, metadata, violations = None, {}, []
+    reason, metadata = None, {}
+    violations: list[FieldViolation] = []
     for detail in _status_details(err) if has_status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from driftd.errors import (
 from driftd.v1 import (
     point_pb2,
 )
+
+#: An enum value of a driftd.v1 proto.
+E = TypeVar("E")
 
 
 def parse_time(value: object) -> datetime | None:
@@ -97,7 +100,7 @@ def parse_point(raw: PointLike, index: int = 0) -> types.Point:
             ("INVALID_PAYLOAD", f"{at}.payload", "must map strings to strings, numbers or bools")
         )
 
-    if problems:
+    if problems or not isinstance(pid, str):
         _raise_bad(index, problems)
     return types.Point(
         id=pid, time=time, series=series, vector=vector, text=text or None, payload=dict(payload)
@@ -180,7 +183,7 @@ def _exactly_one(field: str, **options: object) -> None:
         )
 
 
-def _choice(value: str, options: Mapping[str, int], field: str) -> int:
+def _choice(value: str, options: Mapping[str, E], field: str) -> E:
     if value not in options:
         raise InvalidArgument(
             f"{field} must be one of {', '.join(o for o in options if o)}, got {value!r}",

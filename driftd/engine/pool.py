@@ -30,6 +30,7 @@ import weakref
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import context, spawn
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
@@ -94,9 +95,11 @@ class _Context(context.ForkServerContext):
         self.started: weakref.WeakSet = weakref.WeakSet()
         self._count = 0
 
-    def Process(self, *args, **kwargs):  # noqa: N802 (multiprocessing's name)
+    # A method where typeshed declares a class attribute: the executor only calls it.
+    def Process(self, *args, **kwargs):  # type: ignore[override]  # noqa: N802
         self._count += 1
-        process = context.ForkServerProcess(*args, name=f"{WORKER_NAME}-{self._count}", **kwargs)
+        kwargs["name"] = f"{WORKER_NAME}-{self._count}"
+        process = context.ForkServerProcess(*args, **kwargs)
         self.started.add(process)
         return process
 
@@ -129,7 +132,7 @@ class MathPool:
         loop = asyncio.get_running_loop()
         self._pending += 1
         POOL_QUEUE_DEPTH.set(self._pending)
-        blocks = []
+        blocks: list[SharedMemory] = []
         try:
             if any(_shareable(a) for a in (*args, *kwargs.values())):
                 args, kwargs = await asyncio.to_thread(_share_all, fn, args, kwargs, blocks)
@@ -203,7 +206,7 @@ def _shareable(value) -> bool:
     )
 
 
-def _share_all(fn, args: tuple, kwargs: dict, blocks: list) -> tuple[tuple, dict]:
+def _share_all(fn, args: tuple, kwargs: dict, blocks: list[SharedMemory]) -> tuple[tuple, dict]:
     """``args`` and ``kwargs`` of task ``fn`` with shareable values moved to shared
     memory (run on a thread); the blocks made are appended to ``blocks`` as they are
     made, for the caller to unlink even if a later one fails. A value that finds no

@@ -62,5 +62,5 @@ def run(slot: int, fn, args: tuple, kwargs: dict):
 def checkpoint() -> None:
     """Raises :class:`Cancelled` when the running task's caller has gone; call it in
     every loop of the math whose iterations can add up to more than ~0.1 s."""
-    if _slot >= 0 and _flags[_slot]:
+    if _slot >= 0 and _flags is not None and _flags[_slot]:
         raise Cancelled

@@ -14,13 +14,13 @@ from collections.abc import Iterable
 
 from grpc_health.v1 import health, health_pb2
 
-from driftd.engine import AsyncDriftDB
+from driftd.engine.root import Driftd
 
 logger = logging.getLogger(__name__)
 
 
 async def follow_storage(
-    engine: AsyncDriftDB,
+    root: Driftd,
     servicer: health.aio.HealthServicer,
     services: Iterable[str],
     interval: float,
@@ -31,7 +31,7 @@ async def follow_storage(
     serving = True
     while True:
         await asyncio.sleep(interval)
-        ok = await engine.ready(timeout=interval)
+        ok = await root.ready(timeout=interval)
         if ok == serving:
             continue
         serving = ok

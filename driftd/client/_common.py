@@ -59,6 +59,29 @@ T = TypeVar("T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
+
+def parse_target(
+    target: str, credentials: grpc.ChannelCredentials | None
+) -> tuple[str, grpc.ChannelCredentials | None]:
+    """The gRPC target and credentials for what users write as a server address.
+
+    ``http://host:port`` is plaintext ``host:port``; ``https://host:port`` is TLS
+    with the system's root certificates unless ``credentials`` are given (port
+    80/443 when absent); a trailing ``/`` is dropped. Anything else is a gRPC
+    target as is (``host:port``, ``dns:///host:port``, ``unix:path``).
+    """
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return target, credentials
+    tls = scheme.lower() == "https"
+    host = rest.rstrip("/")
+    if not host.rpartition(":")[2].isdigit() or host.endswith("]"):
+        host = f"{host}:{443 if tls else 80}"
+    if tls and credentials is None:
+        credentials = grpc.ssl_channel_credentials()
+    return host, credentials
+
+
 #: Channel options applied unless the caller overrides them. gRPC's 4 MiB default
 #: receive limit is too small for vectors (grpc/grpc#15738); 64 MiB matches the
 #: server's default ``max_message_bytes``.
@@ -612,6 +635,7 @@ def search(
     series: str,
     payload_filter: Mapping | None,
     include_vectors: bool,
+    payload_conditions: Sequence[types.PayloadCondition] = (),
 ) -> Call[list[types.ScoredPoint]]:
     _exactly_one("query", vector=vector, text=text)
     request = point_pb2.SearchPointsRequest(
@@ -627,6 +651,7 @@ def search(
         request.text = text
     if payload_filter:
         request.payload_filter.CopyFrom(convert.dict_to_struct(payload_filter))
+    request.payload_conditions.extend(convert.conditions_to_proto(payload_conditions))
     return Call(
         "points.SearchPoints",
         request,
@@ -1069,14 +1094,25 @@ def read_step(r: flow_pb2.SimulatePathsResponse) -> tuple[types.SimulationStep]:
 
 
 def trajectory_request(
-    name: str, *, start: Time, end: Time, series: str, include_vectors: bool
+    name: str,
+    *,
+    start: Time,
+    end: Time,
+    series: str,
+    include_vectors: bool,
+    payload_filter: Mapping | None = None,
+    payload_conditions: Sequence[types.PayloadCondition] = (),
 ) -> point_pb2.GetTrajectoryRequest:
-    return point_pb2.GetTrajectoryRequest(
+    request = point_pb2.GetTrajectoryRequest(
         parent=convert.collection_name(name),
         time_range=_time_range(start, end),
         series=series,
         include_vectors=include_vectors,
+        payload_conditions=convert.conditions_to_proto(payload_conditions),
     )
+    if payload_filter:
+        request.payload_filter.CopyFrom(convert.dict_to_struct(payload_filter))
+    return request
 
 
 def simulate_request(

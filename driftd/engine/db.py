@@ -54,6 +54,7 @@ from driftd.types import (
     ChapterSet,
     CollectionInfo,
     FlowProbe,
+    PayloadCondition,
     Point,
     Representative,
     ScoredPoint,
@@ -166,11 +167,17 @@ class AsyncDriftDB:
         """The math process pool."""
         return self._pool
 
-    async def embed(self, model: str, texts: list[str]) -> np.ndarray:
+    async def embed(self, model: str, texts: list[str], *, field: str = "text") -> np.ndarray:
         """Embeds texts on the embedding thread: (n,) str -> (n, d) float32.
 
-        Raises InvalidArgument(UNKNOWN_EMBED_MODEL).
+        The model reads the first 256 tokens of each text (all-MiniLM-L6-v2's
+        window); the rest of a longer text is not embedded.
+
+        Raises InvalidArgument(UNKNOWN_EMBED_MODEL; LIMIT_EXCEEDED: a text over
+        ``max_text_bytes`` or all over ``max_request_text_bytes``, ``field``
+        names them).
         """
+        v.check_texts(texts, self.settings, field)
         return await asyncio.get_running_loop().run_in_executor(
             self._embed_thread, self._embedders.embed, model, texts
         )
@@ -283,14 +290,15 @@ class AsyncDriftDB:
         """Creates a collection.
 
         Args:
-            name: 3-63 chars of [A-Za-z0-9._-], alphanumeric at both ends.
+            name: 3-512 chars of [A-Za-z0-9._-], alphanumeric at both ends.
             dim: vector dimension; defaults to the embed model's.
             distance: "cosine", "l2" or "ip".
             embed_model: fastembed model that embeds texts; None/"" refuses texts.
 
         Raises:
             InvalidArgument: bad name, distance or dimension (INVALID_NAME,
-                INVALID_FIELD, DIMENSION_MISMATCH), unknown model (UNKNOWN_EMBED_MODEL).
+                INVALID_FIELD, DIMENSION_MISMATCH), unknown model (UNKNOWN_EMBED_MODEL),
+                dimension over ``max_dimension`` (LIMIT_EXCEEDED).
             AlreadyExists: the name is taken.
         """
         v.check_collection_id(name)
@@ -318,7 +326,7 @@ class AsyncDriftDB:
                 "dimension is required when there is no embed model",
                 field_violations=[FieldViolation("collection.dimension", "required")],
             )
-        v.check_range(dim, 1, 65_536, "collection.dimension")
+        v.check_range(dim, 1, self.settings.max_dimension, "collection.dimension")
         meta = StoredCollection(name, int(dim), distance, embed_model, time.time(), 0)
         meta = await self.on_store(lambda: self._store.create(meta))
         gone = self._collections.pop(name, None)
@@ -418,22 +426,28 @@ class AsyncDriftDB:
         coll = await self._collection(name)
         v.check_batch_size(len(points), self.settings.max_batch_points)
         meta = coll.meta
-        reserved = frozenset(k for k in (meta.time_key, meta.series_key) if k)
+        reserved = _reserved_keys(meta)
         batch, errors = v.validate_points(
-            points, dimension=meta.dimension, embed_model=meta.embed_model, reserved_keys=reserved
+            points,
+            dimension=meta.dimension,
+            distance=meta.distance,
+            embed_model=meta.embed_model,
+            reserved_keys=reserved,
+            limits=self.settings,
         )
         if not lenient:
             v.raise_for_errors(errors)
         n = len(batch.points)
         if n == 0:
             return UpsertResult(0, 0, meta.version, tuple(errors))
+        v.check_texts([p.text for p in batch.points if p.text], self.settings, "points")
         vectors = np.empty((n, meta.dimension), dtype=np.float32)
         for j, p in enumerate(batch.points):
             if p.vector is not None:
                 vectors[j] = p.vector
         if batch.to_embed:
             embedded = await self.embed(
-                meta.embed_model, [batch.points[j].text for j in batch.to_embed]
+                meta.embed_model, [batch.points[j].text for j in batch.to_embed], field="points"
             )
             if embedded.shape[1] != meta.dimension:
                 raise FailedPrecondition(
@@ -530,17 +544,29 @@ class AsyncDriftDB:
         series: str = "",
         include_vectors: bool = False,
         chunk_size: int = 500,
+        payload_filter: Mapping | None = None,
+        payload_conditions: Sequence[PayloadCondition] = (),
     ) -> AsyncIterator[list[Point]]:
-        """Points of a time window in time order, in chunks of ``chunk_size``.
+        """Points of a time window in time order, in chunks of ``chunk_size``;
+        only those matching ``payload_filter`` (equality) and every one of
+        ``payload_conditions`` when given.
 
         An async generator: stop iterating (or ``aclose()``) to stop the reads.
-        Raises NotFound, InvalidArgument (chunk_size outside 1-10000).
+        Raises NotFound, InvalidArgument (chunk_size outside 1-10000;
+        INVALID_FILTER, see :func:`driftd.engine.validate.check_filter`).
         """
         v.check_range(chunk_size, 1, 10_000, "chunk_size")
         coll = await self._collection(name)
+        where = payload_where(
+            v.check_filter(payload_filter, payload_conditions, _reserved_keys(coll.meta))
+        )
         cache = await self._loaded(coll)
         snap = cache.snapshot()
         positions = snap.select(start, end, series)
+        if where is not None:
+            allowed = await self.on_store(lambda: self._store.ids_where(coll.meta, where))
+            keep = np.fromiter((str(i) in allowed for i in snap.ids[positions]), dtype=bool)
+            positions = positions[keep]
         for lo in range(0, len(positions), chunk_size):
             pos = positions[lo : lo + chunk_size]
             ids = [str(i) for i in snap.ids[pos]]
@@ -566,15 +592,17 @@ class AsyncDriftDB:
         start: datetime | None = None,
         end: datetime | None = None,
         series: str = "",
-        payload_filter: dict | None = None,
+        payload_filter: Mapping | None = None,
         include_vectors: bool = False,
+        payload_conditions: Sequence[PayloadCondition] = (),
     ) -> list[ScoredPoint]:
         """The top_k nearest points to a vector or text.
 
         Without a time/series filter this is Chroma's HNSW search (payload filter
         as a Chroma ``where``); with one, an exact scan of the cached trajectory.
 
-        Raises NotFound, InvalidArgument (query, top_k), FailedPrecondition (text
+        Raises NotFound, InvalidArgument (query, top_k; INVALID_FILTER, see
+        :func:`driftd.engine.validate.check_filter`), FailedPrecondition (text
         without an embed model).
         """
         coll = await self._collection(name)
@@ -582,7 +610,9 @@ class AsyncDriftDB:
         query = await self._start_vector(
             coll, vector=vector, text=text, point_id=None, field="query"
         )
-        where = payload_where(payload_filter or {})
+        where = payload_where(
+            v.check_filter(payload_filter, payload_conditions, _reserved_keys(coll.meta))
+        )
         cache = await self._loaded(coll)
         if start is None and end is None and not series:
             hits = await self.on_store(lambda: self._store.query(coll.meta, query, top_k, where))
@@ -640,6 +670,12 @@ class AsyncDriftDB:
                     reason="NON_FINITE_VECTOR",
                     field_violations=[FieldViolation(f"{field}.vector", "must be finite")],
                 )
+            if meta.distance == "cosine" and v.is_zero(vec):
+                raise InvalidArgument(
+                    f"{field}.vector is all zero: it has no cosine direction",
+                    reason="ZERO_VECTOR",
+                    field_violations=[FieldViolation(f"{field}.vector", "must not be all zero")],
+                )
             return vec
         if text:
             if not meta.embed_model:
@@ -648,7 +684,7 @@ class AsyncDriftDB:
                     reason="NO_EMBED_MODEL",
                     field_violations=[FieldViolation(f"{field}.text", "no embed model")],
                 )
-            return (await self.embed(meta.embed_model, [text]))[0]
+            return (await self.embed(meta.embed_model, [text], field=f"{field}.text"))[0]
         cache = await self._loaded(coll)
         row = cache.row_of(point_id)
         if row is None:
@@ -1080,6 +1116,11 @@ class AsyncDriftDB:
             representatives=await self._representatives(coll, snap, reps, centre, cosine),
             attractor_id=attractor_id,
         )
+
+
+def _reserved_keys(meta: StoredCollection) -> frozenset[str]:
+    """The collection's own metadata keys: neither a payload nor a filter may use them."""
+    return frozenset(k for k in (meta.time_key, meta.series_key) if k)
 
 
 def _not_enough(required: int, available: int, what: str = "points") -> FailedPrecondition:

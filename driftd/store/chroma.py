@@ -30,7 +30,7 @@ import chromadb
 import chromadb.errors
 import numpy as np
 
-from driftd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from driftd.errors import AlreadyExists, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -470,20 +470,11 @@ class ChromaStore:
         return set(self._chroma(meta.name).get(where=where, include=[])["ids"])
 
 
-def payload_where(payload_filter: dict) -> dict | None:
-    """Equality on every key as a Chroma ``where`` filter.
-
-    Raises:
-        InvalidArgument: a value is not a scalar.
-    """
-    clauses = []
-    for key, value in payload_filter.items():
-        if not isinstance(value, str | int | float | bool):
-            raise InvalidArgument(
-                f"payload_filter[{key!r}] must be a string, number or bool",
-                reason="INVALID_PAYLOAD",
-            )
-        clauses.append({key: {"$eq": value}})
-    if not clauses:
+def payload_where(clauses: Sequence[tuple[str, str, object]]) -> dict | None:
+    """Validated ``(key, operator, operand)`` clauses
+    (:func:`driftd.engine.validate.check_filter`) as one Chroma ``where`` (AND);
+    None when there are none."""
+    where = [{key: {op: operand}} for key, op, operand in clauses]
+    if not where:
         return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    return where[0] if len(where) == 1 else {"$and": where}

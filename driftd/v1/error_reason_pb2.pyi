@@ -64,6 +64,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the server is starting or shutting down."""
     INTERNAL_ERROR: _ErrorReason.ValueType  # 20
     """INTERNAL: an unexpected failure; the message has details for the operator."""
+    ZERO_VECTOR: _ErrorReason.ValueType  # 21
+    """INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+    direction) or as a query/start of one.
+    """
+    MALFORMED_REQUEST: _ErrorReason.ValueType  # 22
+    """INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+    holds invalid UTF-8).
+    """
+    INVALID_FILTER: _ErrorReason.ValueType  # 23
+    """INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+    starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+    condition that is empty or mixes value types.
+    """
     CONVERSATION_NOT_FOUND: _ErrorReason.ValueType  # 100
     """NOT_FOUND: the conversation has no messages."""
     BRANCH_NOT_FOUND: _ErrorReason.ValueType  # 101
@@ -137,6 +150,19 @@ NOT_SERVING: ErrorReason.ValueType  # 19
 """UNAVAILABLE: the server is starting or shutting down."""
 INTERNAL_ERROR: ErrorReason.ValueType  # 20
 """INTERNAL: an unexpected failure; the message has details for the operator."""
+ZERO_VECTOR: ErrorReason.ValueType  # 21
+"""INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+direction) or as a query/start of one.
+"""
+MALFORMED_REQUEST: ErrorReason.ValueType  # 22
+"""INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+holds invalid UTF-8).
+"""
+INVALID_FILTER: ErrorReason.ValueType  # 23
+"""INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+condition that is empty or mixes value types.
+"""
 CONVERSATION_NOT_FOUND: ErrorReason.ValueType  # 100
 """NOT_FOUND: the conversation has no messages."""
 BRANCH_NOT_FOUND: ErrorReason.ValueType  # 101

@@ -1,0 +1,206 @@
+"""Server interceptor: every request message is checked as it is parsed.
+
+grpc.aio parses a request with the handler's deserializer before any servicer
+code runs, and reports a parse failure (e.g. invalid UTF-8 in a string field:
+protobuf's DecodeError) as UNKNOWN "Unexpected DecodeError" with no details.
+This interceptor wraps the deserializer so that such a request, and one holding
+a ``google.protobuf.Timestamp`` or ``Duration`` outside the range those types
+define (years 0001-9999; +-10,000 years), is answered INVALID_ARGUMENT with an
+ErrorInfo, by :func:`driftd.server.status.abort` like every other error. It
+covers every RPC, unary or streaming, and any field added later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor
+from google.protobuf.message import Message
+
+from driftd.errors import FieldViolation, InvalidArgument
+from driftd.server.status import abort
+
+_TIMESTAMP = "google.protobuf.Timestamp"
+_DURATION = "google.protobuf.Duration"
+# Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z
+# (google/protobuf/timestamp.proto); Duration: +-315,576,000,000 s
+# (google/protobuf/duration.proto), nanos of the same sign as seconds.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+_MAX_DURATION_SECONDS = 315_576_000_000
+_NANOS = 1_000_000_000
+
+
+class _Rejected:
+    """Stands in for a request message that failed its checks."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def _contains_time(desc: descriptor.Descriptor, outer: frozenset[str]) -> bool:
+    """Whether ``desc`` holds a Timestamp or Duration at any depth; ``outer``
+    are the types being visited (recursive types such as Struct end there)."""
+    for f in desc.fields:
+        sub = f.message_type
+        if sub is None or sub.full_name in outer:
+            continue
+        if sub.full_name in (_TIMESTAMP, _DURATION) or _contains_time(
+            sub, outer | {desc.full_name}
+        ):
+            return True
+    return False
+
+
+@functools.cache
+def _time_fields(desc: descriptor.Descriptor) -> tuple[tuple[descriptor.FieldDescriptor, str], ...]:
+    """The fields of ``desc`` to visit: ``(field, kind)`` with kind "timestamp",
+    "duration" or "message" (a message type that contains either, at any depth)."""
+    out = []
+    for f in desc.fields:
+        if f.message_type is None:
+            continue
+        name = f.message_type.full_name
+        if name == _TIMESTAMP:
+            out.append((f, "timestamp"))
+        elif name == _DURATION:
+            out.append((f, "duration"))
+        elif _contains_time(f.message_type, frozenset({desc.full_name})):
+            out.append((f, "message"))
+    return tuple(out)
+
+
+def _time_problem(msg: Message, kind: str) -> tuple[str, str] | None:
+    """``(reason, description)`` when a Timestamp/Duration is out of its range."""
+    seconds, nanos = msg.seconds, msg.nanos  # type: ignore[attr-defined]
+    if kind == "timestamp":
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < _NANOS):
+            return "INVALID_TIMESTAMP", "must be between 0001-01-01 and 9999-12-31 (UTC)"
+        return None
+    if (
+        abs(seconds) > _MAX_DURATION_SECONDS
+        or abs(nanos) >= _NANOS
+        or (seconds > 0 > nanos)
+        or (seconds < 0 < nanos)
+    ):
+        return "LIMIT_EXCEEDED", "must be within +-315576000000 seconds (10,000 years)"
+    return None
+
+
+def check_times(message: Message, prefix: str = "") -> InvalidArgument | None:
+    """The error for the first Timestamp/Duration of ``message`` (at any depth)
+    outside its type's range, or None. Visits only the fields that can hold one."""
+    for f, kind in _time_fields(message.DESCRIPTOR):
+        repeated = f.is_repeated
+        if not repeated and not message.HasField(f.name):
+            continue
+        values = getattr(message, f.name) if repeated else [getattr(message, f.name)]
+        for i, value in enumerate(values):
+            path = f"{prefix}{f.name}" + (f"[{i}]" if repeated else "")
+            if kind == "message":
+                error = check_times(value, path + ".")
+                if error is not None:
+                    return error
+                continue
+            problem = _time_problem(value, kind)
+            if problem is not None:
+                reason, description = problem
+                return InvalidArgument(
+                    f"{path}: {description}",
+                    reason=reason,
+                    field_violations=[FieldViolation(path, description)],
+                )
+    return None
+
+
+def _checked_deserializer(parse: Callable[[bytes], Message]) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            message = parse(raw)
+        except Exception as exc:  # protobuf's DecodeError, whatever its implementation
+            return _Rejected(
+                InvalidArgument(
+                    f"the request message does not parse: {exc}",
+                    reason="MALFORMED_REQUEST",
+                    field_violations=[
+                        FieldViolation("", "not a valid message (e.g. invalid UTF-8 in a string)")
+                    ],
+                )
+            )
+        error = check_times(message)
+        return message if error is None else _Rejected(error)
+
+    return deserialize
+
+
+async def _checked_requests(
+    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, where: str
+) -> AsyncIterator[Any]:
+    """The stream's messages; a rejected one ends the RPC with its status."""
+    async for request in requests:
+        if isinstance(request, _Rejected):
+            await abort(context, request.error, where)
+        yield request
+
+
+def _wrap(handler: grpc.RpcMethodHandler, where: str) -> grpc.RpcMethodHandler:
+    """``handler`` with the checking deserializer and a behaviour that answers
+    a rejected request; a generator behaviour stays a generator (the metrics
+    interceptor tells the two kinds apart)."""
+    field = {
+        (False, False): "unary_unary",
+        (False, True): "unary_stream",
+        (True, False): "stream_unary",
+        (True, True): "stream_stream",
+    }[(handler.request_streaming, handler.response_streaming)]
+    behaviour = getattr(handler, field)
+
+    async def admit(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if handler.request_streaming:
+            return _checked_requests(request, context, where)
+        if isinstance(request, _Rejected):
+            await abort(context, request.error, where)
+        return request
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def generator(request, context) -> AsyncIterator[Any]:
+            request = await admit(request, context)
+            async with contextlib.aclosing(behaviour(request, context)) as responses:
+                async for response in responses:
+                    yield response
+
+        wrapped: Callable[..., Any] = generator
+    else:
+
+        async def call(request, context) -> Any:
+            return await behaviour(await admit(request, context), context)
+
+        wrapped = call
+    return handler._replace(
+        request_deserializer=_checked_deserializer(handler.request_deserializer),
+        **{field: wrapped},
+    )
+
+
+class RequestCheckInterceptor(grpc.aio.ServerInterceptor):
+    """Answers unparsable requests (MALFORMED_REQUEST) and out-of-range
+    Timestamps (INVALID_TIMESTAMP) and Durations (LIMIT_EXCEEDED) with
+    INVALID_ARGUMENT before the servicer runs. Handlers without a request
+    deserializer (raw bytes) pass unchanged."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return _wrap(handler, handler_call_details.method)

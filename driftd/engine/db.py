@@ -468,9 +468,14 @@ class AsyncDriftDB:
                 texts=[p.text for p in batch.points],
                 payloads=[p.payload for p in batch.points],
             )
+            # Ids stored already (all of them when the cache was just dropped).
+            cache = coll.cache
+            replacing = (
+                cols.ids if cache is None else [i for i in cols.ids if cache.row_of(i) is not None]
+            )
 
             def write() -> tuple[StoredCollection, SeenWrites | None]:
-                self._store.upsert(coll.meta, cols)
+                self._store.upsert(coll.meta, cols, replacing)
                 return self._store.commit(coll.meta, version, coll.seen)
 
             coll.meta, seen = await self.on_store(write)

@@ -358,8 +358,13 @@ class ChromaStore:
 
     # --- points --------------------------------------------------------------
 
-    def upsert(self, meta: StoredCollection, cols: Columns) -> None:
+    def upsert(self, meta: StoredCollection, cols: Columns, replacing: Sequence[str] = ()) -> None:
         """Writes the points in Chroma-sized chunks; durable when it returns.
+
+        ``replacing`` are the ids that exist already. Chroma's upsert merges
+        metadata and keeps a document it is not given, so for those the keys
+        the new point lacks are deleted (set to None) and a missing text
+        becomes "" (read back as None): an upsert replaces the whole point.
 
         The batch was validated whole before; should a later chunk still fail,
         the earlier chunks of this batch are deleted again so nothing is half-written.
@@ -373,6 +378,22 @@ class ChromaStore:
             if cols.series[i]:
                 md[meta.series_key] = cols.series[i]
             metadatas.append(md)
+        texts = list(cols.texts) if cols.texts else [None] * len(cols.ids)
+        if replacing:
+            at = {pid: i for i, pid in enumerate(cols.ids)}
+            for lo in range(0, len(replacing), self.max_batch_size):
+                old = col.get(
+                    ids=list(replacing[lo : lo + self.max_batch_size]),
+                    include=["metadatas", "documents"],
+                )
+                for pid, old_md, old_doc in zip(
+                    old["ids"], old["metadatas"], old["documents"], strict=True
+                ):
+                    i = at[pid]
+                    for key in (old_md or {}).keys() - metadatas[i].keys():
+                        metadatas[i][key] = None
+                    if old_doc and texts[i] is None:
+                        texts[i] = ""
         written: list[str] = []
         step = self.max_batch_size
         try:
@@ -382,7 +403,7 @@ class ChromaStore:
                     ids=cols.ids[lo:hi],
                     embeddings=cols.vectors[lo:hi],
                     metadatas=metadatas[lo:hi],
-                    documents=cols.texts[lo:hi] if cols.texts else None,
+                    documents=texts[lo:hi] if any(t is not None for t in texts) else None,
                 )
                 written.extend(cols.ids[lo:hi])
         except Exception:
@@ -412,7 +433,7 @@ class ChromaStore:
                     pid,
                     t if t is not None else float("nan"),
                     series,
-                    got["documents"][j],
+                    got["documents"][j] or None,
                     payload,
                     vec,
                 )

@@ -502,8 +502,10 @@ class AsyncDriftDB:
         """
         coll = await self._collection(name)
         v.check_batch_size(len(ids), self.settings.max_batch_points, "ids")
+        # Chroma refuses a get with an id twice (a caller's repeat is not an error).
+        unique = list(dict.fromkeys(ids))
         records = await self.on_store(
-            lambda: self._store.fetch(coll.meta, list(ids), include_vectors=include_vectors)
+            lambda: self._store.fetch(coll.meta, unique, include_vectors=include_vectors)
         )
         found = [self._point(records[i]) for i in ids if i in records]
         return found, [i for i in ids if i not in records]

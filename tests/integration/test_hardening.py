@@ -454,3 +454,9 @@ def test_http_target_is_plaintext(server):
         assert isinstance(list(c.list_collections()), list)
     with DriftClient(f"http://{server.target}/", timeout=30) as c:
         assert isinstance(list(c.list_collections()), list)
+
+
+def test_get_points_with_a_repeated_id(client, cosine):
+    """Found by the fuzz suite: Chroma refused the repeated id (INTERNAL)."""
+    found, missing = client.get_points("hard-cos", ["p1", "p1", "nope", "nope"])
+    assert [p.id for p in found] == ["p1", "p1"] and missing == ["nope", "nope"]

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo proto lint bench bench-drift bench-flow bench-routing clean clients clients-check buf-check release-image deploy-check grpcurl-check
+.PHONY: run test fuzz demo proto lint bench bench-drift bench-flow bench-routing clean clients clients-check buf-check release-image deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: $(STAMP)
 ## test: the whole test suite (real server on loopback, real Chroma, real model)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## fuzz: the fuzz suite at length: 1000 randomised requests per RPC (make test runs 40, fixed)
+fuzz: $(STAMP)
+	DRIFTD_FUZZ_EXAMPLES=$${DRIFTD_FUZZ_EXAMPLES:-1000} DRIFTD_FUZZ_RANDOM=1 \
+		$(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 ## demo: stream the State of the Union paragraphs through the gRPC API and print the flow
 demo: $(STAMP)

@@ -42,7 +42,7 @@ class PayloadCondition:
     Set the range bounds (``gt``/``gte``/``lt``/``lte``: a number within them),
     or ``any_of`` (the value is one of these), or ``none_of`` (none of these);
     exactly one kind per condition. Set values hold one type (strings, numbers
-    or bools). A point without ``key`` never matches.
+    or bools). A point without ``key`` matches only ``none_of``.
     """
 
     key: str

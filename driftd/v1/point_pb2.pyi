@@ -551,7 +551,7 @@ Global___SearchPointsRequest: _TypeAlias = SearchPointsRequest  # noqa: Y015
 @_typing.final
 class PayloadCondition(_message.Message):
     """A typed condition on one payload value, as Chroma's `where` and Qdrant's
-    range/match filters offer. A point without the key never matches.
+    range/match filters offer. A point without the key matches only `none_of`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -572,8 +572,8 @@ class PayloadCondition(_message.Message):
 
     @_builtins.property
     def none_of(self) -> Global___ValueSet:
-        """The value is none of these (SQL NOT IN; Chroma $nin). Points without
-        the key do not match either.
+        """The value is none of these (Chroma $nin); points without the key
+        match too.
         """
 
     def __init__(

@@ -460,3 +460,19 @@ def test_get_points_with_a_repeated_id(client, cosine):
     """Found by the fuzz suite: Chroma refused the repeated id (INTERNAL)."""
     found, missing = client.get_points("hard-cos", ["p1", "p1", "nope", "nope"])
     assert [p.id for p in found] == ["p1", "p1"] and missing == ["nope", "nope"]
+
+
+def test_none_of_matches_points_without_the_key(client):
+    client.create_collection(name="hard-missing", dim=DIM, distance="l2")
+    client.upsert(
+        "hard-missing",
+        [
+            {"id": "x", "timestamp": T0, "vector": [1, 0, 0, 0], "payload": {"k": "x"}},
+            {"id": "y", "timestamp": T0, "vector": [0, 1, 0, 0], "payload": {"k": "y"}},
+            {"id": "none", "timestamp": T0, "vector": [0, 0, 1, 0]},
+        ],
+    )
+    ids = lambda c: {p.id for p in client.trajectory("hard-missing", payload_conditions=[c])}  # noqa: E731
+    assert ids(PayloadCondition("k", none_of=("x",))) == {"y", "none"}
+    assert ids(PayloadCondition("k", any_of=("x", "y"))) == {"x", "y"}
+    assert ids(PayloadCondition("k2", gte=0)) == set()

@@ -1053,7 +1053,7 @@ func (*SearchPointsRequest_Vector) isSearchPointsRequest_Query() {}
 func (*SearchPointsRequest_Text) isSearchPointsRequest_Query() {}
 
 // A typed condition on one payload value, as Chroma's `where` and Qdrant's
-// range/match filters offer. A point without the key never matches.
+// range/match filters offer. A point without the key matches only `none_of`.
 type PayloadCondition struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The payload key (the same rules as Point.payload keys).
@@ -1156,8 +1156,8 @@ type PayloadCondition_AnyOf struct {
 }
 
 type PayloadCondition_NoneOf struct {
-	// The value is none of these (SQL NOT IN; Chroma $nin). Points without
-	// the key do not match either.
+	// The value is none of these (Chroma $nin); points without the key
+	// match too.
 	NoneOf *ValueSet `protobuf:"bytes,4,opt,name=none_of,json=noneOf,proto3,oneof"`
 }
 

@@ -598,7 +598,7 @@ export const SearchPointsRequestSchema: GenMessage<SearchPointsRequest> = /*@__P
 
 /**
  * A typed condition on one payload value, as Chroma's `where` and Qdrant's
- * range/match filters offer. A point without the key never matches.
+ * range/match filters offer. A point without the key matches only `none_of`.
  *
  * @generated from message driftd.v1.PayloadCondition
  */
@@ -633,8 +633,8 @@ export type PayloadCondition = Message<"driftd.v1.PayloadCondition"> & {
     case: "anyOf";
   } | {
     /**
-     * The value is none of these (SQL NOT IN; Chroma $nin). Points without
-     * the key do not match either.
+     * The value is none of these (Chroma $nin); points without the key
+     * match too.
      *
      * @generated from field: driftd.v1.ValueSet none_of = 4;
      */

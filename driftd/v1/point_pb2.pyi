@@ -43,7 +43,9 @@ class Point(_message.Message):
     """
     text: _builtins.str
     """The text of the point. On input without a vector, it is embedded with the
-    collection's embed model.
+    collection's embed model, which reads its first 256 tokens (the rest is
+    stored, not embedded). At most the server's max_text_bytes (default
+    32 KiB of UTF-8; LIMIT_EXCEEDED).
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:

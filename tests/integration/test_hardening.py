@@ -476,3 +476,14 @@ def test_none_of_matches_points_without_the_key(client):
     assert ids(PayloadCondition("k", none_of=("x",))) == {"y", "none"}
     assert ids(PayloadCondition("k", any_of=("x", "y"))) == {"x", "y"}
     assert ids(PayloadCondition("k2", gte=0)) == set()
+
+
+def test_routing_content_over_max_text_bytes(channel):
+    from driftd.v1 import routing_pb2, routing_pb2_grpc
+
+    routing = routing_pb2_grpc.RoutingServiceStub(channel)
+    req = routing_pb2.RouteMessageRequest(
+        conversation="conversations/hard", role=routing_pb2.MESSAGE_ROLE_USER, content="é" * 20_000
+    )
+    code, reason, _, fields = rejected(lambda: routing.RouteMessage(req))
+    assert (code, reason, fields) == (INVALID, "LIMIT_EXCEEDED", ["content"])

@@ -41,7 +41,9 @@ type Point struct {
 	// when the request asked for vectors.
 	Vector []float32 `protobuf:"fixed32,4,rep,packed,name=vector,proto3" json:"vector,omitempty"`
 	// The text of the point. On input without a vector, it is embedded with the
-	// collection's embed model.
+	// collection's embed model, which reads its first 256 tokens (the rest is
+	// stored, not embedded). At most the server's max_text_bytes (default
+	// 32 KiB of UTF-8; LIMIT_EXCEEDED).
 	Text string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
 	// Flat metadata: string, number or bool values only (numbers are stored as
 	// double). Keys are 1-256 characters, printable, and may not start with

@@ -56,7 +56,9 @@ export type Point = Message<"driftd.v1.Point"> & {
 
   /**
    * The text of the point. On input without a vector, it is embedded with the
-   * collection's embed model.
+   * collection's embed model, which reads its first 256 tokens (the rest is
+   * stored, not embedded). At most the server's max_text_bytes (default
+   * 32 KiB of UTF-8; LIMIT_EXCEEDED).
    *
    * @generated from field: string text = 5;
    */

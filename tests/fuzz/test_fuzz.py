@@ -162,10 +162,9 @@ def _record(f: Fuzz, method, req, ok: bool, code, responses) -> None:
     elif name == "UpsertPoints" and ok:
         f.acked.setdefault(_collection(req.parent), set()).update(p.id for p in req.points)
     elif name == "StreamUpsertPoints":
+        # Acks come in batch order; a stream ends at its first refused batch.
         parent = req[0].parent if req else ""
-        by_sequence = {r.sequence: r for r in req}
-        for ack in responses:
-            batch = by_sequence[ack.sequence]
+        for batch, ack in zip(req, responses, strict=False):
             bad = {e.index for e in ack.errors}
             f.acked.setdefault(_collection(parent), set()).update(
                 p.id for i, p in enumerate(batch.points) if i not in bad

@@ -19,21 +19,13 @@ from hypothesis import strategies as st
 FD = descriptor.FieldDescriptor
 T0 = 1_704_067_200  # 2024-01-01T00:00:00Z, where the seeded points are
 
-#: Values a field of this name usually means; drawn half of the time.
+#: Values a field of this name usually means; a sane message draws from them.
 HINTS: dict[str, list[str]] = {
-    "parent": [
-        "collections/fuzz-cos",
-        "collections/fuzz-l2",
-        "collections/fuzz-text",
-        "users/u1",
-        "conversations/c1",
-    ],
+    "parent": ["collections/fuzz-cos", "collections/fuzz-l2", "collections/fuzz-text"],
     "name": [
         "collections/fuzz-cos",
         "collections/fuzz-text",
         "collections/fuzz-cos/driftRules/r1",
-        "conversations/c1/branches/b1",
-        "conversations/c1",
     ],
     "collection_id": ["fuzz-tmp", "fuzz-tmp2"],
     "chroma_collection": ["fuzz-cos", "fuzz-tmp", "driftd.sys.writes"],
@@ -51,15 +43,20 @@ HINTS: dict[str, list[str]] = {
     "text": ["the economy grows", "war and peace"],
     "content": ["book a table for two", "what about the weather"],
 }
-#: Per request field, where the hint must differ: fuzzed deletes only touch
-#: the fuzz's own scratch collection, never the seeded ones.
+#: Resource names of the services that are not about collections.
+_USERS = ["users/u1", "users/u2"]
+_BRANCHES = ["conversations/c1/branches/b1", "conversations/c1/branches/b2"]
+#: Per request field, where the hint must differ. Fuzzed deletes only touch
+#: the fuzz's own scratch collection and points, so the seeded ones stay for
+#: the calls that read them.
 OVERRIDES: dict[tuple[str, str], list[str]] = {
     ("DeleteCollectionRequest", "name"): ["collections/fuzz-tmp", "collections/fuzz-tmp2"],
+    ("DeletePointsRequest", "ids"): ["new1", "new2", "p59"],
     ("ListBranchesRequest", "parent"): ["conversations/c1", "conversations/c2"],
-    ("GetBranchContextRequest", "name"): ["conversations/c1/branches/b1"],
-    ("ExtractFactsRequest", "name"): ["conversations/c1/branches/b1"],
-    ("ProcessBehaviorsRequest", "parent"): ["users/u1", "users/u2"],
-    ("ListBehaviorsRequest", "parent"): ["users/u1", "users/u2"],
+    ("GetBranchContextRequest", "name"): _BRANCHES,
+    ("ExtractFactsRequest", "name"): _BRANCHES,
+    ("ProcessBehaviorsRequest", "parent"): _USERS,
+    ("ListBehaviorsRequest", "parent"): _USERS,
 }
 HOSTILE_STRINGS = [
     "",
@@ -223,8 +220,12 @@ def _message(desc: descriptor.Descriptor, depth: int, sane: bool) -> st.SearchSt
         if depth > 3:
             return msg
         for f in desc.fields:
-            # A sane message names its target (strings with hints) always.
-            always = sane and f.type == FD.TYPE_STRING and f.name in HINTS
+            # A sane message names its target (strings with hints) and fills
+            # its message fields (a start, a window) always.
+            always = sane and (
+                (f.type == FD.TYPE_STRING and f.name in HINTS)
+                or (f.type == FD.TYPE_MESSAGE and not f.is_repeated)
+            )
             if not always and not draw(st.booleans()):
                 continue
             if f.is_repeated and f.type in (FD.TYPE_FLOAT, FD.TYPE_DOUBLE):

@@ -77,46 +77,68 @@ def _time_fields(desc: descriptor.Descriptor) -> tuple[tuple[descriptor.FieldDes
 
 
 def _time_problem(msg: Message, kind: str) -> tuple[str, str] | None:
-    """``(reason, description)`` when a Timestamp/Duration is out of its range."""
+    """``(reason, description)`` when a Timestamp/Duration is out of its range.
+    An unset one reads as zero, which is in range (required times are checked
+    where they are used)."""
     seconds, nanos = msg.seconds, msg.nanos  # type: ignore[attr-defined]
     if kind == "timestamp":
-        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < _NANOS):
-            return "INVALID_TIMESTAMP", "must be between 0001-01-01 and 9999-12-31 (UTC)"
-        return None
-    if (
-        abs(seconds) > _MAX_DURATION_SECONDS
-        or abs(nanos) >= _NANOS
-        or (seconds > 0 > nanos)
-        or (seconds < 0 < nanos)
+        if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < _NANOS:
+            return None
+        return "INVALID_TIMESTAMP", "must be between 0001-01-01 and 9999-12-31 (UTC)"
+    if -_MAX_DURATION_SECONDS <= seconds <= _MAX_DURATION_SECONDS and (
+        (seconds >= 0 and 0 <= nanos < _NANOS) or (seconds <= 0 and -_NANOS < nanos <= 0)
     ):
-        return "LIMIT_EXCEEDED", "must be within +-315576000000 seconds (10,000 years)"
-    return None
+        return None
+    return "LIMIT_EXCEEDED", "must be within +-315576000000 seconds (10,000 years)"
 
 
-def check_times(message: Message, prefix: str = "") -> InvalidArgument | None:
+#: A checker's finding: (path from the checked message, reason, description).
+_Finding = tuple[str, str, str]
+
+
+@functools.cache
+def _checker(desc: descriptor.Descriptor) -> Callable[[Message], _Finding | None]:
+    """A function finding the first out-of-range Timestamp/Duration of a
+    ``desc`` message. It reads only the fields that can hold one and builds a
+    field path only for a finding: 10,000 points are checked in a few ms."""
+    parts = []
+    for f, kind in _time_fields(desc):
+        sub = _checker(f.message_type) if kind == "message" else None
+        parts.append((f.name, f.is_repeated, sub, kind))
+
+    def check(message: Message) -> _Finding | None:
+        for name, repeated, sub, kind in parts:
+            value = getattr(message, name)
+            for i, item in enumerate(value) if repeated else ((None, value),):
+                if sub is not None:
+                    found = sub(item)
+                    if found is None:
+                        continue
+                    path, reason, description = found
+                else:
+                    problem = _time_problem(item, kind)
+                    if problem is None:
+                        continue
+                    path, (reason, description) = "", problem
+                here = name if i is None else f"{name}[{i}]"
+                return (f"{here}.{path}" if path else here), reason, description
+        return None
+
+    return check
+
+
+def check_times(message: Message) -> InvalidArgument | None:
     """The error for the first Timestamp/Duration of ``message`` (at any depth)
-    outside its type's range, or None. Visits only the fields that can hold one."""
-    for f, kind in _time_fields(message.DESCRIPTOR):
-        repeated = f.is_repeated
-        if not repeated and not message.HasField(f.name):
-            continue
-        values = getattr(message, f.name) if repeated else [getattr(message, f.name)]
-        for i, value in enumerate(values):
-            path = f"{prefix}{f.name}" + (f"[{i}]" if repeated else "")
-            if kind == "message":
-                error = check_times(value, path + ".")
-                if error is not None:
-                    return error
-                continue
-            problem = _time_problem(value, kind)
-            if problem is not None:
-                reason, description = problem
-                return InvalidArgument(
-                    f"{path}: {description}",
-                    reason=reason,
-                    field_violations=[FieldViolation(path, description)],
-                )
-    return None
+    outside its type's range, or None."""
+    found = _checker(message.DESCRIPTOR)(message)
+    if found is None:
+        return None
+    path, reason, description = found
+    return InvalidArgument(
+        f"{path}: {description}",
+        reason=reason,
+        field_violations=[FieldViolation(path, description)],
+    )
 
 
 def _checked_deserializer(parse: Callable[[bytes], Message]) -> Callable[[bytes], Any]:

@@ -185,6 +185,15 @@ def validate_points(
     return valid, errors
 
 
+def utf8_len(text: str) -> int | None:
+    """UTF-8 bytes of ``text``; None when it cannot be encoded (a lone
+    surrogate, possible from Python, never from protobuf), which Chroma refuses."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
+
+
 def is_zero(vector: np.ndarray) -> bool:
     """True when ``vector`` has no direction: its norm (in float64, so tiny
     float32 components do not underflow) is below 1e-12."""
@@ -214,7 +223,9 @@ def _check_point(
         )
     if p.text is not None and not isinstance(p.text, str):
         return "INVALID_FIELD", f"{at}.text: must be a string"
-    if p.text and len(p.text.encode("utf-8", "surrogatepass")) > limits.max_text_bytes:
+    if p.text and utf8_len(p.text) is None:
+        return "INVALID_FIELD", f"{at}.text: not valid Unicode (a lone surrogate)"
+    if p.text and (utf8_len(p.text) or 0) > limits.max_text_bytes:
         return (
             "LIMIT_EXCEEDED",
             f"{at}.text: longer than {limits.max_text_bytes} UTF-8 bytes (max_text_bytes)",
@@ -294,7 +305,9 @@ def payload_problem(
             )
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
             return "INVALID_PAYLOAD", f"{at}: key {key[:64]!r}: integer outside 64 bits"
-        size = len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str) else 8
+        size = utf8_len(value) if isinstance(value, str) else 8
+        if size is None:
+            return "INVALID_PAYLOAD", f"{at}: key {key[:64]!r}: not valid Unicode"
         if size > limits.max_payload_value_bytes:
             return (
                 "LIMIT_EXCEEDED",
@@ -314,7 +327,7 @@ def check_texts(texts: Sequence[str], limits: Settings, field: str = "text") -> 
     ``max_text_bytes`` or all of them together over ``max_request_text_bytes``."""
     total = 0
     for i, text in enumerate(texts):
-        size = len(text.encode("utf-8", "surrogatepass"))
+        size = utf8_len(text) or 0
         total += size
         if size > limits.max_text_bytes:
             name = field if len(texts) == 1 else f"{field}[{i}]"

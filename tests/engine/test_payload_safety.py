@@ -24,14 +24,19 @@ from driftd.errors import InvalidArgument
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 LIMITS = {"max_payload_keys": 8, "max_payload_value_bytes": 64, "max_payload_bytes": 256}
 
+# Python strings may hold lone surrogates (protobuf's never do).
+any_text = st.text(st.characters(exclude_categories=()), max_size=12)
 keys = st.one_of(
-    st.text(max_size=12),
-    st.sampled_from(["", "#document", "chroma:document", "$and", "driftd:seq", "driftd:time"]),
+    any_text,
+    st.sampled_from(
+        ["", "#document", "chroma:document", "$and", "driftd:seq", "driftd:time", "lone\ud800"]
+    ),
     st.builds(lambda p, s: p + s, st.sampled_from(["$", "#", "chroma:", "driftd:"]), st.text()),
     st.text(min_size=250, max_size=270),
 )
 values = st.one_of(
-    st.text(max_size=80),
+    st.text(st.characters(exclude_categories=()), max_size=80),
+    st.just("lone\udfff"),
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.booleans(),

@@ -210,13 +210,17 @@ def _check_point(
     limits: Settings,
 ) -> tuple[str, str] | None:
     at = f"points[{i}]"
-    if not isinstance(p.id, str) or not 1 <= len(p.id) <= MAX_ID_CHARS:
+    if not isinstance(p.id, str) or not 1 <= len(p.id) <= MAX_ID_CHARS or utf8_len(p.id) is None:
         return "INVALID_FIELD", f"{at}.id: must be a string of 1-{MAX_ID_CHARS} characters"
     if p.id in seen:
         return "DUPLICATE_ID", f"{at}.id: {p.id!r} appears more than once in the batch"
     if p.time is None:
         return "INVALID_TIMESTAMP", f"{at}.time: missing or not an RFC 3339 timestamp"
-    if not isinstance(p.series, str) or len(p.series) > MAX_SERIES_CHARS:
+    if (
+        not isinstance(p.series, str)
+        or len(p.series) > MAX_SERIES_CHARS
+        or utf8_len(p.series) is None
+    ):
         return (
             "INVALID_FIELD",
             f"{at}.series: must be a string of at most {MAX_SERIES_CHARS} characters",

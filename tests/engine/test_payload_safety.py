@@ -97,3 +97,11 @@ def test_upsert_replaces_payload_and_text_of_an_existing_point(db):
     (got,), _ = db.get_points("replace", ["r"])
     assert (got.payload, got.text) == ({"a": 3}, None)
     assert [p.payload for p in db.trajectory("replace")] == [{"a": 3}]
+
+
+@pytest.mark.parametrize("field", ["id", "series", "text"])
+def test_lone_surrogates_in_ids_series_and_texts_are_refused(db, field):
+    point = {"id": "s", "timestamp": T0, "vector": [1.0, 2.0], field: "bad\ud800"}
+    with pytest.raises(InvalidArgument) as exc:
+        db.upsert("safe", [point])
+    assert exc.value.field_violations[0].field == f"points[0].{field}"

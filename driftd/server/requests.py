@@ -147,12 +147,10 @@ def _checked_deserializer(parse: Callable[[bytes], Message]) -> Callable[[bytes]
             message = parse(raw)
         except Exception as exc:  # protobuf's DecodeError, whatever its implementation
             return _Rejected(
+                # Which field is at fault protobuf does not say.
                 InvalidArgument(
-                    f"the request message does not parse: {exc}",
+                    f"the request message does not parse (e.g. invalid UTF-8 in a string): {exc}",
                     reason="MALFORMED_REQUEST",
-                    field_violations=[
-                        FieldViolation("", "not a valid message (e.g. invalid UTF-8 in a string)")
-                    ],
                 )
             )
         error = check_times(message)

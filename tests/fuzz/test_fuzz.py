@@ -136,13 +136,15 @@ def fuzz(tmp_path_factory):
         DRIFTD_MAX_BOOTSTRAP="4",
         DRIFTD_ENSEMBLE_SIZE="2",
     ).start()
-    with DriftClient(server.target, timeout=120) as client:
-        acked = _seed(client)
-    f = Fuzz(server)
-    f.acked = acked
-    yield f
-    f.channel.close()
-    server.stop()
+    try:
+        with DriftClient(server.target, timeout=120) as client:
+            acked = _seed(client)
+        f = Fuzz(server)
+        f.acked = acked
+        yield f
+        f.channel.close()
+    finally:
+        server.stop()
 
 
 def _collection(resource: str) -> str:

@@ -90,6 +90,31 @@ class Settings:
         default=5.0,
         metadata={"help": "seconds between storage heartbeats behind readiness health"},
     )
+    max_dimension: int = field(
+        default=8_192, metadata={"help": "dimension of a new collection (LIMIT_EXCEEDED)"}
+    )
+    max_text_bytes: int = field(
+        default=32 * 1024,
+        metadata={
+            "help": "UTF-8 bytes of one text (LIMIT_EXCEEDED); the model embeds the "
+            "first 256 tokens (about 1-2 KB of English) of a longer one"
+        },
+    )
+    max_request_text_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata={"help": "UTF-8 bytes of all texts of one request or batch (LIMIT_EXCEEDED)"},
+    )
+    max_payload_keys: int = field(
+        default=256, metadata={"help": "keys of one point's payload (LIMIT_EXCEEDED)"}
+    )
+    max_payload_value_bytes: int = field(
+        default=16 * 1024,
+        metadata={"help": "UTF-8 bytes of one payload string value (LIMIT_EXCEEDED)"},
+    )
+    max_payload_bytes: int = field(
+        default=64 * 1024,
+        metadata={"help": "UTF-8 bytes of one point's payload, keys and values (LIMIT_EXCEEDED)"},
+    )
     grace_seconds: float = field(
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )

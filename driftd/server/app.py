@@ -30,6 +30,7 @@ from driftd.server.flow_service import FlowServiceServicer
 from driftd.server.interceptors import MetricsInterceptor
 from driftd.server.monitor_service import MonitorServiceServicer
 from driftd.server.point_service import PointServiceServicer
+from driftd.server.requests import RequestCheckInterceptor
 from driftd.server.routing_service import RoutingServiceServicer
 from driftd.v1 import (
     behavior_pb2,
@@ -125,7 +126,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         cast(Any, _Late(gate, part)) for part in ("db", "monitor", "behaviors", "routing")
     )
     health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(interceptors=[MetricsInterceptor()], options=server_options(settings))
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(), RequestCheckInterceptor()],
+        options=server_options(settings),
+    )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
         CollectionServiceServicer(db), server
     )

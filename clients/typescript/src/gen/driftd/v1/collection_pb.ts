@@ -21,7 +21,7 @@ export const file_driftd_v1_collection: GenFile = /*@__PURE__*/
  */
 export type Collection = Message<"driftd.v1.Collection"> & {
   /**
-   * Resource name: "collections/{collection_id}". The id is 3-63 characters of
+   * Resource name: "collections/{collection_id}". The id is 3-512 characters of
    * [a-zA-Z0-9._-], starting and ending with a letter or digit.
    *
    * @generated from field: string name = 1;

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
+from driftd.flow.worker import checkpoint
+
 #: Defaults: projected dimensions, expected run length, warm-up and confirmation points.
 PROJECTION_DIM = 16
 HAZARD_LAMBDA = 100.0
@@ -143,6 +145,8 @@ class OnlineChangeDetector:
         return self._step(y, key)
 
     def _step(self, y: np.ndarray, key: Any) -> Change | None:
+        if self._prior is None:
+            raise RuntimeError("a point was scored before the prior was estimated")
         self._t += 1
         self._keys.append(key)
         mu0, var0 = self._prior
@@ -207,9 +211,11 @@ def replay(
     A process-pool task: catching a detector up on a stored series costs
     ~0.1 ms per point of small numpy operations, which would hold the GIL.
     """
-    changes = [
-        c for y, key in zip(Y, keys, strict=True) if (c := detector.update_projected(y, key))
-    ]
+    changes = []
+    for y, key in zip(Y, keys, strict=True):
+        checkpoint()
+        if c := detector.update_projected(y, key):
+            changes.append(c)
     return detector, changes
 
 

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         "--sweep",
         type=int,
         default=None,
-        help="systems in the attractor robustness sweep (default 100; 12 with --quick; 0: none)",
+        help="systems in the attractor robustness sweep (default 60; 12 with --quick; 0: none)",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         for r in checked:
             if not r.ok:
                 print(f"  missed: {r.system}: {r.metric}")
-        n_sweep = args.sweep if args.sweep is not None else (12 if args.quick else 100)
+        n_sweep = args.sweep if args.sweep is not None else (12 if args.quick else 60)
         if n_sweep:
             print()
             print("\n".join(sweep.sweep_lines(n_sweep)), flush=True)

@@ -292,11 +292,11 @@ def gmm_points(system: System, seed: int = 0) -> np.ndarray:
 
 
 METHODS = ("driftd", "DriftDB-orig", "GMM-BIC")
-_DRIFTDB_MAX_POINTS = 5000  # its attractor search costs O(seeds x steps x N x d)
+_DRIFTDB_MAX_POINTS = 3000  # its attractor search costs O(seeds x steps x N x d)
 
 
 def run_system(spec: Spec) -> dict:
-    """Scores of the three methods on one system (DriftDB-orig: None above 5,000 points)."""
+    """Scores of the three methods on one system (DriftDB-orig: None above 3,000 points)."""
     system = draw(spec)
     stable, others = driftd_points(system)
     out = {"driftd": score(system, stable, others)}

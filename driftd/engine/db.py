@@ -14,7 +14,6 @@ model is refreshed from the new points alone (:meth:`AsyncDriftDB._refresh`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -368,8 +367,7 @@ class AsyncDriftDB:
         gone = await self.on_store(lambda: self._store.delete(name))
         self._collections.pop(name, None)
         self.events.drop(name, gone.uid)
-        with contextlib.suppress(KeyError):
-            metrics.CACHED_POINTS.remove(name)
+        metrics.forget_collection(name)
 
     async def attach_collection(
         self, chroma_collection: str, *, time_key: str, series_key: str = "", embed_model: str = ""

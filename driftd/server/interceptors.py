@@ -1,8 +1,11 @@
 """Server interceptor: Prometheus metrics and a DEBUG log line for every RPC.
 
-Metric names and labels follow go-grpc-prometheus / py-grpc-prometheus (see
-``driftd.metrics``); ``grpc_code`` is the ``grpc.StatusCode`` name (``OK``,
-``NOT_FOUND``...).
+Metric names, labels and label values follow go-grpc-prometheus (see
+``driftd.metrics``): ``grpc_type`` ``unary``/``server_stream``/...,
+``grpc_code`` the Go name of the status (``OK``, ``NotFound``, ``Canceled``...).
+py-grpc-prometheus (the Python port) has no grpc.aio interceptor
+(lchenn/py-grpc-prometheus#13), and grpcio's OpenTelemetry plugin records OTel
+metrics under other names, so this one is ours.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ from driftd import metrics
 logger = logging.getLogger(__name__)
 
 _GRPC_TYPES = {
-    (False, False): "UNARY",
-    (False, True): "SERVER_STREAM",
-    (True, False): "CLIENT_STREAM",
-    (True, True): "BIDI_STREAM",
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
 }
+#: grpc-go's ``codes.Code.String()``: CamelCase, but "OK", and CANCELLED spelt "Canceled".
+GRPC_CODE_NAMES = {
+    code: "".join(word.capitalize() for word in code.name.split("_")) for code in grpc.StatusCode
+} | {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
 _BEHAVIOURS = {
     (False, False): "unary_unary",
     (False, True): "unary_stream",
@@ -76,7 +83,7 @@ class _Rpc:
 
     def finish(self, code: grpc.StatusCode, peer: str) -> None:
         elapsed = time.perf_counter() - self.started
-        metrics.GRPC_HANDLED.labels(*self.labels, code.name).inc()
+        metrics.GRPC_HANDLED.labels(*self.labels, GRPC_CODE_NAMES[code]).inc()
         metrics.GRPC_HANDLING_SECONDS.labels(*self.labels).observe(elapsed)
         logger.debug(
             "%s/%s %s %.1f ms peer=%s",

@@ -66,12 +66,21 @@ class Settings:
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    log_format: str = field(
+        default="text", metadata={"help": "log lines: text, or json (one object per line)"}
+    )
+    access_log: str = field(
+        default="INFO",
+        metadata={"help": "level of the one access line per RPC (DEBUG, INFO...), or off"},
+    )
 
     def __post_init__(self) -> None:
         # A spread needs two refits; a bad value should stop the server at start-up.
         for name in ("ensemble_size", "max_bootstrap"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

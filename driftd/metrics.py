@@ -64,6 +64,13 @@ FLOW_FIT_SECONDS = Histogram(
 POOL_QUEUE_DEPTH = Gauge(
     "driftd_pool_queue_depth", "Math tasks submitted to the process pool and not yet finished."
 )
+POOL_TASK_SECONDS = Histogram(
+    "driftd_pool_task_seconds",
+    "Math-pool tasks by task name: phase queue (submission to a worker's start) or run "
+    "(in the worker), seconds.",
+    ["task", "phase"],
+    buckets=_LATENCY_BUCKETS,
+)
 CACHED_MODELS = Gauge("driftd_cached_flow_models", "Fitted flow models held in memory.")
 CACHED_EMBED_MODELS = Gauge("driftd_cached_embed_models", "Text embedding models loaded.")
 CACHED_POINTS = Gauge(

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from driftd import metrics
+from driftd import metrics, tracing
 from driftd.config import Settings
 from driftd.engine import memory
 from driftd.engine import validate as v
@@ -152,8 +152,19 @@ class AsyncDriftDB:
 
         For the engine's other capabilities (routing, monitoring), which keep
         their own Chroma collections through :attr:`chroma`.
+
+        Traced as a ``chroma <caller>`` span (the function that made the call),
+        from submission to result, with a ``run`` event when the thread takes it.
         """
-        return asyncio.get_running_loop().run_in_executor(self._store_thread, fn)
+        span = tracing.start_span(f"chroma {_caller(fn)}", {"db.system.name": "chroma"})
+
+        def run():
+            span.add_event("run")
+            return fn()
+
+        future = asyncio.get_running_loop().run_in_executor(self._store_thread, run)
+        future.add_done_callback(lambda f: _end_span(span, f))
+        return future
 
     @property
     def chroma(self):
@@ -170,9 +181,12 @@ class AsyncDriftDB:
 
         Raises InvalidArgument(UNKNOWN_EMBED_MODEL).
         """
-        return await asyncio.get_running_loop().run_in_executor(
-            self._embed_thread, self._embedders.embed, model, texts
-        )
+        with tracing.tracer.start_as_current_span(
+            "embed", attributes={"driftd.embed_model": model, "driftd.texts": len(texts)}
+        ):
+            return await asyncio.get_running_loop().run_in_executor(
+                self._embed_thread, self._embedders.embed, model, texts
+            )
 
     async def _collection(self, name: str) -> _Collection:
         """The collection's state. With a shared Chroma server other replicas may
@@ -1114,3 +1128,16 @@ def _exact_knn(
     best = np.argpartition(d, k - 1)[:k]
     best = best[np.argsort(d[best], kind="stable")]
     return [(cache.id_of_row(rows[i]), float(d[i])) for i in best]
+
+
+def _caller(fn) -> str:
+    """Who submitted ``fn`` to the store: ``AsyncDriftDB.get_collection`` for a lambda
+    or local function defined there, else ``fn``'s own qualified name."""
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    return name.split(".<locals>", 1)[0]
+
+
+def _end_span(span, future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        tracing.record_error(span, future.exception())
+    span.end()

@@ -12,14 +12,16 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import threadpoolctl
 
+from driftd import tracing
 from driftd.flow import shared, tasks
-from driftd.metrics import POOL_QUEUE_DEPTH
+from driftd.metrics import POOL_QUEUE_DEPTH, POOL_TASK_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +73,28 @@ class MathPool:
         (:func:`driftd.flow.shared.call`), copied out on a thread.
         """
         loop = asyncio.get_running_loop()
+        name = args[0] if fn is tasks.run else fn.__name__
         self._pending += 1
         POOL_QUEUE_DEPTH.set(self._pending)
         blocks = []
         try:
-            if any(_shareable(a) for a in (*args, *kwargs.values())):
-                args, kwargs = await asyncio.to_thread(_share_all, fn, args, kwargs, blocks)
-            future = self._executor.submit(shared.call, fn, args, kwargs)
-            try:
-                result = await asyncio.wrap_future(future, loop=loop)
-            except asyncio.CancelledError:
-                future.add_done_callback(_release)  # a result nobody will take
-                raise
-            if isinstance(result, shared.SharedResult):
-                return await asyncio.to_thread(shared.unpack, result)
-            return result
+            with tracing.tracer.start_as_current_span(
+                f"pool {name}", attributes={"driftd.task": name}
+            ):
+                submitted = time.time_ns()
+                if any(_shareable(a) for a in (*args, *kwargs.values())):
+                    args, kwargs = await asyncio.to_thread(_share_all, fn, args, kwargs, blocks)
+                future = self._executor.submit(shared.call, fn, args, kwargs)
+                try:
+                    ran = await asyncio.wrap_future(future, loop=loop)
+                except asyncio.CancelledError:
+                    future.add_done_callback(_release)  # a result nobody will take
+                    raise
+                _observe(name, submitted, ran)
+                if isinstance(ran.result, shared.SharedResult):
+                    with tracing.tracer.start_as_current_span("pool unpack"):
+                        return await asyncio.to_thread(shared.unpack, ran.result)
+                return ran.result
         finally:
             for block in blocks:
                 block.close()
@@ -111,7 +120,18 @@ class MathPool:
 
 def _release(future) -> None:
     if not future.cancelled() and future.exception() is None:
-        shared.release(future.result())
+        shared.release(future.result().result)
+
+
+def _observe(task: str, submitted_ns: int, ran: shared.Ran) -> None:
+    """Records a finished task's queue wait (submission, including the copy to
+    shared memory, to a worker's start) and run time as child spans and metrics."""
+    attributes = {"driftd.task": task}
+    tracing.interval("pool queue", submitted_ns, ran.started_ns, attributes)
+    tracing.interval("pool run", ran.started_ns, ran.ended_ns, attributes)
+    queued = max(0, ran.started_ns - submitted_ns) / 1e9
+    POOL_TASK_SECONDS.labels(task=task, phase="queue").observe(queued)
+    POOL_TASK_SECONDS.labels(task=task, phase="run").observe((ran.ended_ns - ran.started_ns) / 1e9)
 
 
 def _shareable(value) -> bool:

@@ -18,11 +18,13 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from driftd import tracing
 from driftd.behaviors.store import BehaviorStore
 from driftd.config import Settings
 from driftd.engine import AsyncDriftDB
 from driftd.errors import Unavailable
 from driftd.monitor.monitor import Monitor
+from driftd.server import logs
 from driftd.server import reflection as commented_reflection
 from driftd.server.behavior_service import BehaviorServiceServicer
 from driftd.server.collection_service import CollectionServiceServicer
@@ -111,7 +113,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     """
     gate = _EngineGate()
     health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(interceptors=[MetricsInterceptor()], options=server_options(settings))
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(logs.access_level(settings.access_log))],
+        options=server_options(settings),
+    )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
         CollectionServiceServicer(gate), server
     )
@@ -193,17 +198,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
 
 
 def run(settings: Settings) -> None:
-    """Configures logging and runs :func:`serve` until SIGTERM/SIGINT; returns
-    normally (exit status 0) after a graceful stop.
+    """Configures logging and tracing (:mod:`driftd.server.logs`,
+    :func:`driftd.tracing.configure`) and runs :func:`serve` until SIGTERM/SIGINT;
+    returns normally (exit status 0) after a graceful stop, with the spans flushed.
 
     Raises:
         SystemExit: with a one-line message when the address or port is taken.
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    stop_tracing = tracing.configure()
     try:
         asyncio.run(serve(settings))
     except BindError as exc:
         raise SystemExit(f"driftd: {exc}") from None
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()

@@ -117,12 +117,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         interceptors=[MetricsInterceptor(logs.access_level(settings.access_log))],
         options=server_options(settings),
     )
-    collection_pb2_grpc.add_CollectionServiceServicer_to_server(
-        CollectionServiceServicer(gate), server
-    )
-    point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
     # The monitor runs the online chapter detectors that DetectChapters(ONLINE) reads.
     monitor = Monitor(gate)
+    collection_pb2_grpc.add_CollectionServiceServicer_to_server(
+        CollectionServiceServicer(gate, monitor), server
+    )
+    point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
     flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(gate, monitor), server)
     routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServiceServicer(gate), server)
     monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorServiceServicer(monitor), server)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from driftd import convert, types
+from driftd import types
 from driftd.client import _common as common
 from driftd.client._common import PointLike, RetryPolicy, Time, UpsertAck, WriteProgress
 from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
@@ -137,10 +137,9 @@ class DriftClient:
         ``chunk_size`` points (0: the server's 500) with vectors. ``timeout``
         bounds the whole stream (None: no deadline). Closing the iterator cancels
         the RPC. :mod:`driftd.backup` writes it to a file."""
-        request = collection_pb2.ExportCollectionRequest(
-            name=convert.collection_name(name), chunk_size=chunk_size
+        responses = self._stubs.collections.ExportCollection(
+            common.export_request(name, chunk_size), timeout=timeout
         )
-        responses = self._stubs.collections.ExportCollection(request, timeout=timeout)
         return self._stream(responses, lambda response: (response,))
 
     def import_collection(

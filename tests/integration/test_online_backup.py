@@ -256,3 +256,27 @@ def test_backup_file_is_the_documented_format(servers, tmp_path):
     assert header["driftRules"][0]["name"].endswith("/driftRules/monthly")
     assert set(first) >= {"id", "time", "series", "vector", "text", "payload"}
     assert len(first["vector"]) == 384
+
+
+async def test_async_client_exports_and_imports(servers):
+    from driftd.client import AsyncDriftClient
+
+    source, fresh, _ = servers
+    async with AsyncDriftClient(source.target) as a, AsyncDriftClient(fresh.target) as b:
+        messages = [m async for m in a.export_collection(VECTORS, chunk_size=50)]
+        assert [len(m.points) for m in messages] == [0, 50, 50, 20]
+
+        async def requests():
+            yield collection_pb2.ImportCollectionRequest(
+                collection_id="bk-async",
+                collection=messages[0].collection,
+                drift_rules=messages[0].drift_rules,
+            )
+            for m in messages[1:]:
+                yield collection_pb2.ImportCollectionRequest(points=m.points)
+
+        done = await b.import_collection(requests())
+    assert done.imported_point_count == 120 and done.collection.point_count == 120
+    with grpc.insecure_channel(source.target) as ca, grpc.insecure_channel(fresh.target) as cb:
+        ids = [f"v{i:03d}" for i in range(120)]
+        assert get_points(cb, "bk-async", ids) == get_points(ca, VECTORS, ids)

@@ -200,12 +200,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
 def run(settings: Settings) -> None:
     """Configures logging and tracing (:mod:`driftd.server.logs`,
     :func:`driftd.tracing.configure`) and runs :func:`serve` until SIGTERM/SIGINT;
-    returns normally (exit status 0) after a graceful stop, with the spans flushed.
+    returns normally (exit status 0) after a graceful stop, with the spans and
+    log lines flushed.
 
     Raises:
         SystemExit: with a one-line message when the address or port is taken.
     """
-    logs.configure(settings.log_level, settings.log_format)
+    stop_logging = logs.configure(settings.log_level, settings.log_format)
     stop_tracing = tracing.configure()
     try:
         asyncio.run(serve(settings))
@@ -214,3 +215,4 @@ def run(settings: Settings) -> None:
     finally:
         if stop_tracing is not None:
             stop_tracing()
+        stop_logging()

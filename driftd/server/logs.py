@@ -4,13 +4,20 @@
 with python-json-logger: ``time`` (ISO 8601, UTC), ``level``, ``logger``,
 ``message``, ``trace_id`` inside a traced RPC, the exception's traceback as
 ``exc_info``, and any ``extra`` fields of the call. Each RPC ends with one line on
-the ``driftd.access`` logger (see :func:`access`).
+the ``driftd.access`` logger.
+
+Records are handed to a thread through a queue (logging's QueueHandler and
+QueueListener), which formats and writes them: the event loop never waits for
+stderr (a full pipe to a log collector would stall every RPC).
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import queue
 import sys
+from collections.abc import Callable
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -19,6 +26,15 @@ from driftd import tracing
 #: The per-RPC access lines.
 ACCESS = logging.getLogger("driftd.access")
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Handoff(logging.handlers.QueueHandler):
+    """Queues records as they are (exception info included, for the JSON
+    formatter's ``exc_info``), their message resolved now."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg, record.args = record.getMessage(), None
+        return record
 
 
 class _TraceContext(logging.Filter):
@@ -32,9 +48,10 @@ class _TraceContext(logging.Filter):
         return True
 
 
-def configure(level: str, fmt: str) -> None:
+def configure(level: str, fmt: str) -> Callable[[], None]:
     """Sends every log record at ``level`` or above to stderr as ``fmt`` ("json",
-    else text), replacing the root logger's handlers.
+    else text), through a queue and a writer thread, replacing the root logger's
+    handlers. Returns the function that flushes and stops the writer.
 
     Raises:
         ValueError: unknown level.
@@ -50,12 +67,22 @@ def configure(level: str, fmt: str) -> None:
         )
     else:
         handler.setFormatter(logging.Formatter(_TEXT))
-    handler.addFilter(_TraceContext())
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    handoff = _Handoff(records)
+    handoff.addFilter(_TraceContext())  # runs in the caller's thread, where the span is current
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
-    root.addHandler(handler)
     root.setLevel(level.upper())
+    root.addHandler(handoff)
+    listener = logging.handlers.QueueListener(records, handler)
+    listener.start()
+
+    def stop() -> None:
+        listener.stop()
+        root.removeHandler(handoff)
+
+    return stop
 
 
 def access_level(name: str) -> int | None:

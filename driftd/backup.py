@@ -80,8 +80,13 @@ class _Hashing:
         return {"sha256": self.sha.hexdigest(), "bytes": self.size}
 
 
-def _mode(path: Path, how: str) -> str:
-    return f"{how}:gz" if path.name.endswith(".gz") else how
+def _open(path: Path, *, write: bool = False, gz: bool | None = None) -> tarfile.TarFile:
+    """A tar archive, gzip-compressed if ``gz`` (None: if the name ends in .gz)."""
+    if gz is None:
+        gz = path.name.endswith(".gz")
+    if write:
+        return tarfile.open(path, "w:gz" if gz else "w")
+    return tarfile.open(path, "r:gz" if gz else "r")
 
 
 def backup(
@@ -105,7 +110,10 @@ def backup(
     saved, entries = [], []
     tmp = output.with_name(f".{output.name}.partial")
     try:
-        with tarfile.open(tmp, _mode(output, "w")) as tar, tempfile.TemporaryDirectory() as stage:
+        with (
+            _open(tmp, write=True, gz=output.name.endswith(".gz")) as tar,
+            tempfile.TemporaryDirectory() as stage,
+        ):
             for cid in ids:
                 entry, item = _export_one(client, cid, Path(stage), tar, progress)
                 entries.append(entry)
@@ -164,6 +172,18 @@ def _export_one(
     return entry, Saved(cid, count, rules)
 
 
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    """The file ``name`` of the archive, to read.
+
+    Raises:
+        KeyError: no such file.
+    """
+    f = tar.extractfile(name)
+    if f is None:
+        raise KeyError(f"{name} is not a file")
+    return f
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of backup file ``path``, after checking every file it lists
     (size and SHA-256) and every collection's point count.
@@ -173,9 +193,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
         OSError: the file cannot be read.
     """
     try:
-        with tarfile.open(path, _mode(Path(path), "r")) as tar:
+        with _open(Path(path)) as tar:
             try:
-                manifest = json.load(tar.extractfile(MANIFEST))
+                manifest = json.load(_member(tar, MANIFEST))
             except KeyError:
                 raise BackupError(f"{path}: no {MANIFEST}: not a driftd backup") from None
             if manifest.get("format") != FORMAT:
@@ -191,8 +211,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
                 for name, want in c["files"].items():
                     member = f"collections/{c['id']}/{name}"
                     sha, size, lines = hashlib.sha256(), 0, 0
-                    f = tar.extractfile(member)
-                    for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                    f = _member(tar, member)
+                    while chunk := f.read(1 << 20):
                         sha.update(chunk)
                         size += len(chunk)
                         lines += chunk.count(b"\n")
@@ -243,15 +263,15 @@ def restore(
             f"--as names one collection; the backup holds {len(chosen)} (choose with --collection)"
         )
     out = []
-    with tarfile.open(path, _mode(Path(path), "r")) as tar:
+    with _open(Path(path)) as tar:
         for c in chosen:
             header = json_format.Parse(
-                tar.extractfile(f"collections/{c['id']}/collection.json").read(),
+                _member(tar, f"collections/{c['id']}/collection.json").read(),
                 collection_pb2.ExportCollectionResponse(),
             )
             target = rename or c["id"]
             bar = progress(c["point_count"], f"restore {target}") if progress else None
-            points = tar.extractfile(f"collections/{c['id']}/points.ndjson")
+            points = _member(tar, f"collections/{c['id']}/points.ndjson")
             try:
                 out.append(client.import_collection(_requests(target, header, points, bar)))
             finally:

@@ -15,6 +15,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import threadpoolctl
@@ -76,7 +77,7 @@ class MathPool:
         name = args[0] if fn is tasks.run else fn.__name__
         self._pending += 1
         POOL_QUEUE_DEPTH.set(self._pending)
-        blocks = []
+        blocks: list[SharedMemory] = []
         try:
             with tracing.tracer.start_as_current_span(
                 f"pool {name}", attributes={"driftd.task": name}
@@ -140,7 +141,7 @@ def _shareable(value) -> bool:
     )
 
 
-def _share_all(fn, args: tuple, kwargs: dict, blocks: list) -> tuple[tuple, dict]:
+def _share_all(fn, args: tuple, kwargs: dict, blocks: list[SharedMemory]) -> tuple[tuple, dict]:
     """``args`` and ``kwargs`` of task ``fn`` with shareable values moved to shared
     memory (run on a thread); the blocks made are appended to ``blocks`` as they are
     made, for the caller to unlink even if a later one fails. A value that finds no

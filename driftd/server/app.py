@@ -23,7 +23,7 @@ from driftd import tracing
 from driftd.config import Settings
 from driftd.engine.root import Driftd
 from driftd.errors import Unavailable
-from driftd.server import logs
+from driftd.server import logs, readiness
 from driftd.server import reflection as commented_reflection
 from driftd.server.behavior_service import BehaviorServiceServicer
 from driftd.server.collection_service import CollectionServiceServicer
@@ -31,6 +31,7 @@ from driftd.server.flow_service import FlowServiceServicer
 from driftd.server.interceptors import MetricsInterceptor
 from driftd.server.monitor_service import MonitorServiceServicer
 from driftd.server.point_service import PointServiceServicer
+from driftd.server.requests import RequestCheckInterceptor
 from driftd.server.routing_service import RoutingServiceServicer
 from driftd.v1 import (
     behavior_pb2,
@@ -127,7 +128,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     )
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(logs.access_level(settings.access_log))],
+        interceptors=[
+            MetricsInterceptor(logs.access_level(settings.access_log)),
+            RequestCheckInterceptor(),
+        ],
         options=server_options(settings),
     )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
@@ -174,7 +178,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
 
-    root = None
+    root = probe = None
     try:
         await server.start()
         logger.info(
@@ -186,12 +190,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         root = gate.root = await Driftd.open(settings)
         for service in ("", *SERVICE_NAMES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        probe = asyncio.create_task(
+            readiness.follow_storage(
+                root, health_servicer, SERVICE_NAMES, settings.readiness_interval_seconds
+            )
+        )
         logger.info("driftd ready")
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
         logger.info("driftd stopping: draining RPCs for up to %gs", settings.grace_seconds)
+        if probe is not None:
+            probe.cancel()
         await health_servicer.enter_graceful_shutdown()
         if root is not None:
             await root.stop_watches()  # watch streams would never drain

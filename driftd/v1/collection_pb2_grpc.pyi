@@ -49,7 +49,14 @@ class CollectionServiceStub:
     AttachCollection: _grpc.UnaryUnaryMultiCallable[_collection_pb2.AttachCollectionRequest, _collection_pb2.Collection]
     """Adopts an existing Chroma collection (in the same Chroma directory or
     server) as a driftd collection, without copying data: driftd reads each
-    record's time (and series) from the named metadata keys.
+    record's time (and series) from the named metadata keys. Any collection
+    chromadb makes can be attached, its space set by `configuration` or by
+    `metadata={"hnsw:space": ...}`; driftd adds its keys to the collection's
+    metadata and keeps the owner's, except `hnsw:*` keys, which Chroma does not
+    let a metadata update repeat (the configuration keeps the space). Records the
+    owner's own Chroma clients add or delete later are seen on the next call
+    (driftd compares the record count on every call); an overwrite that keeps
+    the count is seen after the next change of count or a restart.
     """
     ExportCollection: _grpc.UnaryStreamMultiCallable[_collection_pb2.ExportCollectionRequest, _collection_pb2.ExportCollectionResponse]
     """Streams a snapshot of one collection for an online backup while writes go
@@ -88,7 +95,14 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     AttachCollection: _aio.UnaryUnaryMultiCallable[_collection_pb2.AttachCollectionRequest, _collection_pb2.Collection]  # type: ignore[assignment]
     """Adopts an existing Chroma collection (in the same Chroma directory or
     server) as a driftd collection, without copying data: driftd reads each
-    record's time (and series) from the named metadata keys.
+    record's time (and series) from the named metadata keys. Any collection
+    chromadb makes can be attached, its space set by `configuration` or by
+    `metadata={"hnsw:space": ...}`; driftd adds its keys to the collection's
+    metadata and keeps the owner's, except `hnsw:*` keys, which Chroma does not
+    let a metadata update repeat (the configuration keeps the space). Records the
+    owner's own Chroma clients add or delete later are seen on the next call
+    (driftd compares the record count on every call); an overwrite that keeps
+    the count is seen after the next change of count or a restart.
     """
     ExportCollection: _aio.UnaryStreamMultiCallable[_collection_pb2.ExportCollectionRequest, _collection_pb2.ExportCollectionResponse]  # type: ignore[assignment]
     """Streams a snapshot of one collection for an online backup while writes go
@@ -154,7 +168,14 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_collection_pb2.Collection, _abc.Awaitable[_collection_pb2.Collection]]:
         """Adopts an existing Chroma collection (in the same Chroma directory or
         server) as a driftd collection, without copying data: driftd reads each
-        record's time (and series) from the named metadata keys.
+        record's time (and series) from the named metadata keys. Any collection
+        chromadb makes can be attached, its space set by `configuration` or by
+        `metadata={"hnsw:space": ...}`; driftd adds its keys to the collection's
+        metadata and keeps the owner's, except `hnsw:*` keys, which Chroma does not
+        let a metadata update repeat (the configuration keeps the space). Records the
+        owner's own Chroma clients add or delete later are seen on the next call
+        (driftd compares the record count on every call); an overwrite that keeps
+        the count is seen after the next change of count or a restart.
         """
 
     @_abc_1.abstractmethod

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -361,6 +361,22 @@ class AsyncDriftDB:
             out.append(self._info(coll))
         next_token = page[-1].name if len(after) > page_size else ""
         return out, next_token
+
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Forgets every collection ``keep(name)`` rejects (in server mode with
+        peers: another replica owns it now): its trajectory cache and flow model
+        go, and its watches end with UNAVAILABLE (OWNER_MOVED) so their clients
+        resume at the new owner. A later call for it reads it from Chroma again."""
+        lost = [n for n in self._collections if not keep(n)]
+        for name in lost:
+            coll = self._collections.pop(name)
+            if coll.model is not None:
+                metrics.CACHED_MODELS.dec()
+            with contextlib.suppress(KeyError):
+                metrics.CACHED_POINTS.remove(name)
+            self.events.release(name)
+        if lost:
+            self._store_thread.submit(memory.trim)  # the dropped caches' pages
 
     async def delete_collection(self, name: str) -> None:
         """Deletes the collection and its points. Raises NotFound."""

@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -198,10 +198,9 @@ class Monitor:
         self._stale: set[str] = set()  # collections whose detectors missed a batch
 
     async def start(self) -> None:
-        """Loads the drift rules and starts listening to the engine's events."""
+        """Starts listening to the engine's events (each collection's drift rules
+        are read from Chroma on its first use)."""
         self._rules = {}
-        for rule in await self._db.on_store(self._load_rules):
-            self._rules.setdefault(rule.collection, {})[rule.rule_id] = rule
         self._db.events.add_listener(self._on_event)
         self._db.events.add_drop_listener(self._on_drop)
 
@@ -217,9 +216,18 @@ class Monitor:
         self._workers.clear()
 
     def _rules_of(self, collection: str) -> dict[str, DriftRule]:
+        """The collection's rules; call after :meth:`_cached`, which loads them."""
         if self._rules is None:
             raise Unavailable("driftd is not serving: the monitor has not started")
         return self._rules.setdefault(collection, {})
+
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Forgets the rules and live work of every collection ``keep(name)``
+        rejects (another replica owns it now); its rules stay in Chroma, where
+        the new owner reads them, and are read again if it comes back here."""
+        for name in {*(self._rules or ()), *self._workers, *self._queues}:
+            if not keep(name):
+                self._forget(name)
 
     # --- windows -------------------------------------------------------------
 
@@ -227,9 +235,14 @@ class Monitor:
         """(stored collection settings, trajectory cache) of a collection.
 
         Uses the engine's in-memory cache: reading windows back from Chroma would
-        cost seconds per 20k points. Raises NotFound.
+        cost seconds per 20k points. Reads the collection's drift rules on first
+        use. Raises NotFound.
         """
-        return await self._db.trajectory_cache(name)
+        meta, cache = await self._db.trajectory_cache(name)
+        if self._rules is not None and name not in self._rules:
+            rules = await self._db.on_store(lambda: self._load_rules(name, meta.uid))
+            self._rules.setdefault(name, {r.rule_id: r for r in rules})
+        return meta, cache
 
     @staticmethod
     def _check_window(w: Window, field: str) -> None:
@@ -451,18 +464,16 @@ class Monitor:
     def _rules_store(self):
         return self._db.chroma.get_or_create_collection(RULES_COLLECTION, embedding_function=None)
 
-    def _load_rules(self) -> list[DriftRule]:
-        """The rules of the existing collections. Rules left by a deleted collection
-        (e.g. deleted through another replica) are deleted; rules stored before
+    def _load_rules(self, name: str, uid: str) -> list[DriftRule]:
+        """The rules of collection ``name`` (Chroma id ``uid``). Rules left by an
+        earlier collection of the same name are deleted; rules stored before
         they carried their collection's id are given it."""
-        uids = {c.name: str(c.id) for c in self._db.chroma.list_collections()}
         store = self._rules_store()
-        got = store.get(include=["metadatas"])
+        got = store.get(where={"collection": name}, include=["metadatas"])
         rules, orphans = [], []
         for rid, md in zip(got["ids"], got["metadatas"], strict=True):
             rule = _rule_from_metadata(md)
-            uid = uids.get(rule.collection)
-            if uid is None or rule.collection_uid not in ("", uid):
+            if rule.collection_uid not in ("", uid):
                 orphans.append(rid)
             elif not rule.collection_uid:
                 rule = replace(rule, collection_uid=uid)
@@ -471,7 +482,7 @@ class Monitor:
             else:
                 rules.append(rule)
         if orphans:
-            log.info("deleting %d drift rules of deleted collections", len(orphans))
+            log.info("deleting %d drift rules of an earlier collection %s", len(orphans), name)
             store.delete(ids=orphans)
         return rules
 
@@ -489,8 +500,6 @@ class Monitor:
         """Hub drop listener: the collection was deleted, so its rules (in memory
         and, submitted now so before any later store call, in Chroma) and its
         live work go; a collection created again under the name starts afresh."""
-        if self._rules is not None:
-            self._rules.pop(name, None)
 
         def logged(done: asyncio.Future) -> None:
             if not done.cancelled() and done.exception() is not None:
@@ -501,6 +510,12 @@ class Monitor:
                 where={"$and": [{"collection": name}, {"collection_uid": uid}]}
             )
         ).add_done_callback(logged)
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """Drops the collection's rules from memory and stops its live work."""
+        if self._rules is not None:
+            self._rules.pop(name, None)
         task = self._workers.pop(name, None)
         if task is not None:
             task.cancel()
@@ -766,6 +781,7 @@ class Monitor:
         return state
 
     async def _check_rules(self, event: Event) -> None:
+        await self._cached(event.collection)  # loads the rules
         for rule in list(self._rules_of(event.collection).values()):
             times = [
                 t

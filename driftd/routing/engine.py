@@ -40,7 +40,7 @@ import logging
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -212,8 +212,9 @@ class RoutingEngine:
         self._facts_llm = facts_llm
         self._cache: OrderedDict[str, _Conversation] = OrderedDict()
         # Ids of the conversations with messages, so a new conversation's first
-        # message needs no Chroma read.
-        self._known: set[str] = set()
+        # message needs no Chroma read; None once other replicas may have written
+        # conversations (see retain): then every uncached one is read from Chroma.
+        self._known: set[str] | None = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._setup_lock = asyncio.Lock()
         self._messages = None  # Chroma collection handles, used only on the store thread
@@ -269,8 +270,9 @@ class RoutingEngine:
                 log.info("replayed %d routed messages from %s", len(records), log_.path)
             await self._on_wal(log_.truncate, log_.appended)
             self._wal = log_
-            ids = await db.on_store(lambda: self._messages.get(include=[])["ids"])
-            self._known = {i.rpartition("/")[0] for i in ids}
+            if self._known is not None:
+                ids = await db.on_store(lambda: self._messages.get(include=[])["ids"])
+                self._known = {i.rpartition("/")[0] for i in ids}
             self._model = model
             # A file read (once per model): off the loop like every other one.
             self._router = Router(await asyncio.to_thread(shipped_projection, model))
@@ -345,6 +347,17 @@ class RoutingEngine:
                 await asyncio.sleep(_RETRY_SECONDS)
                 self._kick.set()
 
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Drops the in-memory state of every conversation ``keep(id)`` rejects
+        (in server mode with peers: another replica owns it now) and from now on
+        reads every conversation not in memory from Chroma, where its new owner
+        may have written (in a conversation that comes back here, too). Logged
+        messages move to Chroma at once, for the new owners to read."""
+        self._known = None
+        for cid in [c for c in self._cache if not keep(c)]:
+            del self._cache[cid]
+        self._kick.set()
+
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
 
@@ -366,7 +379,7 @@ class RoutingEngine:
         if conv is not None:
             self._cache.move_to_end(cid)
             return conv
-        if cid not in self._known:
+        if self._known is not None and cid not in self._known:
             return _Conversation(cid)
         await self._drain()
         messages, branches = self._messages, self._branches
@@ -529,7 +542,8 @@ class RoutingEngine:
             number = await self._on_wal(self._wal.append, record)
             self._pending.append((number, record))
             self._kick.set()
-            self._known.add(cid)
+            if self._known is not None:
+                self._known.add(cid)
             branch = self._router.apply(state, cfg, decision, x, content, when)
             conv.message_ids[mid] = index
             self._cache[cid] = conv

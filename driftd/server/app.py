@@ -23,10 +23,13 @@ from driftd.config import Settings
 from driftd.engine import AsyncDriftDB
 from driftd.errors import Unavailable
 from driftd.monitor.monitor import Monitor
+from driftd.routing.engine import default_engine
 from driftd.server import reflection as commented_reflection
 from driftd.server.behavior_service import BehaviorServiceServicer
+from driftd.server.cluster import Cluster
 from driftd.server.collection_service import CollectionServiceServicer
 from driftd.server.flow_service import FlowServiceServicer
+from driftd.server.forwarding import ForwardingInterceptor
 from driftd.server.interceptors import MetricsInterceptor
 from driftd.server.monitor_service import MonitorServiceServicer
 from driftd.server.point_service import PointServiceServicer
@@ -111,15 +114,30 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     """
     gate = _EngineGate()
     health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(interceptors=[MetricsInterceptor()], options=server_options(settings))
+    # Keys owned by other replicas are forwarded after metrics (counted here too).
+    cluster = Cluster(
+        settings.own_address,
+        settings.peer_list,
+        channel_options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(), ForwardingInterceptor(cluster)],
+        options=server_options(settings),
+    )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
-        CollectionServiceServicer(gate), server
+        CollectionServiceServicer(gate, cluster.collection_owner), server
     )
     point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
     # The monitor runs the online chapter detectors that DetectChapters(ONLINE) reads.
     monitor = Monitor(gate)
     flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(gate, monitor), server)
-    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServiceServicer(gate), server)
+    routing = default_engine(gate)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(
+        RoutingServiceServicer(gate, routing), server
+    )
     monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorServiceServicer(monitor), server)
     behavior_pb2_grpc.add_BehaviorServiceServicer_to_server(
         BehaviorServiceServicer(BehaviorStore(gate)), server
@@ -168,6 +186,16 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         )
         engine = gate.engine = await AsyncDriftDB.open(settings)
         await monitor.start()
+        if cluster.enabled:
+
+            def retain() -> None:  # each capability drops the keys it no longer owns
+                engine.retain(lambda c: cluster.owns("collections/" + c))
+                monitor.retain(lambda c: cluster.owns("collections/" + c))
+                routing.retain(lambda c: cluster.owns("conversations/" + c))
+
+            cluster.add_listener(retain)
+            retain()
+            await cluster.start()
         for service in ("", *SERVICE_NAMES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("driftd ready")
@@ -180,6 +208,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         if engine is not None:
             await monitor.stop()  # ends the watch streams, which would never drain
         await server.stop(settings.grace_seconds)
+        await cluster.stop()
         gate.engine = None
         if engine is not None:
             await engine.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 from google.protobuf import empty_pb2
 
 from driftd import convert
 from driftd.engine import AsyncDriftDB, parse_collection_name
 from driftd.server.status import maps_errors
+from driftd.types import CollectionInfo
 from driftd.v1 import collection_pb2, collection_pb2_grpc
 
 #: ListCollections' page size when the request says 0.
@@ -15,10 +19,20 @@ DEFAULT_PAGE_SIZE = 100
 
 class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
     """Translates CollectionService RPCs to engine calls; errors map via
-    :func:`driftd.server.status.maps_errors`."""
+    :func:`driftd.server.status.maps_errors`.
 
-    def __init__(self, engine: AsyncDriftDB) -> None:
+    ``owner(collection_id)`` gives ``Collection.owner`` (the owner replica's
+    address; "" without peers).
+    """
+
+    def __init__(
+        self, engine: AsyncDriftDB, owner: Callable[[str], str] = lambda collection_id: ""
+    ) -> None:
         self._engine = engine
+        self._owner = owner
+
+    def _proto(self, info: CollectionInfo) -> collection_pb2.Collection:
+        return convert.collection_to_proto(replace(info, owner=self._owner(info.name)))
 
     @maps_errors
     async def CreateCollection(self, request, context) -> collection_pb2.Collection:
@@ -30,12 +44,12 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
             distance=convert.DISTANCE_FROM_PROTO.get(spec.distance, str(spec.distance)),
             embed_model=spec.embed_model,
         )
-        return convert.collection_to_proto(info)
+        return self._proto(info)
 
     @maps_errors
     async def GetCollection(self, request, context) -> collection_pb2.Collection:
         name = parse_collection_name(request.name, field="name")
-        return convert.collection_to_proto(await self._engine.get_collection(name))
+        return self._proto(await self._engine.get_collection(name))
 
     @maps_errors
     async def ListCollections(self, request, context) -> collection_pb2.ListCollectionsResponse:
@@ -43,7 +57,7 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
             page_size=request.page_size or DEFAULT_PAGE_SIZE, page_token=request.page_token
         )
         return collection_pb2.ListCollectionsResponse(
-            collections=[convert.collection_to_proto(i) for i in infos],
+            collections=[self._proto(i) for i in infos],
             next_page_token=next_token,
         )
 
@@ -60,4 +74,4 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
             series_key=request.series_key,
             embed_model=request.embed_model,
         )
-        return convert.collection_to_proto(info)
+        return self._proto(info)

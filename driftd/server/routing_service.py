@@ -16,13 +16,13 @@ class RoutingServiceServicer(routing_pb2_grpc.RoutingServiceServicer):
     """Translates RoutingService RPCs to :class:`RoutingEngine` calls; errors map
     via :func:`driftd.server.status.maps_errors`.
 
-    The routing engine is built on the first RPC, over the same engine (gate)
-    the other servicers use, so it needs nothing until storage is open.
+    The routing engine (by default :func:`default_engine` over the same engine
+    or gate the other servicers use) touches storage only from its first RPC.
     """
 
-    def __init__(self, engine: AsyncDriftDB) -> None:
+    def __init__(self, engine: AsyncDriftDB, routing: RoutingEngine | None = None) -> None:
         self._db = engine
-        self._engine: RoutingEngine | None = None
+        self._engine = routing
 
     @property
     def _routing(self) -> RoutingEngine:

@@ -499,7 +499,7 @@ def test_rules_watches_and_deletes_work_across_replicas(nodes):
         a.points.UpsertPoints(point_pb2.UpsertPointsRequest(parent=parent, points=pts))
         arrived, ev = on_c.next()
         assert ev.WhichOneof("event") == "points_upserted"
-        assert list(ev.points_upserted.ids) == [pts[0].id]
+        assert list(ev.points_upserted.point_ids) == [pts[0].id]
         assert arrived - sent < 1.0
 
     # A rule created on A fires for writes through B.
@@ -534,19 +534,20 @@ def test_a_forwarded_call_is_served_where_it_lands(nodes):
     owner = r.owner("collections/marked")
     other = next(n for n in nodes if n.server.target != owner)
     pts = trajectory(2, 30)
+    assert other.metric('driftd_cached_points{collection="marked"}') == 0
     other.points.UpsertPoints(
         point_pb2.UpsertPointsRequest(parent=parent, points=pts),
         metadata=[(FORWARDED_BY, "test")],
         timeout=TIMEOUT,
     )
-    before = other.metric("driftd_cached_flow_models")
     got = other.collections.GetCollection(
         collection_pb2.GetCollectionRequest(name=parent),
         metadata=[(FORWARDED_BY, "test")],
         timeout=TIMEOUT,
     )
     assert got.point_count == 30 and got.owner == owner
-    assert other.metric("driftd_cached_flow_models") == before
+    # Served here: this replica loaded the collection's cache itself.
+    assert other.metric('driftd_cached_points{collection="marked"}') == 30
 
 
 # --- replica failure ----------------------------------------------------------------
@@ -614,6 +615,7 @@ def test_sigkill_of_an_owner_moves_its_keys_and_keeps_acked_writes(nodes):
         stop.set()
         for t in threads:
             t.join()
+    print(f"keys of the killed replica moved {moved:.1f} s after SIGKILL; failures: {len(failures)}")
     assert moved < 10, f"keys moved after {moved:.1f} s"
     # Clients saw at most UNAVAILABLE, and only around the kill.
     assert {f for _, f in failures} <= {"UNAVAILABLE:OWNER_UNAVAILABLE", "UNAVAILABLE:"}

@@ -334,11 +334,17 @@ class AsyncDriftDB:
         return self._info(coll)
 
     async def list_collections(
-        self, *, page_size: int = 100, page_token: str = ""
+        self,
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        load: Callable[[str], bool] = lambda name: True,
     ) -> tuple[list[CollectionInfo], str]:
         """A page of collections in name order and the next page token ("" at the end).
 
-        The token is the last name of the previous page.
+        The token is the last name of the previous page. A collection for which
+        ``load(name)`` is False is not read into memory (another replica owns
+        it): its counts and time span are left zero and unset.
 
         Raises:
             InvalidArgument: page_size outside 1-1000 (LIMIT_EXCEEDED) or a bad
@@ -356,8 +362,11 @@ class AsyncDriftDB:
         page = after[:page_size]
         out = []
         for m in page:
-            coll = self._current(m)
-            await self._loaded(coll)
+            if load(m.name):
+                coll = self._current(m)
+                await self._loaded(coll)
+            else:
+                coll = _Collection(m)  # not kept: its owner holds its state
             out.append(self._info(coll))
         next_token = page[-1].name if len(after) > page_size else ""
         return out, next_token

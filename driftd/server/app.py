@@ -128,7 +128,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         options=server_options(settings),
     )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
-        CollectionServiceServicer(gate, cluster.collection_owner), server
+        CollectionServiceServicer(gate, cluster), server
     )
     point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
     # The monitor runs the online chapter detectors that DetectChapters(ONLINE) reads.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 from dataclasses import replace
 
 from google.protobuf import empty_pb2
 
 from driftd import convert
 from driftd.engine import AsyncDriftDB, parse_collection_name
+from driftd.server.cluster import Cluster
+from driftd.server.forwarding import owned_collection
 from driftd.server.status import maps_errors
 from driftd.types import CollectionInfo
 from driftd.v1 import collection_pb2, collection_pb2_grpc
@@ -21,15 +23,20 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
     """Translates CollectionService RPCs to engine calls; errors map via
     :func:`driftd.server.status.maps_errors`.
 
-    ``owner(collection_id)`` gives ``Collection.owner`` (the owner replica's
-    address; "" without peers).
+    With a cluster (server mode with peers), ``Collection.owner`` is the owner
+    replica's address, and ListCollections takes the counts of collections
+    owned elsewhere from their owners instead of loading them here.
     """
 
-    def __init__(
-        self, engine: AsyncDriftDB, owner: Callable[[str], str] = lambda collection_id: ""
-    ) -> None:
+    def __init__(self, engine: AsyncDriftDB, cluster: Cluster | None = None) -> None:
         self._engine = engine
-        self._owner = owner
+        self._cluster = cluster
+
+    def _owner(self, collection_id: str) -> str:
+        return self._cluster.collection_owner(collection_id) if self._cluster else ""
+
+    def _local(self, collection_id: str) -> bool:
+        return not self._cluster or self._cluster.owns("collections/" + collection_id)
 
     def _proto(self, info: CollectionInfo) -> collection_pb2.Collection:
         return convert.collection_to_proto(replace(info, owner=self._owner(info.name)))
@@ -53,11 +60,26 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
 
     @maps_errors
     async def ListCollections(self, request, context) -> collection_pb2.ListCollectionsResponse:
+        remote: list[str] = []  # owned elsewhere: their owners report them
+
+        def load(collection_id: str) -> bool:
+            if self._local(collection_id):
+                return True
+            remote.append(collection_id)
+            return False
+
         infos, next_token = await self._engine.list_collections(
-            page_size=request.page_size or DEFAULT_PAGE_SIZE, page_token=request.page_token
+            page_size=request.page_size or DEFAULT_PAGE_SIZE,
+            page_token=request.page_token,
+            load=load,
         )
+        fetched = await asyncio.gather(
+            *(owned_collection(self._cluster, name, context) for name in remote)
+        )
+        elsewhere = dict(zip(remote, fetched, strict=True))
+        got = [elsewhere[i.name] if i.name in elsewhere else self._proto(i) for i in infos]
         return collection_pb2.ListCollectionsResponse(
-            collections=[self._proto(i) for i in infos],
+            collections=[c for c in got if c is not None],  # None: deleted meanwhile
             next_page_token=next_token,
         )
 

@@ -115,6 +115,27 @@ def request_key(route: Route, request: Any) -> str | None:
     return f"{kind}/{ident}" if kind in KINDS and ident else None
 
 
+async def owned_collection(
+    cluster: Cluster, collection_id: str, context: grpc.aio.ServicerContext
+) -> collection_pb2.Collection | None:
+    """GetCollection of ``collection_id`` from its owner (another replica), with
+    the caller's metadata and deadline: what ListCollections reports for a
+    collection it does not own. None when the owner no longer has it (deleted
+    meanwhile); another failure ends the caller's RPC with the owner's status."""
+    path = "/driftd.v1.CollectionService/GetCollection"
+    relay = _Relay(cluster, path, ROUTES[path])
+    owner = cluster.owner("collections/" + collection_id)
+    request = collection_pb2.GetCollectionRequest(name="collections/" + collection_id)
+    try:
+        response = await relay._stub(owner, "unary_unary")(request, **relay._call_args(context))
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        await relay._failed(owner, err, context)
+    relay._ok(owner)
+    return response
+
+
 class ForwardingInterceptor(grpc.aio.ServerInterceptor):
     """Relays RPCs for keys owned by another replica to that replica."""
 

@@ -550,6 +550,29 @@ def test_a_forwarded_call_is_served_where_it_lands(nodes):
     assert other.metric('driftd_cached_points{collection="marked"}') == 30
 
 
+def test_list_collections_takes_counts_from_the_owners(nodes):
+    r = ring(nodes)
+    names = [f"listed-{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        parent = make_collection(nodes[i % 3], name)
+        nodes[(i + 1) % 3].points.UpsertPoints(
+            point_pb2.UpsertPointsRequest(parent=parent, points=trajectory(i, 10 + i)),
+            timeout=TIMEOUT,
+        )
+    pages = []
+    for n in nodes:
+        got = n.collections.ListCollections(
+            collection_pb2.ListCollectionsRequest(page_size=1000), timeout=TIMEOUT
+        ).collections
+        pages.append([(c.name, c.point_count, c.owner) for c in got if c.name[12:] in names])
+    want = [(f"collections/{x}", 10 + i, r.owner(f"collections/{x}")) for i, x in enumerate(names)]
+    assert pages == [want] * 3
+    for n in nodes:  # each replica holds only the caches of the collections it owns
+        for name in names:
+            held = n.metric(f'driftd_cached_points{{collection="{name}"}}')
+            assert (held > 0) == (r.owner(f"collections/{name}") == n.server.target), name
+
+
 # --- replica failure ----------------------------------------------------------------
 
 
@@ -615,7 +638,7 @@ def test_sigkill_of_an_owner_moves_its_keys_and_keeps_acked_writes(nodes):
         stop.set()
         for t in threads:
             t.join()
-    print(f"keys of the killed replica moved {moved:.1f} s after SIGKILL; failures: {len(failures)}")
+    print(f"keys of the killed replica moved {moved:.1f} s after SIGKILL, {len(failures)} failed")
     assert moved < 10, f"keys moved after {moved:.1f} s"
     # Clients saw at most UNAVAILABLE, and only around the kill.
     assert {f for _, f in failures} <= {"UNAVAILABLE:OWNER_UNAVAILABLE", "UNAVAILABLE:"}

@@ -215,6 +215,8 @@ class RoutingEngine:
         # message needs no Chroma read; None once other replicas may have written
         # conversations (see retain): then every uncached one is read from Chroma.
         self._known: set[str] | None = set()
+        # Bumped by retain: state read or built before it is not cached after it.
+        self._epoch = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._setup_lock = asyncio.Lock()
         self._messages = None  # Chroma collection handles, used only on the store thread
@@ -354,6 +356,7 @@ class RoutingEngine:
         may have written (in a conversation that comes back here, too). Logged
         messages move to Chroma at once, for the new owners to read."""
         self._known = None
+        self._epoch += 1
         for cid in [c for c in self._cache if not keep(c)]:
             del self._cache[cid]
         self._kick.set()
@@ -381,6 +384,7 @@ class RoutingEngine:
             return conv
         if self._known is not None and cid not in self._known:
             return _Conversation(cid)
+        epoch = self._epoch
         await self._drain()
         messages, branches = self._messages, self._branches
 
@@ -412,7 +416,7 @@ class RoutingEngine:
                 str(md["extractor"]),
                 int(md["message_count"]),
             )
-        if got["ids"]:
+        if got["ids"] and epoch == self._epoch:
             self._cache[cid] = conv
             self._evict()
         return conv
@@ -521,6 +525,7 @@ class RoutingEngine:
         """
         x = unit(stored)
         async with self._lock(cid):
+            epoch = self._epoch
             conv = await self._conversation(cid)
             if message_id and message_id in conv.message_ids:
                 return await self._stored_result(conv, conv.message_ids[message_id])
@@ -546,9 +551,10 @@ class RoutingEngine:
                 self._known.add(cid)
             branch = self._router.apply(state, cfg, decision, x, content, when)
             conv.message_ids[mid] = index
-            self._cache[cid] = conv
-            self._cache.move_to_end(cid)
-            self._evict()
+            if epoch == self._epoch:  # else the conversation may have moved: reread it
+                self._cache[cid] = conv
+                self._cache.move_to_end(cid)
+                self._evict()
             return _result(cid, decision, branch.words.topic(), mid)
 
     def _checked_vector(self, vector) -> np.ndarray:

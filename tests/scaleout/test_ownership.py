@@ -551,6 +551,32 @@ def test_a_forwarded_call_is_served_where_it_lands(nodes):
     assert other.metric('driftd_cached_points{collection="marked"}') == 30
 
 
+def test_streams_pass_through_a_non_owner(nodes):
+    """StreamUpsertPoints (bidi) and GetTrajectory (server stream) through a
+    replica that does not own the collection (deadlines and metadata:
+    tests/server/test_forwarding.py)."""
+    r = ring(nodes)
+    parent = make_collection(nodes[0], "streamed")
+    other = next(n for n in nodes if n.server.target != r.owner("collections/streamed"))
+    pts = trajectory(3, 90)
+
+    def requests():
+        for seq, lo in enumerate(range(0, 90, 30), 1):
+            yield point_pb2.StreamUpsertPointsRequest(
+                parent=parent if seq == 1 else "", sequence=seq, points=pts[lo : lo + 30]
+            )
+
+    acks = list(other.points.StreamUpsertPoints(requests(), timeout=TIMEOUT))
+    assert [(a.sequence, a.accepted_count) for a in acks] == [(1, 30), (2, 30), (3, 30)]
+    chunks = list(
+        other.points.GetTrajectory(
+            point_pb2.GetTrajectoryRequest(parent=parent, chunk_size=40), timeout=TIMEOUT
+        )
+    )
+    assert [len(c.points) for c in chunks] == [40, 40, 10]
+    assert [p.id for c in chunks for p in c.points] == [p.id for p in pts]
+
+
 def test_list_collections_takes_counts_from_the_owners(nodes):
     r = ring(nodes)
     names = [f"listed-{i}" for i in range(6)]

@@ -70,6 +70,7 @@ class Cluster:
         self._peers = tuple(p for p in peers if p)
         self._channel_options = tuple(channel_options)
         self._resolved: set[str] = set()
+        self._addresses_of: dict[str, set[str]] = {}  # peer entry -> its last addresses
         self._failures: dict[str, int] = {}
         self._live: frozenset[str] = frozenset({address})
         self._ring = HashRing(nodes=[address])
@@ -158,20 +159,18 @@ class Cluster:
         """Resolves ``peers``; a name that does not resolve now keeps its last
         addresses (DNS hiccup), and addresses no name yields any more go."""
         loop = asyncio.get_running_loop()
-        found: set[str] = set()
         for peer in self._peers:
             host, _, port = peer.rpartition(":")
-            host = host.strip("[]")
             try:
-                infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+                infos = await loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
             except (OSError, ValueError) as exc:
                 log.warning("cannot resolve peer %s: %s", peer, exc)
-                found |= {a for a in self._resolved if a.rpartition(":")[2] == port}
                 continue
-            for family, _, _, _, sockaddr in infos:
-                ip = sockaddr[0]
-                found.add(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
-        found.discard(self.address)
+            self._addresses_of[peer] = {
+                f"[{sockaddr[0]}]:{port}" if family == socket.AF_INET6 else f"{sockaddr[0]}:{port}"
+                for family, _, _, _, sockaddr in infos
+            }
+        found = set().union(*self._addresses_of.values()) - {self.address}
         for gone in self._resolved - found:
             self._failures.pop(gone, None)
             ch = self._channels.pop(gone, None)

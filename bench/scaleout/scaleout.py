@@ -271,11 +271,14 @@ def ingest(root: Path, chroma: ChromaServer, n_points: int, dim: int) -> list[st
                 [(targets[i % count], name, 100 + i, n_points, dim) for i, name in enumerate(names)]
             )
             cpu = [tree_cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+            owner_of = owners(targets[0], names) if count > 1 else {}
         rates[count] = INGEST_WRITERS * n_points / secs
+        split = "/".join(str(sum(o == t for o in owner_of.values())) for t in targets)
         lines.append(
             f"    through {count} replica{'s' if count > 1 else ''}: "
             f"{rates[count]:,.0f} points/s ({secs:.1f} s); CPU seconds: chroma run "
             f"{cpu[0]:.1f}, driftd {' + '.join(f'{c:.1f}' for c in cpu[1:])}"
+            + (f"; collections owned {split}" if owner_of else "")
         )
     ratio = rates[3] / rates[1]
     lines.append(

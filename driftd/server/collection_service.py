@@ -73,8 +73,11 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
             page_token=request.page_token,
             load=load,
         )
-        fetched = await asyncio.gather(
-            *(owned_collection(self._cluster, name, context) for name in remote)
+        cluster = self._cluster
+        fetched = (
+            await asyncio.gather(*(owned_collection(cluster, name, context) for name in remote))
+            if cluster is not None and remote
+            else []
         )
         elsewhere = dict(zip(remote, fetched, strict=True))
         got = [elsewhere[i.name] if i.name in elsewhere else self._proto(i) for i in infos]

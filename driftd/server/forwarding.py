@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf import message_factory
+from google.protobuf.message import Message
 
 from driftd import metrics
 from driftd.errors import Unavailable
@@ -71,7 +72,7 @@ class Route(NamedTuple):
 
     field: str  # the request field with the key
     kind: str  # "" when the field is a resource name, else the kind of its bare id
-    response: type  # the response message class (relayed responses are parsed)
+    response: type[Message]  # the response message class (relayed responses are parsed)
 
 
 def _routes() -> dict[str, Route]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from driftd.convert import optional_time
-from driftd.engine import AsyncDriftDB
 from driftd.routing import convert
-from driftd.routing.engine import DEFAULT_PAGE_SIZE, RoutingEngine, default_engine
+from driftd.routing.engine import DEFAULT_PAGE_SIZE, RoutingEngine
 from driftd.server.status import maps_errors
 from driftd.v1 import routing_pb2, routing_pb2_grpc
 
@@ -16,19 +15,12 @@ class RoutingServiceServicer(routing_pb2_grpc.RoutingServiceServicer):
     """Translates RoutingService RPCs to :class:`RoutingEngine` calls; errors map
     via :func:`driftd.server.status.maps_errors`.
 
-    The routing engine (by default :func:`default_engine` over the same engine
-    or gate the other servicers use) touches storage only from its first RPC.
+    ``routing`` may be the server's stand-in that raises Unavailable while
+    storage is not open.
     """
 
-    def __init__(self, engine: AsyncDriftDB, routing: RoutingEngine | None = None) -> None:
-        self._db = engine
-        self._engine = routing
-
-    @property
-    def _routing(self) -> RoutingEngine:
-        if self._engine is None:
-            self._engine = default_engine(self._db)
-        return self._engine
+    def __init__(self, routing: RoutingEngine) -> None:
+        self._routing = routing
 
     @maps_errors
     async def RouteMessage(self, request, context) -> routing_pb2.RouteMessageResponse:

@@ -629,7 +629,6 @@ def test_sigkill_of_an_owner_moves_its_keys_and_keeps_acked_writes(nodes, single
         ),
         timeout=TIMEOUT,
     )
-    time.sleep(0.5)  # routed messages move from the victim's log to Chroma in ~50 ms
     acked: dict[str, set[str]] = {n: set() for n in names}
     stop = threading.Event()
     failures: list[tuple[float, str]] = []

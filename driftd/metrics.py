@@ -76,6 +76,18 @@ CACHED_EMBED_MODELS = Gauge("driftd_cached_embed_models", "Text embedding models
 CACHED_POINTS = Gauge(
     "driftd_cached_points", "Points held in the in-memory trajectory caches.", ["collection"]
 )
+CLUSTER_MEMBERS = Gauge(
+    "driftd_cluster_members", "Live replicas on this replica's ring, itself included."
+)
+OWNERSHIP_CHANGES = Counter(
+    "driftd_ownership_changes_total",
+    "Changes of the live replica set, each of which moves some keys to new owners.",
+)
+FORWARDED_RPCS = Counter(
+    "driftd_forwarded_rpcs_total",
+    "RPCs for keys another replica owns, forwarded to that owner, by outcome code.",
+    ["grpc_service", "grpc_method", "owner", "grpc_code"],
+)
 
 BUILD_INFO = Info(
     "driftd_build",

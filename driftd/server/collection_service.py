@@ -3,9 +3,11 @@ and import them (online backup and restore)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from google.protobuf import empty_pb2
 
@@ -13,8 +15,11 @@ from driftd import convert
 from driftd.engine import AsyncDriftDB, parse_collection_name
 from driftd.errors import FieldViolation, InvalidArgument
 from driftd.monitor.monitor import Monitor, parse_rule_name
+from driftd.server.cluster import Cluster
+from driftd.server.forwarding import owned_collection
 from driftd.server.monitor_service import create_rule, rule_to_proto
 from driftd.server.status import maps_errors
+from driftd.types import CollectionInfo
 from driftd.v1 import collection_pb2, collection_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -27,11 +32,28 @@ DEFAULT_EXPORT_CHUNK = 500
 
 class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
     """Translates CollectionService RPCs to engine calls; errors map via
-    :func:`driftd.server.status.maps_errors`."""
+    :func:`driftd.server.status.maps_errors`.
 
-    def __init__(self, engine: AsyncDriftDB, monitor: Monitor) -> None:
+    With a cluster (server mode with peers), ``Collection.owner`` is the owner
+    replica's address, and ListCollections takes the counts of collections
+    owned elsewhere from their owners instead of loading them here.
+    """
+
+    def __init__(
+        self, engine: AsyncDriftDB, monitor: Monitor, cluster: Cluster | None = None
+    ) -> None:
         self._engine = engine
         self._monitor = monitor
+        self._cluster = cluster
+
+    def _owner(self, collection_id: str) -> str:
+        return self._cluster.collection_owner(collection_id) if self._cluster else ""
+
+    def _local(self, collection_id: str) -> bool:
+        return not self._cluster or self._cluster.owns("collections/" + collection_id)
+
+    def _proto(self, info: CollectionInfo) -> collection_pb2.Collection:
+        return convert.collection_to_proto(replace(info, owner=self._owner(info.name)))
 
     async def _create(self, collection_id: str, spec: collection_pb2.Collection):
         return await self._engine.create_collection(
@@ -44,22 +66,38 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
 
     @maps_errors
     async def CreateCollection(self, request, context) -> collection_pb2.Collection:
-        return convert.collection_to_proto(
-            await self._create(request.collection_id, request.collection)
-        )
+        return self._proto(await self._create(request.collection_id, request.collection))
 
     @maps_errors
     async def GetCollection(self, request, context) -> collection_pb2.Collection:
         name = parse_collection_name(request.name, field="name")
-        return convert.collection_to_proto(await self._engine.get_collection(name))
+        return self._proto(await self._engine.get_collection(name))
 
     @maps_errors
     async def ListCollections(self, request, context) -> collection_pb2.ListCollectionsResponse:
+        remote: list[str] = []  # owned elsewhere: their owners report them
+
+        def load(collection_id: str) -> bool:
+            if self._local(collection_id):
+                return True
+            remote.append(collection_id)
+            return False
+
         infos, next_token = await self._engine.list_collections(
-            page_size=request.page_size or DEFAULT_PAGE_SIZE, page_token=request.page_token
+            page_size=request.page_size or DEFAULT_PAGE_SIZE,
+            page_token=request.page_token,
+            load=load,
         )
+        cluster = self._cluster
+        fetched = (
+            await asyncio.gather(*(owned_collection(cluster, name, context) for name in remote))
+            if cluster is not None and remote
+            else []
+        )
+        elsewhere = dict(zip(remote, fetched, strict=True))
+        got = [elsewhere[i.name] if i.name in elsewhere else self._proto(i) for i in infos]
         return collection_pb2.ListCollectionsResponse(
-            collections=[convert.collection_to_proto(i) for i in infos],
+            collections=[c for c in got if c is not None],  # None: deleted meanwhile
             next_page_token=next_token,
         )
 
@@ -76,7 +114,7 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
             series_key=request.series_key,
             embed_model=request.embed_model,
         )
-        return convert.collection_to_proto(info)
+        return self._proto(info)
 
     @maps_errors
     async def ExportCollection(
@@ -92,7 +130,7 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
             if not token:
                 break
         yield collection_pb2.ExportCollectionResponse(
-            collection=convert.collection_to_proto(info),
+            collection=self._proto(info),
             drift_rules=[rule_to_proto(r) for r in rules],
         )
         chunks = self._engine.trajectory(
@@ -152,7 +190,7 @@ class CollectionServiceServicer(collection_pb2_grpc.CollectionServiceServicer):
                 field_violations=[FieldViolation("collection_id", "required")],
             )
         return collection_pb2.ImportCollectionResponse(
-            collection=convert.collection_to_proto(await self._engine.get_collection(name)),
+            collection=self._proto(await self._engine.get_collection(name)),
             imported_point_count=points,
             imported_drift_rule_count=rules,
         )

@@ -69,6 +69,7 @@ class Collection(_message.Message):
     TIME_KEY_FIELD_NUMBER: _builtins.int
     SERIES_KEY_FIELD_NUMBER: _builtins.int
     ATTACHED_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: "collections/{collection_id}". The id is 3-512 characters of
     [a-zA-Z0-9._-], starting and ending with a letter or digit.
@@ -94,6 +95,12 @@ class Collection(_message.Message):
     """Output only. For attached collections, the metadata key holding each record's series."""
     attached: _builtins.bool
     """Output only. True when the collection was adopted by AttachCollection."""
+    owner: _builtins.str
+    """Output only. The address (host:port) of the replica that owns the
+    collection: it holds the collection's cache and flow model, publishes its
+    watch events and evaluates its drift rules; other replicas forward to it.
+    Empty when driftd runs without peers.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. Time of the earliest point; unset when empty."""
@@ -122,10 +129,11 @@ class Collection(_message.Message):
         time_key: _builtins.str = ...,
         series_key: _builtins.str = ...,
         attached: _builtins.bool = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "create_time", b"create_time", "dimension", b"dimension", "distance", b"distance", "embed_model", b"embed_model", "end_time", b"end_time", "name", b"name", "point_count", b"point_count", "series_count", b"series_count", "series_key", b"series_key", "start_time", b"start_time", "time_key", b"time_key", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "create_time", b"create_time", "dimension", b"dimension", "distance", b"distance", "embed_model", b"embed_model", "end_time", b"end_time", "name", b"name", "owner", b"owner", "point_count", b"point_count", "series_count", b"series_count", "series_key", b"series_key", "start_time", b"start_time", "time_key", b"time_key", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,7 +111,12 @@ type Collection struct {
 	// Output only. For attached collections, the metadata key holding each record's series.
 	SeriesKey string `protobuf:"bytes,12,opt,name=series_key,json=seriesKey,proto3" json:"series_key,omitempty"`
 	// Output only. True when the collection was adopted by AttachCollection.
-	Attached      bool `protobuf:"varint,13,opt,name=attached,proto3" json:"attached,omitempty"`
+	Attached bool `protobuf:"varint,13,opt,name=attached,proto3" json:"attached,omitempty"`
+	// Output only. The address (host:port) of the replica that owns the
+	// collection: it holds the collection's cache and flow model, publishes its
+	// watch events and evaluates its drift rules; other replicas forward to it.
+	// Empty when driftd runs without peers.
+	Owner         string `protobuf:"bytes,14,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -235,6 +240,13 @@ func (x *Collection) GetAttached() bool {
 		return x.Attached
 	}
 	return false
+}
+
+func (x *Collection) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
 }
 
 // Request for CollectionService.CreateCollection.
@@ -839,7 +851,7 @@ var File_driftd_v1_collection_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_collection_proto_rawDesc = "" +
 	"\n" +
-	"\x1adriftd/v1/collection.proto\x12\tdriftd.v1\x1a\x17driftd/v1/monitor.proto\x1a\x15driftd/v1/point.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x03\n" +
+	"\x1adriftd/v1/collection.proto\x12\tdriftd.v1\x1a\x17driftd/v1/monitor.proto\x1a\x15driftd/v1/point.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x04\n" +
 	"\n" +
 	"Collection\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
@@ -860,7 +872,8 @@ const file_driftd_v1_collection_proto_rawDesc = "" +
 	"\btime_key\x18\v \x01(\tR\atimeKey\x12\x1d\n" +
 	"\n" +
 	"series_key\x18\f \x01(\tR\tseriesKey\x12\x1a\n" +
-	"\battached\x18\r \x01(\bR\battached\"u\n" +
+	"\battached\x18\r \x01(\bR\battached\x12\x14\n" +
+	"\x05owner\x18\x0e \x01(\tR\x05owner\"u\n" +
 	"\x17CreateCollectionRequest\x12#\n" +
 	"\rcollection_id\x18\x01 \x01(\tR\fcollectionId\x125\n" +
 	"\n" +

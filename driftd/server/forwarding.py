@@ -6,7 +6,8 @@ replica owns it (:class:`~driftd.server.cluster.Cluster`) relays the call there
 over gRPC: the caller's metadata (``authorization`` included, unchanged), its
 remaining deadline, and the messages of client-, server- and bidi streams as
 they come (a client or bidi stream goes where its first message's key is
-owned). The owner's status, message and rich error details come back unchanged; the relayed call is a CLIENT span of the caller's trace
+owned). The owner's status, message and rich error details come back
+unchanged; the relayed call is a CLIENT span of the caller's trace
 (:func:`driftd.tracing.forwarded_call`). A relayed call carries
 :data:`FORWARDED_BY`; a replica receiving one serves it itself, so a call is
 relayed at most once even while replicas disagree on membership.

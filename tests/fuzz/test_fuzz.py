@@ -213,6 +213,8 @@ def _send(f: Fuzz, method, raw: list[bytes]) -> tuple[str, list]:
                 if len(responses) >= 50:
                     stream.cancel()
                     break
+        elif kind == "stream_unary":
+            responses.append(call(iter(raw), timeout=timeout))
         else:
             responses.extend(call(iter(raw), timeout=timeout))
         return "OK", responses

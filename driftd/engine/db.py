@@ -43,6 +43,7 @@ from driftd.monitor.events import EventHub
 from driftd.store.chroma import (
     ChromaStore,
     Columns,
+    Record,
     SeenWrites,
     StoredCollection,
     payload_where,
@@ -571,8 +572,11 @@ class AsyncDriftDB:
     ) -> list[ScoredPoint]:
         """The top_k nearest points to a vector or text.
 
-        Without a time/series filter this is Chroma's HNSW search (payload filter
-        as a Chroma ``where``); with one, an exact scan of the cached trajectory.
+        Without a time/series filter this is one Chroma HNSW query (payload filter
+        as a Chroma ``where``) that returns the points too. With one, an exact scan
+        of the cached trajectory's window (restricted to the ids matching the
+        payload filter), then a read of the hits: at 20k points both are faster
+        than Chroma's ``where`` on the time key (measured in bench.perf).
 
         Raises NotFound, InvalidArgument (query, top_k), FailedPrecondition (text
         without an embed model).
@@ -584,22 +588,38 @@ class AsyncDriftDB:
         )
         where = payload_where(payload_filter or {})
         cache = await self._loaded(coll)
+        meta = coll.meta
         if start is None and end is None and not series:
-            hits = await self.on_store(lambda: self._store.query(coll.meta, query, top_k, where))
+            hits = await self.on_store(
+                lambda: self._store.query(
+                    meta, query, top_k, where, include_vectors=include_vectors
+                )
+            )
         else:
             snap = cache.snapshot()
-            rows = snap.rows[snap.select(start, end, series)]
-            if where is not None:
-                allowed = await self.on_store(lambda: self._store.ids_where(coll.meta, where))
-                rows = np.array([r for r in rows if cache.id_of_row(r) in allowed], dtype=np.int64)
-            hits = _exact_knn(cache, rows, query, top_k, coll.meta.distance)
-        if not hits:
-            return []
-        found, _ = await self.get_points(
-            name, [h[0] for h in hits], include_vectors=include_vectors
-        )
-        by_id = {p.id: p for p in found}
-        return [ScoredPoint(by_id[i], d) for i, d in hits if i in by_id]
+            positions = snap.select(start, end, series)
+            rows, ids = snap.rows[positions], snap.ids[positions]
+            # The scan runs on the store thread with the read of its hits (one hop),
+            # on the snapshot's ids and the rows' vectors as they are. Writes
+            # meanwhile append rows, overwrite rows in place or, for a delete, move
+            # the last row's vector into the deleted id's row: that id is no longer
+            # found by the read, so every hit returned is a stored point.
+            vectors = cache.vectors
+
+            def scan() -> list[tuple[Record, float]]:
+                r, i = rows, ids
+                if where is not None:
+                    allowed = set(self._store.ids_where(meta, where))
+                    mask = np.fromiter((x in allowed for x in ids), bool, len(ids))
+                    r, i = rows[mask], ids[mask]
+                nearest = _exact_knn(vectors, r, query, top_k, meta.distance)
+                found = self._store.fetch(
+                    meta, [i[j] for j, _ in nearest], include_vectors=include_vectors
+                )
+                return [(found[i[j]], d) for j, d in nearest if i[j] in found]
+
+            hits = await self.on_store(scan)
+        return [ScoredPoint(self._point(r), d) for r, d in hits]
 
     # --- flow ----------------------------------------------------------------
 
@@ -1098,21 +1118,34 @@ def _similarity(a: np.ndarray, b: np.ndarray, cosine: bool) -> float:
     return -float(np.linalg.norm(a - b))
 
 
+#: Rows per block of the exact scan: bounds its copy of the vectors (24 MiB at d = 384).
+_SCAN_BLOCK = 16_384
+
+
 def _exact_knn(
-    cache: TrajectoryCache, rows: np.ndarray, query: np.ndarray, k: int, distance: str
-) -> list[tuple[str, float]]:
-    """Exact k nearest among cache rows, in the collection's distance."""
-    if len(rows) == 0:
-        return []
-    X = cache.vectors[rows]
-    if distance == "cosine":
-        norms = np.linalg.norm(X, axis=1) * (np.linalg.norm(query) or 1.0)
-        d = 1.0 - (X @ query) / np.where(norms > 0, norms, 1.0)
-    elif distance == "ip":
-        d = 1.0 - X @ query
-    else:
-        d = ((X - query) ** 2).sum(1)
+    vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, k: int, distance: str
+) -> list[tuple[int, float]]:
+    """Exact k nearest of ``vectors[rows]`` (rows (n,) int64 into vectors (N, d)
+    float32) to ``query`` (d,), in the collection's distance (Chroma's: cosine and
+    ip as 1 - similarity, l2 squared), as ``(index into rows, distance)``, nearest
+    first. Scanned in blocks of _SCAN_BLOCK rows, keeping the best k so far."""
     k = min(k, len(rows))
-    best = np.argpartition(d, k - 1)[:k]
-    best = best[np.argsort(d[best], kind="stable")]
-    return [(cache.id_of_row(rows[i]), float(d[i])) for i in best]
+    best = np.empty(0, dtype=np.int64)
+    best_d = np.empty(0, dtype=np.float64)
+    q = np.asarray(query, dtype=np.float32)
+    q_norm = float(np.linalg.norm(q)) or 1.0
+    for lo in range(0, len(rows), _SCAN_BLOCK):
+        X = vectors[rows[lo : lo + _SCAN_BLOCK]]
+        if distance == "cosine":
+            norms = np.linalg.norm(X, axis=1) * q_norm
+            d = 1.0 - (X @ q) / np.where(norms > 0, norms, 1.0)
+        elif distance == "ip":
+            d = 1.0 - X @ q
+        else:
+            d = ((X - q) ** 2).sum(1)
+        cand = np.concatenate([best, np.arange(lo, lo + len(X))])
+        cand_d = np.concatenate([best_d, d])
+        top = np.argpartition(cand_d, k - 1)[:k] if len(cand) > k else slice(None)
+        best, best_d = cand[top], cand_d[top]
+    order = np.argsort(best_d, kind="stable")
+    return [(int(best[j]), float(best_d[j])) for j in order]

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -72,6 +72,8 @@ SIM_CHUNK_STEPS = 50
 # Bytes of vectors upserted between two returns of freed heap memory to the OS
 # (driftd.engine.memory): the batches' temporary copies otherwise stay resident.
 TRIM_BYTES = 16 << 20
+# Batches of an upsert stream read and prepared ahead of the one being written.
+STREAM_AHEAD = 4
 # Sequence numbers: version << 24 | index in batch, so ties in time keep write order.
 _SEQ_SHIFT = 24
 
@@ -90,6 +92,28 @@ class _FlowModel:
     snapshot: Snapshot
     ensemble: FlowEnsemble | None = None
     attractors: flow_tasks.AttractorsOut | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated, embedded batch: its valid points, their (n, d) float32 vectors,
+    how many were embedded and the errors of the points left out."""
+
+    points: list
+    vectors: np.ndarray
+    embedded: int
+    errors: tuple
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.points]
+
+
+@dataclass(frozen=True)
+class _StreamEnd:
+    """The end of an upsert stream's batches: ``error`` is what reading them raised."""
+
+    error: Exception | None
 
 
 @dataclass
@@ -417,8 +441,74 @@ class AsyncDriftDB:
                 without an embed model.
         """
         coll = await self._collection(name)
+        batch = await self._prepare(coll.meta, points, lenient=lenient)
+        version = await self._write(name, coll, [batch])
+        return UpsertResult(len(batch.points), batch.embedded, version, batch.errors)
+
+    async def upsert_stream(
+        self, name: str, batches: AsyncIterable[Sequence[Point | Mapping]]
+    ) -> AsyncIterator[UpsertResult]:
+        """Lenient upserts of a stream of batches, in order: yields each batch's
+        result once it is durable (StreamUpsertPoints).
+
+        Pipelined: while the store writes, the next batches (up to STREAM_AHEAD)
+        are read, validated and embedded; the batches ready when the store is free
+        are written together, one Chroma upsert and one commit (up to
+        ``max_batch_points`` points, none sharing an id), each still getting its
+        own result. An exception from ``batches`` is raised after the results of
+        the batches before it; closing the generator stops the reading.
+
+        Raises:
+            NotFound: unknown collection.
+            InvalidArgument: BATCH_TOO_LARGE; whatever ``batches`` raises.
+        """
+        ready: asyncio.Queue[_Prepared | _StreamEnd] = asyncio.Queue(STREAM_AHEAD)
+
+        async def read() -> None:
+            try:
+                async for points in batches:
+                    coll = await self._collection(name)
+                    await ready.put(await self._prepare(coll.meta, points, lenient=True))
+            except Exception as exc:  # raised in order, after the earlier results
+                await ready.put(_StreamEnd(exc))
+            else:
+                await ready.put(_StreamEnd(None))
+
+        reader = asyncio.create_task(read())
+        try:
+            pending: _Prepared | _StreamEnd | None = await ready.get()
+            while isinstance(pending, _Prepared):
+                group, ids, total = [pending], set(pending.ids), len(pending.points)
+                pending = None
+                while not ready.empty():
+                    nxt = ready.get_nowait()
+                    if (
+                        isinstance(nxt, _StreamEnd)
+                        or total + len(nxt.points) > self.settings.max_batch_points
+                        or not ids.isdisjoint(nxt.ids)
+                    ):
+                        pending = nxt
+                        break
+                    group.append(nxt)
+                    ids.update(nxt.ids)
+                    total += len(nxt.points)
+                version = await self._write(name, await self._collection(name), group)
+                for b in group:
+                    yield UpsertResult(len(b.points), b.embedded, version, b.errors)
+                if pending is None:
+                    pending = await ready.get()
+            if pending.error is not None:
+                raise pending.error
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _prepare(
+        self, meta: StoredCollection, points: Sequence[Point | Mapping], *, lenient: bool
+    ) -> _Prepared:
+        """Validates and embeds a batch (see :meth:`upsert`); writes nothing."""
         v.check_batch_size(len(points), self.settings.max_batch_points)
-        meta = coll.meta
         reserved = frozenset(k for k in (meta.time_key, meta.series_key) if k)
         batch, errors = v.validate_points(
             points, dimension=meta.dimension, embed_model=meta.embed_model, reserved_keys=reserved
@@ -426,8 +516,6 @@ class AsyncDriftDB:
         if not lenient:
             v.raise_for_errors(errors)
         n = len(batch.points)
-        if n == 0:
-            return UpsertResult(0, 0, meta.version, tuple(errors))
         vectors = np.empty((n, meta.dimension), dtype=np.float32)
         for j, p in enumerate(batch.points):
             if p.vector is not None:
@@ -443,17 +531,29 @@ class AsyncDriftDB:
                     reason="DIMENSION_MISMATCH",
                 )
             vectors[batch.to_embed] = embedded
+        return _Prepared(batch.points, vectors, len(batch.to_embed), tuple(errors))
+
+    async def _write(self, name: str, coll: _Collection, batches: list[_Prepared]) -> int:
+        """Writes prepared batches (no id in two of them) as one durable write;
+        returns the collection's version after it."""
+        points = [p for b in batches for p in b.points]
+        n = len(points)
+        if n == 0:
+            return coll.meta.version
+        vectors = (
+            np.concatenate([b.vectors for b in batches]) if len(batches) > 1 else batches[0].vectors
+        )
         await self._loaded(coll)
         async with coll.write_lock:
             version = coll.meta.version + 1
             cols = Columns(
-                ids=[p.id for p in batch.points],
+                ids=[p.id for p in points],
                 vectors=vectors,
-                times=np.array([p.time.timestamp() for p in batch.points], dtype=np.float64),
-                series=[p.series for p in batch.points],
+                times=np.array([p.time.timestamp() for p in points], dtype=np.float64),
+                series=[p.series for p in points],
                 seqs=(version << _SEQ_SHIFT) + np.arange(n, dtype=np.int64),
-                texts=[p.text for p in batch.points],
-                payloads=[p.payload for p in batch.points],
+                texts=[p.text for p in points],
+                payloads=[p.payload for p in points],
             )
 
             def write() -> tuple[StoredCollection, SeenWrites | None]:
@@ -473,7 +573,7 @@ class AsyncDriftDB:
         if self._untrimmed_bytes >= TRIM_BYTES:
             self._untrimmed_bytes = 0
             self._store_thread.submit(memory.trim)  # after the writes queued there
-        return UpsertResult(n, len(batch.to_embed), coll.meta.version, tuple(errors))
+        return coll.meta.version
 
     async def get_points(
         self, name: str, ids: Sequence[str], *, include_vectors: bool = False

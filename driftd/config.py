@@ -11,6 +11,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 #: The offline default text model (all-MiniLM-L6-v2, 384-d, int8 ONNX).
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -81,7 +82,7 @@ class Settings:
             ValueError: a variable does not parse as its field's type.
         """
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # each parsed to its field's type
         for f in fields(cls):
             raw = environ.get(f"DRIFTD_{f.name.upper()}")
             if raw is not None:

@@ -95,6 +95,7 @@ class Table:
             else f"{'>=' if higher_better else '<='} {target} {'ok' if ok else 'MISSED'}"
         )
         self.rows.append((what, f"{raw:,.2f} {unit}", f"{ours:,.2f} {unit}", f"{ratio:.2f}", mark))
+        print(f"  measured: {'  '.join(self.rows[-1])}", flush=True)  # progress
 
     def print(self) -> None:
         head = ("", "raw", "driftd", "ratio", "target")

@@ -19,16 +19,20 @@ concurrent writer overwrote: see :meth:`ChromaStore.commit`.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time as _time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import chromadb
 import chromadb.errors
 import numpy as np
+from chromadb.api.collection_configuration import CreateCollectionConfiguration
+from chromadb.base_types import LiteralValue, LogicalOperator, Where, WhereOperator
 
 from driftd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
@@ -153,6 +157,18 @@ class Record:
     vector: np.ndarray | None
 
 
+def hnsw_config(space: str) -> CreateCollectionConfiguration:
+    """A collection configuration for Chroma's HNSW index in ``space`` ("cosine",
+    "l2" or "ip"). Raises ValueError for another space."""
+    if space == "cosine":
+        return {"hnsw": {"space": "cosine"}}
+    if space == "l2":
+        return {"hnsw": {"space": "l2"}}
+    if space == "ip":
+        return {"hnsw": {"space": "ip"}}
+    raise ValueError(f"not a Chroma space: {space!r}")
+
+
 def parse_time_value(value: object) -> float | None:
     """A stored time (number of epoch seconds, or RFC 3339 string) as epoch seconds."""
     if isinstance(value, bool) or value is None:
@@ -199,7 +215,7 @@ class ChromaStore:
         self._pruned: dict[str, float] = {}  # collection uid -> last journal prune
         # name -> Chroma collection handle: looking one up costs as much as a small
         # query (a third of SearchPoints' time before), so each is looked up once.
-        self._handles: dict[str, chromadb.api.models.Collection.Collection] = {}
+        self._handles: dict[str, Any] = {}
 
     # --- collections ---------------------------------------------------------
 
@@ -248,7 +264,7 @@ class ChromaStore:
         col = self.client.create_collection(
             meta.name,
             metadata=meta.to_metadata(),
-            configuration={"hnsw": {"space": meta.distance}},
+            configuration=hnsw_config(meta.distance),
             embedding_function=None,
         )
         return replace(meta, uid=str(col.id))
@@ -273,7 +289,7 @@ class ChromaStore:
         if self._journal is None:
             return SeenWrites()
         now = _time.time()
-        return SeenWrites(self._journal_ids(meta.uid, now - _JOURNAL_SKEW), now)
+        return SeenWrites(frozenset(self._journal_ids(meta.uid, now - _JOURNAL_SKEW)), now)
 
     def commit(
         self, meta: StoredCollection, version: int, seen: SeenWrites
@@ -303,7 +319,9 @@ class ChromaStore:
         now = _time.time()
         entry = f"{meta.uid}/{new.write_id}"
         self._journal.add(
-            ids=[entry], embeddings=[[0.0]], metadatas=[{"collection": meta.uid, "time": now}]
+            ids=[entry],
+            embeddings=np.zeros((1, 1), dtype=np.float32),
+            metadatas=[{"collection": meta.uid, "time": now}],
         )
         ids = self._journal_ids(meta.uid, seen.at - _JOURNAL_SKEW)
         others = ids - seen.ids - {entry}
@@ -321,16 +339,14 @@ class ChromaStore:
             col.modify(metadata={**(col.metadata or {}), **new.to_metadata()})
             return new, None
         if now - self._pruned.setdefault(meta.uid, now) > _JOURNAL_KEEP:
-            self._journal.delete(
-                where={"$and": [{"collection": meta.uid}, {"time": {"$lt": now - _JOURNAL_KEEP}}]}
-            )
+            self._journal.delete(where=_journal_where(meta.uid, "$lt", now - _JOURNAL_KEEP))
             self._pruned[meta.uid] = now
         return new, SeenWrites(frozenset(ids), now)
 
     def _journal_ids(self, uid: str, since: float) -> set[str]:
-        got = self._journal.get(
-            where={"$and": [{"collection": uid}, {"time": {"$gte": since}}]}, include=[]
-        )
+        if self._journal is None:
+            return set()
+        got = self._journal.get(where=_journal_where(uid, "$gte", since), include=[])
         return set(got["ids"])
 
     def attach(
@@ -387,7 +403,7 @@ class ChromaStore:
             if cols.series[i]:
                 md[meta.series_key] = cols.series[i]
             metadatas.append(md)
-        written: list[str] = []
+        written: builtins.list[str] = []
         step = self.max_batch_size
         try:
             for lo in range(0, len(cols.ids), step):
@@ -466,7 +482,7 @@ class ChromaStore:
         where: dict | None,
         *,
         include_vectors: bool,
-    ) -> list[tuple[Record, float]]:
+    ) -> builtins.list[tuple[Record, float]]:
         """Approximate k nearest (Chroma's HNSW) as ``(record, distance)``, nearest
         first: one Chroma query that also returns the records, as a user calling
         Chroma directly would (a second get by id cost as much as the query)."""
@@ -493,7 +509,7 @@ class ChromaStore:
             for j, pid in enumerate(got["ids"][0])
         ]
 
-    def ids_where(self, meta: StoredCollection, where: dict) -> list[str]:
+    def ids_where(self, meta: StoredCollection, where: dict) -> builtins.list[str]:
         """Ids of the records whose metadata matches a Chroma ``where`` filter."""
         return self._handle(meta).get(where=where, include=[])["ids"]
 
@@ -513,6 +529,14 @@ def _record(meta: StoredCollection, pid: str, metadata, document, embedding) -> 
         payload,
         None if embedding is None else np.asarray(embedding, dtype=np.float32),
     )
+
+
+def _journal_where(uid: str, op: Literal["$lt", "$gte"], seconds: float) -> Where:
+    """The journal entries of collection ``uid`` whose time is ``op`` ``seconds``."""
+    of_collection: Where = {"collection": uid}
+    bound: dict[WhereOperator | LogicalOperator, LiteralValue] = {op: seconds}
+    in_time: Where = {"time": bound}
+    return {"$and": [of_collection, in_time]}
 
 
 def payload_where(payload_filter: dict) -> dict | None:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from driftd.config import Settings
-from driftd.engine.db import STREAM_AHEAD, AsyncDriftDB
+from driftd.engine._points import STREAM_AHEAD
+from driftd.engine.db import AsyncDriftDB
 from driftd.errors import InvalidArgument
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -4,7 +4,7 @@ driftd over gRPC against what a user would otherwise call directly, measured sid
 by side by this process on the same machine (d = 384):
 
 - vector ingest: Chroma ``upsert`` in-process (batches of 500, driftd's metadata)
-  vs ``DriftClient.writer`` (StreamUpsertPoints, batches of 500); target >= 1.0x.
+  vs ``DriftClient.writer`` (StreamUpsertPoints, batches of 500); target >= 1.0.
 - text ingest: fastembed alone vs driftd embedding server-side (600 SOTU paragraphs).
 - SearchPoints top-10 p50/p99 vs Chroma ``query`` (which returns the same
   metadata and documents): no filter, a time window (the later half; Chroma
@@ -16,8 +16,8 @@ by side by this process on the same machine (d = 384):
 - the flow's cost curves (bench/perf/curves.py) at ``--curves`` sizes.
 
 The server is the test suite's harness (tests/support.py); raw Chroma gets its own
-directory. Ratios are driftd / raw for times, raw / driftd for throughputs: < 1
-is worse only for throughputs. Exit status 1 when a checked target is missed.
+directory. Ratios are driftd / raw: for times above 1 is slower, for throughputs
+below 1 is slower. Exit status 1 when a checked target is missed.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Table:
         target: float | None,
         higher_better=False,
     ):
-        ratio = raw / ours if higher_better else ours / raw
+        ratio = ours / raw  # driftd / raw: > 1 is slower for times, faster for rates
         ok = target is None or (ratio >= target if higher_better else ratio <= target)
         if not ok:
             self.missed.append(what)

@@ -9,8 +9,8 @@ engine's pool workers; no gRPC (that overhead is the table's business).
 Each curve's growth is the log-log slope between consecutive sizes ("grows as
 n^1.05"); it "stops being linear" at the first size where that slope exceeds 1.2.
 Targets (issue 18) are checked at 1M points only: fit <= 60 s, refresh <= 1 s,
-probe p99 <= 5 ms, attractors <= 5 s, chapters <= 30 s. Table on stdout, plot in
-bench/results/perf_curves.png.
+probe p99 <= 5 ms, attractors <= 5 s, chapters <= 30 s. Table on stdout and in
+bench/results/perf_curves.txt, plot in bench/results/perf_curves.png.
 """
 
 from __future__ import annotations
@@ -109,13 +109,13 @@ def run(sizes: list[int]) -> list[str]:
     for n in sizes:
         print(f"cost curves: n = {n:,} ...", flush=True)
         rows[n] = measure(n)
-    print("\nflow cost curves (d = 384, 3-well system, 50 series, BLAS 1 thread; targets at 1M):")
-    print(
+    lines = [
+        "flow cost curves (d = 384, 3-well system, 50 series, BLAS 1 thread; targets at 1M):",
         "  "
         + f"{'':16s}"
         + "".join(f"{n:>12,}" for n in sizes)
-        + "   growth (n^k per step)   target"
-    )
+        + "   growth (n^k per step)   target",
+    ]
     missed = []
     for name, (target, unit) in TARGETS.items():
         vals = [rows[n][name] for n in sizes]
@@ -132,12 +132,14 @@ def run(sizes: list[int]) -> list[str]:
         slopes = ", ".join(f"{s:.2f}" for s in k)
         if bend:
             slopes += f" (superlinear from {bend:,})"
-        print(
+        lines.append(
             f"  {name + ' (' + unit + ')':16s}"
             + "".join(f"{v:12.3f}" for v in vals)
-            + f"   {slopes:22s}  {mark}",
-            flush=True,
+            + f"   {slopes:22s}  {mark}"
         )
+    print("\n" + "\n".join(lines), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "perf_curves.txt").write_text("\n".join(lines) + "\n")
     _plot(sizes, rows)
     return missed
 
@@ -159,6 +161,5 @@ def _plot(sizes: list[int], rows: dict[int, dict[str, float]]) -> None:
     ax.set_title("driftd flow cost curves")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    RESULTS.mkdir(exist_ok=True)
     fig.savefig(RESULTS / "perf_curves.png", dpi=100, bbox_inches="tight")
     print(f"  plot: {RESULTS / 'perf_curves.png'}", flush=True)

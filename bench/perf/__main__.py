@@ -217,10 +217,25 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / 100.0
 
 
-def ghz_rows(server: ServerProcess, client: DriftClient, requests: int) -> list[str]:
+def ghz_rows(server: ServerProcess, client: DriftClient, requests: int, tmp: Path) -> list[str]:
     ghz = subprocess.run(
         ["bash", str(REPO / "ci" / "ghz.sh")], check=True, capture_output=True, text=True
     ).stdout.strip()
+    # ghz resolves the methods from a descriptor set with its imports (the
+    # committed one has none; driftd's reflection is v1alpha only).
+    protoset = tmp / "driftd.protoset"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{REPO / 'proto'}",
+            "--include_imports",
+            f"--descriptor_set_out={protoset}",
+            *map(str, sorted((REPO / "proto/driftd/v1").glob("*.proto"))),
+        ],
+        check=True,
+    )
     ps = k_well_system(5000, k=3, n_series=20, random_state=0)
     client.create_collection("perf-flow", dim=D)
     client.upsert(
@@ -240,15 +255,15 @@ def ghz_rows(server: ServerProcess, client: DriftClient, requests: int) -> list[
     vec = [round(float(x), 6) for x in ps.X[1]]
     calls = {
         "SearchPoints": (
-            "driftd.v1.PointService.SearchPoints",
+            "driftd.v1.PointService/SearchPoints",
             {"parent": "collections/perf", "vector": {"values": vec}, "top_k": 10},
         ),
         "ProbeFlow": (
-            "driftd.v1.FlowService.ProbeFlow",
+            "driftd.v1.FlowService/ProbeFlow",
             {"parent": "collections/perf-flow", "start": {"vector": {"values": vec}}},
         ),
         "RouteMessage": (
-            "driftd.v1.RoutingService.RouteMessage",
+            "driftd.v1.RoutingService/RouteMessage",
             {
                 "conversation": "conversations/perf",
                 "role": "MESSAGE_ROLE_USER",
@@ -264,10 +279,12 @@ def ghz_rows(server: ServerProcess, client: DriftClient, requests: int) -> list[
     for name, (method, data) in calls.items():
         for c in CONCURRENCY:
             before, t0 = _cpu_seconds(server.proc.pid), time.perf_counter()
-            out = subprocess.run(
+            run = subprocess.run(
                 [
                     ghz,
                     "--insecure",
+                    "--protoset",
+                    str(protoset),
                     "--call",
                     method,
                     "-d",
@@ -280,10 +297,13 @@ def ghz_rows(server: ServerProcess, client: DriftClient, requests: int) -> list[
                     "json",
                     server.target,
                 ],
-                check=True,
                 capture_output=True,
                 text=True,
-            ).stdout
+            )
+            if run.returncode:
+                lines.append(f"  {name:13s} c={c:<3d} ghz failed: {run.stderr.strip()[:200]}")
+                continue
+            out = run.stdout
             cores = (_cpu_seconds(server.proc.pid) - before) / (time.perf_counter() - t0)
             r = json.loads(out)
             lat = {d["percentage"]: d["latency"] / 1e6 for d in r.get("latencyDistribution") or []}
@@ -334,7 +354,7 @@ def main(argv: list[str]) -> int:
                     table.print()
                     if "ghz" not in skip:
                         print()
-                        for line in ghz_rows(server, client, args.requests):
+                        for line in ghz_rows(server, client, args.requests, Path(tmp)):
                             print(line, flush=True)
             finally:
                 server.stop()

@@ -53,6 +53,16 @@ class Settings:
     )
     max_steps: int = field(default=10_000, metadata={"help": "SimulatePaths steps per path"})
     max_paths: int = field(default=64, metadata={"help": "SimulatePaths paths per call"})
+    max_substeps_per_step: int = field(
+        default=1_000,
+        metadata={
+            "help": "SimulatePaths RK4 sub-steps per step: step_duration / the flow's time scale"
+        },
+    )
+    max_simulation_substeps: int = field(
+        default=1_000_000,
+        metadata={"help": "SimulatePaths RK4 sub-steps per call: steps x paths x per step"},
+    )
     max_seeds: int = field(default=1_024, metadata={"help": "FindAttractors seeds"})
     ensemble_size: int = field(
         default=8,
@@ -62,7 +72,49 @@ class Settings:
         },
     )
     max_bootstrap: int = field(default=64, metadata={"help": "FindAttractors bootstrap refits"})
+    max_attractor_work: int = field(
+        default=16_384, metadata={"help": "FindAttractors seeds x bootstrap refits"}
+    )
     max_top_k: int = field(default=1_000, metadata={"help": "SearchPoints results"})
+    max_chapter_points: int = field(
+        default=100_000, metadata={"help": "DetectChapters (OFFLINE) points per selection"}
+    )
+    storage_reserve_bytes: int = field(
+        default=64 << 20,
+        metadata={
+            "help": "free bytes an embedded Chroma volume keeps: writes that would go "
+            "below answer RESOURCE_EXHAUSTED/STORAGE_FULL"
+        },
+    )
+    readiness_interval_seconds: float = field(
+        default=5.0,
+        metadata={"help": "seconds between storage heartbeats behind readiness health"},
+    )
+    max_dimension: int = field(
+        default=8_192, metadata={"help": "dimension of a new collection (LIMIT_EXCEEDED)"}
+    )
+    max_text_bytes: int = field(
+        default=32 * 1024,
+        metadata={
+            "help": "UTF-8 bytes of one text (LIMIT_EXCEEDED); the model embeds the "
+            "first 256 tokens (about 1-2 KB of English) of a longer one"
+        },
+    )
+    max_request_text_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata={"help": "UTF-8 bytes of all texts of one request or batch (LIMIT_EXCEEDED)"},
+    )
+    max_payload_keys: int = field(
+        default=256, metadata={"help": "keys of one point's payload (LIMIT_EXCEEDED)"}
+    )
+    max_payload_value_bytes: int = field(
+        default=16 * 1024,
+        metadata={"help": "UTF-8 bytes of one payload string value (LIMIT_EXCEEDED)"},
+    )
+    max_payload_bytes: int = field(
+        default=64 * 1024,
+        metadata={"help": "UTF-8 bytes of one point's payload, keys and values (LIMIT_EXCEEDED)"},
+    )
     grace_seconds: float = field(
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )

@@ -41,6 +41,7 @@ class AsyncDriftClient:
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         opts = common.channel_options(options, retries)
+        target, credentials = common.parse_target(target, credentials)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -176,10 +177,18 @@ class AsyncDriftClient:
         end: Time = None,
         series: str = "",
         include_vectors: bool = False,
+        payload_filter: Mapping[str, str | float | bool] | None = None,
+        payload_conditions: Sequence[types.PayloadCondition] = (),
     ) -> AsyncIterator[types.Point]:
         """See :meth:`DriftClient.trajectory` (an async iterator)."""
         request = common.trajectory_request(
-            name, start=start, end=end, series=series, include_vectors=include_vectors
+            name,
+            start=start,
+            end=end,
+            series=series,
+            include_vectors=include_vectors,
+            payload_filter=payload_filter,
+            payload_conditions=payload_conditions,
         )
         return self._stream(self._stubs.points.GetTrajectory(request), common.read_trajectory)
 
@@ -195,6 +204,7 @@ class AsyncDriftClient:
         series: str = "",
         payload_filter: Mapping[str, str | float | bool] | None = None,
         include_vectors: bool = False,
+        payload_conditions: Sequence[types.PayloadCondition] = (),
     ) -> list[types.ScoredPoint]:
         """See :meth:`DriftClient.search`."""
         return await self._unary(
@@ -208,6 +218,7 @@ class AsyncDriftClient:
                 series=series,
                 payload_filter=payload_filter,
                 include_vectors=include_vectors,
+                payload_conditions=payload_conditions,
             )
         )
 

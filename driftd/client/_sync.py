@@ -31,7 +31,8 @@ class DriftClient:
     RFC 3339 strings (naive means UTC); vectors are float32 numpy arrays.
 
     Args:
-        target: ``host:port`` of the server.
+        target: ``host:port`` of the server; ``http://host:port`` (plaintext) and
+            ``https://host:port`` (TLS with the system's roots) are accepted too.
         timeout: deadline of each unary RPC, in seconds (None: no deadline),
             retries and waits for the server included. Streams (trajectory,
             simulations, stream_upsert, writer) have no deadline; they stop when
@@ -55,6 +56,7 @@ class DriftClient:
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         opts = common.channel_options(options, retries)
+        target, credentials = common.parse_target(target, credentials)
         self._channel = (
             grpc.secure_channel(target, credentials, options=opts)
             if credentials is not None
@@ -104,7 +106,7 @@ class DriftClient:
         """Creates a collection.
 
         Args:
-            name: id (3-63 chars of ``[A-Za-z0-9._-]``) or ``"collections/{id}"``.
+            name: id (3-512 chars of ``[A-Za-z0-9._-]``) or ``"collections/{id}"``.
             dim: vector dimension; None takes the embed model's.
             distance: ``"cosine"``, ``"l2"`` or ``"ip"``.
             embed_model: fastembed model that embeds texts (e.g.
@@ -254,11 +256,27 @@ class DriftClient:
         end: Time = None,
         series: str = "",
         include_vectors: bool = False,
+        payload_filter: Mapping[str, str | float | bool] | None = None,
+        payload_conditions: Sequence[types.PayloadCondition] = (),
     ) -> Iterator[types.Point]:
         """The points of ``[start, end)`` in time order (ties in insertion order),
-        streamed; ``series`` "" means all. Closing the iterator cancels the RPC."""
+        streamed; ``series`` "" means all. ``payload_filter`` (equalities) and
+        ``payload_conditions`` (:class:`driftd.types.PayloadCondition`: ranges,
+        sets) keep only the points matching all of them. Closing the iterator
+        cancels the RPC.
+
+        Raises:
+            InvalidArgument: INVALID_FILTER (a reserved key such as ``driftd:*``
+                or ``$or``, a non-scalar value, a malformed condition).
+        """
         request = common.trajectory_request(
-            name, start=start, end=end, series=series, include_vectors=include_vectors
+            name,
+            start=start,
+            end=end,
+            series=series,
+            include_vectors=include_vectors,
+            payload_filter=payload_filter,
+            payload_conditions=payload_conditions,
         )
         return self._stream(self._stubs.points.GetTrajectory(request), common.read_trajectory)
 
@@ -274,13 +292,17 @@ class DriftClient:
         series: str = "",
         payload_filter: Mapping[str, str | float | bool] | None = None,
         include_vectors: bool = False,
+        payload_conditions: Sequence[types.PayloadCondition] = (),
     ) -> list[types.ScoredPoint]:
         """The ``top_k`` nearest points to a ``vector`` (d,) or a ``text``, nearest
-        first, within ``[start, end)``, ``series`` and the payload equalities of
-        ``payload_filter``.
+        first, within ``[start, end)``, ``series``, the payload equalities of
+        ``payload_filter`` and every :class:`driftd.types.PayloadCondition` of
+        ``payload_conditions``, e.g. ``PayloadCondition("score", gte=0.5)`` or
+        ``PayloadCondition("lang", any_of=("en", "de"))``.
 
         Raises:
-            InvalidArgument: not exactly one of vector/text, or a bad dimension/top_k.
+            InvalidArgument: not exactly one of vector/text, or a bad dimension/top_k;
+                INVALID_FILTER for a bad filter (see :meth:`trajectory`).
         """
         return self._unary(
             common.search(
@@ -293,6 +315,7 @@ class DriftClient:
                 series=series,
                 payload_filter=payload_filter,
                 include_vectors=include_vectors,
+                payload_conditions=payload_conditions,
             )
         )
 

@@ -39,7 +39,7 @@ class CollectionsMixin(EngineCore):
         """Creates a collection.
 
         Args:
-            name: 3-63 chars of [A-Za-z0-9._-], alphanumeric at both ends.
+            name: 3-512 chars of [A-Za-z0-9._-], alphanumeric at both ends.
             dim: vector dimension; defaults to the embed model's.
             distance: "cosine", "l2" or "ip".
             embed_model: fastembed model that embeds texts; None/"" refuses texts.
@@ -74,7 +74,7 @@ class CollectionsMixin(EngineCore):
                 "dimension is required when there is no embed model",
                 field_violations=[FieldViolation("collection.dimension", "required")],
             )
-        v.check_range(dim, 1, 65_536, "collection.dimension")
+        v.check_range(dim, 1, self.settings.max_dimension, "collection.dimension")
         meta = StoredCollection(name, int(dim), distance, embed_model, time.time(), 0)
         meta = await self._runner.call(lambda: self._store.create(meta))
         gone = self._collections.pop(name, None)

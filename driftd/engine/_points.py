@@ -18,6 +18,7 @@ from driftd.engine import memory
 from driftd.engine import validate as v
 from driftd.engine._core import EngineCore, _Collection, _utc
 from driftd.errors import (
+    DriftdError,
     FailedPrecondition,
 )
 from driftd.store.chroma import (
@@ -28,6 +29,7 @@ from driftd.store.chroma import (
     payload_where,
 )
 from driftd.types import (
+    PayloadCondition,
     Point,
     PointError,
     ScoredPoint,
@@ -133,20 +135,27 @@ class PointsMixin(EngineCore):
     ) -> _Prepared:
         """Validates and embeds a batch (see :meth:`upsert`); writes nothing."""
         v.check_batch_size(len(points), self.settings.max_batch_points)
-        reserved = frozenset(k for k in (meta.time_key, meta.series_key) if k)
         batch, errors = v.validate_points(
-            points, dimension=meta.dimension, embed_model=meta.embed_model, reserved_keys=reserved
+            points,
+            dimension=meta.dimension,
+            distance=meta.distance,
+            embed_model=meta.embed_model,
+            reserved_keys=_reserved_keys(meta),
+            limits=self.settings,
         )
         if not lenient:
             v.raise_for_errors(errors)
         n = len(batch.points)
+        v.check_texts([p.text for p in batch.points if p.text], self.settings, "points")
         vectors = np.empty((n, meta.dimension), dtype=np.float32)
         for j, p in enumerate(batch.points):
             if p.vector is not None:
                 vectors[j] = p.vector
         if batch.to_embed:
             embedded = await self.embed(
-                meta.embed_model, [batch.points[j].text or "" for j in batch.to_embed]
+                meta.embed_model,
+                [batch.points[j].text or "" for j in batch.to_embed],
+                field="points",
             )
             if embedded.shape[1] != meta.dimension:
                 raise FailedPrecondition(
@@ -166,6 +175,11 @@ class PointsMixin(EngineCore):
             return coll.meta.version
         vectors = np.concatenate([b.vectors for b in batches])
         await self._loaded(coll)
+        # What the write adds to the volume, roughly: vectors, texts, payloads.
+        batch_bytes = vectors.nbytes + sum(
+            len(p.text or "") + len(repr(p.payload)) + len(p.id) for p in points
+        )
+        await self._runner.check_room(batch_bytes)
         async with coll.write_lock:
             version = coll.meta.version + 1
             cols = Columns(
@@ -181,11 +195,28 @@ class PointsMixin(EngineCore):
                 payloads=[p.payload for p in points],
             )
 
-            def write() -> tuple[StoredCollection, SeenWrites | None]:
-                self._store.upsert(coll.meta, cols)
-                return self._store.commit(coll.meta, version, coll.seen)
+            # Ids stored already (all of them when the cache was just dropped).
+            cache = coll.cache
+            replacing = (
+                cols.ids if cache is None else [i for i in cols.ids if cache.row_of(i) is not None]
+            )
 
-            coll.meta, seen = await self._runner.call(write)
+            def write() -> tuple[StoredCollection, SeenWrites | None]:
+                self._store.upsert(coll.meta, cols, replacing)  # durable (verified) once it returns
+                try:
+                    return self._commit(coll, version)
+                except Exception:
+                    # The points are stored: acknowledge them; the cache reloads.
+                    log.warning(
+                        "%s: version not recorded after a durable write", name, exc_info=True
+                    )
+                    return coll.meta, None
+
+            try:
+                coll.meta, seen = await self._runner.call(write)
+            except DriftdError:
+                self._invalidate(coll)  # the store may hold part of what failed
+                raise
             if seen is None:
                 self._invalidate(coll)
             else:
@@ -209,8 +240,10 @@ class PointsMixin(EngineCore):
         """
         coll = await self._collection(name)
         v.check_batch_size(len(ids), self.settings.max_batch_points, "ids")
+        # Chroma refuses a get with an id twice (a caller's repeat is not an error).
+        unique = list(dict.fromkeys(ids))
         records = await self._runner.call(
-            lambda: self._store.fetch(coll.meta, list(ids), include_vectors=include_vectors)
+            lambda: self._store.fetch(coll.meta, unique, include_vectors=include_vectors)
         )
         found = [self._point(records[i]) for i in ids if i in records]
         return found, [i for i in ids if i not in records]
@@ -235,7 +268,7 @@ class PointsMixin(EngineCore):
 
             def write() -> tuple[StoredCollection, SeenWrites | None]:
                 self._store.delete_points(coll.meta, present)
-                return self._store.commit(coll.meta, version, coll.seen)
+                return self._commit(coll, version)
 
             coll.meta, seen = await self._runner.call(write)
             if seen is None:
@@ -256,17 +289,31 @@ class PointsMixin(EngineCore):
         series: str = "",
         include_vectors: bool = False,
         chunk_size: int = 500,
+        payload_filter: Mapping | None = None,
+        payload_conditions: Sequence[PayloadCondition] = (),
     ) -> AsyncGenerator[list[Point], None]:
-        """Points of a time window in time order, in chunks of ``chunk_size``.
+        """Points of a time window in time order, in chunks of ``chunk_size``;
+        only those matching ``payload_filter`` (equality) and every one of
+        ``payload_conditions`` when given.
 
         An async generator: stop iterating (or ``aclose()``) to stop the reads.
-        Raises NotFound, InvalidArgument (chunk_size outside 1-10000).
+        Raises NotFound, InvalidArgument (chunk_size outside 1-10000;
+        INVALID_FILTER, see :func:`driftd.engine.validate.check_filter`).
         """
         v.check_range(chunk_size, 1, 10_000, "chunk_size")
         coll = await self._collection(name)
+        where = payload_where(
+            v.check_filter(payload_filter, payload_conditions, _reserved_keys(coll.meta))
+        )
         cache = await self._loaded(coll)
         snap = cache.snapshot()
         positions = snap.select(start, end, series)
+        if where is not None:
+            allowed = await self._runner.call(
+                functools.partial(self._store.ids_where, coll.meta, where)
+            )
+            keep = np.fromiter((str(i) in allowed for i in snap.ids[positions]), dtype=bool)
+            positions = positions[keep]
         for lo in range(0, len(positions), chunk_size):
             pos = positions[lo : lo + chunk_size]
             ids = [str(i) for i in snap.ids[pos]]
@@ -292,8 +339,9 @@ class PointsMixin(EngineCore):
         start: datetime | None = None,
         end: datetime | None = None,
         series: str = "",
-        payload_filter: dict | None = None,
+        payload_filter: Mapping | None = None,
         include_vectors: bool = False,
+        payload_conditions: Sequence[PayloadCondition] = (),
     ) -> list[ScoredPoint]:
         """The top_k nearest points to a vector or text.
 
@@ -303,7 +351,8 @@ class PointsMixin(EngineCore):
         payload filter), then a read of the hits: at 20k points both are faster
         than Chroma's ``where`` on the time key (measured in bench.perf).
 
-        Raises NotFound, InvalidArgument (query, top_k), FailedPrecondition (text
+        Raises NotFound, InvalidArgument (query, top_k; INVALID_FILTER, see
+        :func:`driftd.engine.validate.check_filter`), FailedPrecondition (text
         without an embed model).
         """
         coll = await self._collection(name)
@@ -311,7 +360,9 @@ class PointsMixin(EngineCore):
         query = await self._start_vector(
             coll, vector=vector, text=text, point_id=None, field="query"
         )
-        where = payload_where(payload_filter or {})
+        where = payload_where(
+            v.check_filter(payload_filter, payload_conditions, _reserved_keys(coll.meta))
+        )
         cache = await self._loaded(coll)
         meta = coll.meta
         if start is None and end is None and not series:
@@ -371,6 +422,11 @@ class _StreamEnd:
 
 #: Rows per block of the exact scan: bounds its copy of the vectors (24 MiB at d = 384).
 _SCAN_BLOCK = 16_384
+
+
+def _reserved_keys(meta: StoredCollection) -> frozenset[str]:
+    """The collection's own metadata keys: neither a payload nor a filter may use them."""
+    return frozenset(k for k in (meta.time_key, meta.series_key) if k)
 
 
 def _exact_knn(

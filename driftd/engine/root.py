@@ -73,7 +73,11 @@ class Driftd:
                 was opened is closed again).
         """
         settings = settings or Settings.from_env()
-        store = await StoreRunner.open(path=settings.chroma_path, url=settings.chroma_url)
+        store = await StoreRunner.open(
+            path=settings.chroma_path,
+            url=settings.chroma_url,
+            reserve_bytes=settings.storage_reserve_bytes,
+        )
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(store.aclose)
             db = await AsyncDriftDB.open(settings, store=store)
@@ -86,6 +90,10 @@ class Driftd:
             routing = default_engine(settings, ChromaRoutingRepository(store))
             undo.pop_all()
         return cls(settings, store, db, monitor, behaviors, routing)
+
+    async def ready(self, timeout: float) -> bool:
+        """True while storage answers a heartbeat within ``timeout`` seconds."""
+        return await self._store.ready(timeout)
 
     async def stop_watches(self) -> None:
         """Ends the watch streams (UNAVAILABLE) and the monitor's background work:

@@ -90,7 +90,6 @@ T = TypeVar("T")
 MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # Server-assigned message ids; clients may not use this form.
 _SERVER_MESSAGE_ID = re.compile(r"^m[0-9]+$")
-MAX_CONTENT_CHARS = 100_000
 DEFAULT_PAGE_SIZE = 100
 WAL_FILE = "driftd-routing.wal"
 # The mover writes logged messages to Chroma once no message has been logged for
@@ -464,7 +463,7 @@ class RoutingEngine:
                 reason="MISSING_CONTENT",
                 field_violations=[FieldViolation("content", "required (or vector)")],
             )
-        v.check_range(len(content), 0, MAX_CONTENT_CHARS, "content")
+        v.check_texts([content], self._settings, "content")
         if message_id and (
             not MESSAGE_ID.match(message_id) or _SERVER_MESSAGE_ID.match(message_id)
         ):

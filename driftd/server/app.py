@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from driftd.config import Settings
 from driftd.engine.root import Driftd
 from driftd.errors import Unavailable
+from driftd.server import readiness
 from driftd.server import reflection as commented_reflection
 from driftd.server.behavior_service import BehaviorServiceServicer
 from driftd.server.collection_service import CollectionServiceServicer
@@ -29,6 +30,7 @@ from driftd.server.flow_service import FlowServiceServicer
 from driftd.server.interceptors import MetricsInterceptor
 from driftd.server.monitor_service import MonitorServiceServicer
 from driftd.server.point_service import PointServiceServicer
+from driftd.server.requests import RequestCheckInterceptor
 from driftd.server.routing_service import RoutingServiceServicer
 from driftd.v1 import (
     behavior_pb2,
@@ -124,7 +126,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         cast(Any, _Late(gate, part)) for part in ("db", "monitor", "behaviors", "routing")
     )
     health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(interceptors=[MetricsInterceptor()], options=server_options(settings))
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(), RequestCheckInterceptor()],
+        options=server_options(settings),
+    )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
         CollectionServiceServicer(db), server
     )
@@ -169,7 +174,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
 
-    root = None
+    root = probe = None
     try:
         await server.start()
         logger.info(
@@ -181,12 +186,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         root = gate.root = await Driftd.open(settings)
         for service in ("", *SERVICE_NAMES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        probe = asyncio.create_task(
+            readiness.follow_storage(
+                root, health_servicer, SERVICE_NAMES, settings.readiness_interval_seconds
+            )
+        )
         logger.info("driftd ready")
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
         logger.info("driftd stopping: draining RPCs for up to %gs", settings.grace_seconds)
+        if probe is not None:
+            probe.cancel()
         await health_servicer.enter_graceful_shutdown()
         if root is not None:
             await root.stop_watches()  # watch streams would never drain

@@ -34,7 +34,7 @@ import numpy as np
 from chromadb.api.collection_configuration import CreateCollectionConfiguration
 from chromadb.base_types import LiteralValue, LogicalOperator, Where, WhereOperator
 
-from driftd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from driftd.errors import AlreadyExists, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,10 @@ class ChromaStore:
         # query (a third of SearchPoints' time before), so each is looked up once.
         self._handles: dict[str, Any] = {}
 
+    def heartbeat(self) -> None:
+        """Raises if Chroma does not answer (the readiness probe)."""
+        self.client.heartbeat()
+
     # --- collections ---------------------------------------------------------
 
     def _chroma(self, name: str):
@@ -312,8 +316,7 @@ class ChromaStore:
         """
         col = self._chroma(meta.name)
         new = replace(meta, version=version, write_id=uuid.uuid4().hex)
-        # Keep an attached collection's own metadata beside driftd's keys.
-        col.modify(metadata={**(col.metadata or {}), **new.to_metadata()})
+        _set_metadata(col, new)
         if self._journal is None:
             return new, seen
         now = _time.time()
@@ -336,7 +339,7 @@ class ChromaStore:
             new = replace(
                 current, version=max(current.version, version) + 1, write_id=uuid.uuid4().hex
             )
-            col.modify(metadata={**(col.metadata or {}), **new.to_metadata()})
+            _set_metadata(col, new)
             return new, None
         if now - self._pruned.setdefault(meta.uid, now) > _JOURNAL_KEEP:
             self._journal.delete(where=_journal_where(meta.uid, "$lt", now - _JOURNAL_KEEP))
@@ -369,11 +372,10 @@ class ChromaStore:
                 reason="NOT_ENOUGH_POINTS",
                 metadata={"required": 1, "available": 0},
             )
-        space = (col.configuration_json or {}).get("hnsw", {}) or {}
         meta = StoredCollection(
             name=name,
             dimension=len(sample["embeddings"][0]),
-            distance=str(space.get("space", "l2")),
+            distance=_space(col),
             embed_model=embed_model,
             create_time=_time.time(),
             version=0,
@@ -382,14 +384,23 @@ class ChromaStore:
             attached=True,
             uid=str(col.id),
         )
-        # Keep the owner's collection metadata; add driftd's keys beside it.
-        col.modify(metadata={**(col.metadata or {}), **meta.to_metadata()})
+        _set_metadata(col, meta)
         return meta
+
+    def count(self, meta: StoredCollection) -> int:
+        """Records in the collection, by whoever wrote them: how the engine notices
+        another Chroma client's writes to an attached collection."""
+        return int(self._chroma(meta.name).count())
 
     # --- points --------------------------------------------------------------
 
-    def upsert(self, meta: StoredCollection, cols: Columns) -> None:
+    def upsert(self, meta: StoredCollection, cols: Columns, replacing: Sequence[str] = ()) -> None:
         """Writes the points in Chroma-sized chunks; durable when it returns.
+
+        ``replacing`` are the ids that exist already. Chroma's upsert merges
+        metadata and keeps a document it is not given, so for those the keys
+        the new point lacks are deleted (set to None) and a missing text
+        becomes "" (read back as None): an upsert replaces the whole point.
 
         The batch was validated whole before; should a later chunk still fail,
         the earlier chunks of this batch are deleted again so nothing is half-written.
@@ -403,6 +414,24 @@ class ChromaStore:
             if cols.series[i]:
                 md[meta.series_key] = cols.series[i]
             metadatas.append(md)
+        texts: builtins.list[str | None] = (
+            builtins.list(cols.texts) if cols.texts else [None] * len(cols.ids)
+        )
+        if replacing:
+            at = {pid: i for i, pid in enumerate(cols.ids)}
+            for lo in range(0, len(replacing), self.max_batch_size):
+                old = col.get(
+                    ids=list(replacing[lo : lo + self.max_batch_size]),
+                    include=["metadatas", "documents"],
+                )
+                for pid, old_md, old_doc in zip(
+                    old["ids"], old["metadatas"], old["documents"], strict=True
+                ):
+                    i = at[pid]
+                    for key in (old_md or {}).keys() - metadatas[i].keys():
+                        metadatas[i][key] = None
+                    if old_doc and texts[i] is None:
+                        texts[i] = ""
         written: builtins.list[str] = []
         step = self.max_batch_size
         try:
@@ -412,14 +441,42 @@ class ChromaStore:
                     ids=cols.ids[lo:hi],
                     embeddings=cols.vectors[lo:hi],
                     metadatas=metadatas[lo:hi],
-                    documents=cols.texts[lo:hi] if cols.texts else None,
+                    documents=texts[lo:hi] if any(t is not None for t in texts) else None,
                 )
                 written.extend(cols.ids[lo:hi])
-        except Exception:
+        except Exception as exc:
+            # An error need not mean nothing was stored (a full disk failed Chroma's
+            # compaction after the batch was logged): read it back before answering.
+            if self._stored(col, cols):
+                log.warning("a write failed (%r) but its %d points are stored", exc, len(cols.ids))
+                return
             if written:
                 log.warning("rolling back %d points of a failed batch", len(written))
-                col.delete(ids=written)
+                try:
+                    col.delete(ids=written)
+                except Exception:
+                    log.warning("rollback failed: a reload will show what is stored")
             raise
+
+    def _stored(self, col, cols: Columns) -> bool:
+        """Whether every point of ``cols`` is stored as this write left it (its
+        sequence numbers); False when that cannot be read."""
+        try:
+            for lo in range(0, len(cols.ids), self.max_batch_size):
+                ids = cols.ids[lo : lo + self.max_batch_size]
+                got = col.get(ids=ids, include=["metadatas"])
+                seqs = {
+                    i: (md or {}).get(SEQ_KEY)
+                    for i, md in zip(got["ids"], got["metadatas"], strict=True)
+                }
+                if any(
+                    seqs.get(i) != int(s)
+                    for i, s in zip(ids, cols.seqs[lo : lo + self.max_batch_size], strict=True)
+                ):
+                    return False
+        except Exception:
+            return False
+        return True
 
     def fetch(
         self, meta: StoredCollection, ids: Sequence[str], *, include_vectors: bool
@@ -525,10 +582,36 @@ def _record(meta: StoredCollection, pid: str, metadata, document, embedding) -> 
         pid,
         t if t is not None else float("nan"),
         series,
-        document,
+        document or None,  # Chroma gives "" for a record written without one
         payload,
         None if embedding is None else np.asarray(embedding, dtype=np.float32),
     )
+
+
+def _space(col) -> str:
+    """The collection's distance ("l2", "cosine" or "ip"), from its configuration
+    (where chromadb 1.x keeps it for collections made either with
+    ``configuration={"hnsw": {"space": ...}}`` or with the older
+    ``metadata={"hnsw:space": ...}``), else the legacy metadata key; Chroma's
+    default "l2" when neither says."""
+    config = col.configuration_json or {}
+    for index in ("hnsw", "spann"):
+        space = (config.get(index) or {}).get("space")
+        if space:
+            return str(space)
+    return str((col.metadata or {}).get("hnsw:space", "l2"))
+
+
+def _set_metadata(col, meta: StoredCollection) -> None:
+    """Stores driftd's keys beside the collection owner's metadata.
+
+    ``modify`` refuses ``hnsw:*`` keys, even unchanged (chromadb 1.5.9: "Changing
+    the distance function of a collection once it is created is not supported"),
+    and replaces the whole metadata: those keys are left out. The index settings
+    they made live on in the collection's configuration.
+    """
+    own = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
+    col.modify(metadata={**own, **meta.to_metadata()})
 
 
 def _journal_where(uid: str, op: Literal["$lt", "$gte"], seconds: float) -> Where:
@@ -539,20 +622,11 @@ def _journal_where(uid: str, op: Literal["$lt", "$gte"], seconds: float) -> Wher
     return {"$and": [of_collection, in_time]}
 
 
-def payload_where(payload_filter: dict) -> dict | None:
-    """Equality on every key as a Chroma ``where`` filter.
-
-    Raises:
-        InvalidArgument: a value is not a scalar.
-    """
-    clauses = []
-    for key, value in payload_filter.items():
-        if not isinstance(value, str | int | float | bool):
-            raise InvalidArgument(
-                f"payload_filter[{key!r}] must be a string, number or bool",
-                reason="INVALID_PAYLOAD",
-            )
-        clauses.append({key: {"$eq": value}})
-    if not clauses:
+def payload_where(clauses: Sequence[tuple[str, str, object]]) -> dict | None:
+    """Validated ``(key, operator, operand)`` clauses
+    (:func:`driftd.engine.validate.check_filter`) as one Chroma ``where`` (AND);
+    None when there are none."""
+    where = [{key: {op: operand}} for key, op, operand in clauses]
+    if not where:
         return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    return where[0] if len(where) == 1 else {"$and": where}

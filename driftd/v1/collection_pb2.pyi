@@ -68,7 +68,7 @@ class Collection(_message.Message):
     SERIES_KEY_FIELD_NUMBER: _builtins.int
     ATTACHED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name: "collections/{collection_id}". The id is 3-63 characters of
+    """Resource name: "collections/{collection_id}". The id is 3-512 characters of
     [a-zA-Z0-9._-], starting and ending with a letter or digit.
     """
     dimension: _builtins.int

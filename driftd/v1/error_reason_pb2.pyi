@@ -63,7 +63,32 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     NOT_SERVING: _ErrorReason.ValueType  # 19
     """UNAVAILABLE: the server is starting or shutting down."""
     INTERNAL_ERROR: _ErrorReason.ValueType  # 20
-    """INTERNAL: an unexpected failure; the message has details for the operator."""
+    """INTERNAL: an unexpected failure (a bug in driftd); the message has details
+    for the operator, and metadata "error_id" names the server's log entry.
+    """
+    ZERO_VECTOR: _ErrorReason.ValueType  # 21
+    """INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+    direction) or as a query/start of one.
+    """
+    MALFORMED_REQUEST: _ErrorReason.ValueType  # 22
+    """INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+    holds invalid UTF-8).
+    """
+    INVALID_FILTER: _ErrorReason.ValueType  # 23
+    """INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+    starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+    condition that is empty or mixes value types.
+    """
+    STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 35
+    """UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
+    backoff. A write that fails this way may have been stored: upserts are
+    idempotent, so retrying it is safe.
+    """
+    STORAGE_FULL: _ErrorReason.ValueType  # 36
+    """RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
+    reserve, setting storage_reserve_bytes); nothing of the request was written.
+    Metadata has "free_bytes" and "required_bytes" when known.
+    """
     CONVERSATION_NOT_FOUND: _ErrorReason.ValueType  # 100
     """NOT_FOUND: the conversation has no messages."""
     BRANCH_NOT_FOUND: _ErrorReason.ValueType  # 101
@@ -136,7 +161,32 @@ SEQUENCE_OUT_OF_ORDER: ErrorReason.ValueType  # 18
 NOT_SERVING: ErrorReason.ValueType  # 19
 """UNAVAILABLE: the server is starting or shutting down."""
 INTERNAL_ERROR: ErrorReason.ValueType  # 20
-"""INTERNAL: an unexpected failure; the message has details for the operator."""
+"""INTERNAL: an unexpected failure (a bug in driftd); the message has details
+for the operator, and metadata "error_id" names the server's log entry.
+"""
+ZERO_VECTOR: ErrorReason.ValueType  # 21
+"""INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+direction) or as a query/start of one.
+"""
+MALFORMED_REQUEST: ErrorReason.ValueType  # 22
+"""INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+holds invalid UTF-8).
+"""
+INVALID_FILTER: ErrorReason.ValueType  # 23
+"""INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+condition that is empty or mixes value types.
+"""
+STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 35
+"""UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
+backoff. A write that fails this way may have been stored: upserts are
+idempotent, so retrying it is safe.
+"""
+STORAGE_FULL: ErrorReason.ValueType  # 36
+"""RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
+reserve, setting storage_reserve_bytes); nothing of the request was written.
+Metadata has "free_bytes" and "required_bytes" when known.
+"""
 CONVERSATION_NOT_FOUND: ErrorReason.ValueType  # 100
 """NOT_FOUND: the conversation has no messages."""
 BRANCH_NOT_FOUND: ErrorReason.ValueType  # 101

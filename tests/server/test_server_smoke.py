@@ -313,7 +313,7 @@ async def wells(live, stubs):
 
 async def test_upsert_rejects_whole_batch_with_field_violations(ready, wells):
     parent, points = wells
-    good = point_pb2.Point(id="new-good", vector=[0.0] * DIM)
+    good = point_pb2.Point(id="new-good", vector=[1.0] + [0.0] * (DIM - 1))
     good.time.CopyFrom(convert.datetime_to_timestamp(T0))
     bad = point_pb2.Point(id="new-bad", vector=[0.0] * (DIM + 1))
     bad.time.CopyFrom(convert.datetime_to_timestamp(T0))

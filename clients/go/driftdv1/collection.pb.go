@@ -83,7 +83,7 @@ func (Distance) EnumDescriptor() ([]byte, []int) {
 // A collection of timestamped points.
 type Collection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Resource name: "collections/{collection_id}". The id is 3-63 characters of
+	// Resource name: "collections/{collection_id}". The id is 3-512 characters of
 	// [a-zA-Z0-9._-], starting and ending with a letter or digit.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Vector dimension (e.g. 384). Immutable.

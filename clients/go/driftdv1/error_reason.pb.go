@@ -67,8 +67,27 @@ const (
 	ErrorReason_SEQUENCE_OUT_OF_ORDER ErrorReason = 18
 	// UNAVAILABLE: the server is starting or shutting down.
 	ErrorReason_NOT_SERVING ErrorReason = 19
-	// INTERNAL: an unexpected failure; the message has details for the operator.
+	// INTERNAL: an unexpected failure (a bug in driftd); the message has details
+	// for the operator, and metadata "error_id" names the server's log entry.
 	ErrorReason_INTERNAL_ERROR ErrorReason = 20
+	// INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+	// direction) or as a query/start of one.
+	ErrorReason_ZERO_VECTOR ErrorReason = 21
+	// INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+	// holds invalid UTF-8).
+	ErrorReason_MALFORMED_REQUEST ErrorReason = 22
+	// INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+	// starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+	// condition that is empty or mixes value types.
+	ErrorReason_INVALID_FILTER ErrorReason = 23
+	// UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
+	// backoff. A write that fails this way may have been stored: upserts are
+	// idempotent, so retrying it is safe.
+	ErrorReason_STORAGE_UNAVAILABLE ErrorReason = 35
+	// RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
+	// reserve, setting storage_reserve_bytes); nothing of the request was written.
+	// Metadata has "free_bytes" and "required_bytes" when known.
+	ErrorReason_STORAGE_FULL ErrorReason = 36
 	// NOT_FOUND: the conversation has no messages.
 	ErrorReason_CONVERSATION_NOT_FOUND ErrorReason = 100
 	// NOT_FOUND: the conversation has no branch of this id.
@@ -116,6 +135,11 @@ var (
 		18:  "SEQUENCE_OUT_OF_ORDER",
 		19:  "NOT_SERVING",
 		20:  "INTERNAL_ERROR",
+		21:  "ZERO_VECTOR",
+		22:  "MALFORMED_REQUEST",
+		23:  "INVALID_FILTER",
+		35:  "STORAGE_UNAVAILABLE",
+		36:  "STORAGE_FULL",
 		100: "CONVERSATION_NOT_FOUND",
 		101: "BRANCH_NOT_FOUND",
 		102: "INVALID_ROLE",
@@ -147,6 +171,11 @@ var (
 		"SEQUENCE_OUT_OF_ORDER":     18,
 		"NOT_SERVING":               19,
 		"INTERNAL_ERROR":            20,
+		"ZERO_VECTOR":               21,
+		"MALFORMED_REQUEST":         22,
+		"INVALID_FILTER":            23,
+		"STORAGE_UNAVAILABLE":       35,
+		"STORAGE_FULL":              36,
 		"CONVERSATION_NOT_FOUND":    100,
 		"BRANCH_NOT_FOUND":          101,
 		"INVALID_ROLE":              102,
@@ -189,7 +218,7 @@ var File_driftd_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xac\x05\n" +
+	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\x93\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fINVALID_NAME\x10\x01\x12\x16\n" +
@@ -212,7 +241,12 @@ const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\x12INVALID_PAGE_TOKEN\x10\x11\x12\x19\n" +
 	"\x15SEQUENCE_OUT_OF_ORDER\x10\x12\x12\x0f\n" +
 	"\vNOT_SERVING\x10\x13\x12\x12\n" +
-	"\x0eINTERNAL_ERROR\x10\x14\x12\x1a\n" +
+	"\x0eINTERNAL_ERROR\x10\x14\x12\x0f\n" +
+	"\vZERO_VECTOR\x10\x15\x12\x15\n" +
+	"\x11MALFORMED_REQUEST\x10\x16\x12\x12\n" +
+	"\x0eINVALID_FILTER\x10\x17\x12\x17\n" +
+	"\x13STORAGE_UNAVAILABLE\x10#\x12\x10\n" +
+	"\fSTORAGE_FULL\x10$\x12\x1a\n" +
 	"\x16CONVERSATION_NOT_FOUND\x10d\x12\x14\n" +
 	"\x10BRANCH_NOT_FOUND\x10e\x12\x10\n" +
 	"\fINVALID_ROLE\x10f\x12\x1a\n" +

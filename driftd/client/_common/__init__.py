@@ -130,6 +130,9 @@ from driftd.client._common.options import (
 from driftd.client._common.options import (
     channel_options as channel_options,
 )
+from driftd.client._common.options import (
+    parse_target as parse_target,
+)
 from driftd.client._common.parse import (
     parse_point as parse_point,
 )

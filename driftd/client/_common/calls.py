@@ -170,6 +170,7 @@ def search(
     series: str,
     payload_filter: Mapping | None,
     include_vectors: bool,
+    payload_conditions: Sequence[types.PayloadCondition] = (),
 ) -> Call[list[types.ScoredPoint]]:
     _exactly_one("query", vector=vector, text=text)
     request = point_pb2.SearchPointsRequest(
@@ -185,6 +186,7 @@ def search(
         request.text = text or ""
     if payload_filter:
         request.payload_filter.CopyFrom(convert.dict_to_struct(payload_filter))
+    request.payload_conditions.extend(convert.conditions_to_proto(payload_conditions))
     return Call(
         "points.SearchPoints",
         request,

@@ -11,6 +11,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
+import grpc
+
 from driftd import types
 from driftd.errors import (
     FieldViolation,
@@ -28,6 +30,29 @@ from driftd.v1 import (
 T = TypeVar("T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def parse_target(
+    target: str, credentials: grpc.ChannelCredentials | None
+) -> tuple[str, grpc.ChannelCredentials | None]:
+    """The gRPC target and credentials for what users write as a server address.
+
+    ``http://host:port`` is plaintext ``host:port``; ``https://host:port`` is TLS
+    with the system's root certificates unless ``credentials`` are given (port
+    80/443 when absent); a trailing ``/`` is dropped. Anything else is a gRPC
+    target as is (``host:port``, ``dns:///host:port``, ``unix:path``).
+    """
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return target, credentials
+    tls = scheme.lower() == "https"
+    host = rest.rstrip("/")
+    if not host.rpartition(":")[2].isdigit() or host.endswith("]"):
+        host = f"{host}:{443 if tls else 80}"
+    if tls and credentials is None:
+        credentials = grpc.ssl_channel_credentials()
+    return host, credentials
+
 
 #: Channel options applied unless the caller overrides them. gRPC's 4 MiB default
 #: receive limit is too small for vectors (grpc/grpc#15738); 64 MiB matches the

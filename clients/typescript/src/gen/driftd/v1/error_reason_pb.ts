@@ -9,7 +9,7 @@ import { enumDesc, fileDesc } from "@bufbuild/protobuf/codegenv2";
  * Describes the file driftd/v1/error_reason.proto.
  */
 export const file_driftd_v1_error_reason: GenFile = /*@__PURE__*/
-  fileDesc("ChxkcmlmdGQvdjEvZXJyb3JfcmVhc29uLnByb3RvEglkcmlmdGQudjEqrAUKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEhAKDElOVkFMSURfTkFNRRABEhYKEkRJTUVOU0lPTl9NSVNNQVRDSBACEhUKEU5PTl9GSU5JVEVfVkVDVE9SEAMSEwoPTUlTU0lOR19DT05URU5UEAQSEgoOTk9fRU1CRURfTU9ERUwQBRIVChFJTlZBTElEX1RJTUVTVEFNUBAGEhAKDERVUExJQ0FURV9JRBAHEhgKFENPTExFQ1RJT05fTk9UX0ZPVU5EEAgSHQoZQ09MTEVDVElPTl9BTFJFQURZX0VYSVNUUxAJEhMKD0JBVENIX1RPT19MQVJHRRAKEhIKDkxJTUlUX0VYQ0VFREVEEAsSFQoRTk9UX0VOT1VHSF9QT0lOVFMQDBITCg9QT0lOVF9OT1RfRk9VTkQQDRITCg9JTlZBTElEX1BBWUxPQUQQDhIRCg1JTlZBTElEX0ZJRUxEEA8SFwoTVU5LTk9XTl9FTUJFRF9NT0RFTBAQEhYKEklOVkFMSURfUEFHRV9UT0tFThAREhkKFVNFUVVFTkNFX09VVF9PRl9PUkRFUhASEg8KC05PVF9TRVJWSU5HEBMSEgoOSU5URVJOQUxfRVJST1IQFBIaChZDT05WRVJTQVRJT05fTk9UX0ZPVU5EEGQSFAoQQlJBTkNIX05PVF9GT1VORBBlEhAKDElOVkFMSURfUk9MRRBmEhoKFkZBQ1RTX0VYVFJBQ1RPUl9GQUlMRUQQZxITCg5FVkVOVFNfRVhQSVJFRBDIARIVChBXQVRDSEVSX1RPT19TTE9XEMkBEhkKFERSSUZUX1JVTEVfTk9UX0ZPVU5EEMoBEh4KGURSSUZUX1JVTEVfQUxSRUFEWV9FWElTVFMQywFCN1o1Z2l0aHViLmNvbS9kcmlmdGQvZHJpZnRkL2NsaWVudHMvZ28vZHJpZnRkdjE7ZHJpZnRkdjFiBnByb3RvMw");
+  fileDesc("ChxkcmlmdGQvdjEvZXJyb3JfcmVhc29uLnByb3RvEglkcmlmdGQudjEqkwYKC0Vycm9yUmVhc29uEhwKGEVSUk9SX1JFQVNPTl9VTlNQRUNJRklFRBAAEhAKDElOVkFMSURfTkFNRRABEhYKEkRJTUVOU0lPTl9NSVNNQVRDSBACEhUKEU5PTl9GSU5JVEVfVkVDVE9SEAMSEwoPTUlTU0lOR19DT05URU5UEAQSEgoOTk9fRU1CRURfTU9ERUwQBRIVChFJTlZBTElEX1RJTUVTVEFNUBAGEhAKDERVUExJQ0FURV9JRBAHEhgKFENPTExFQ1RJT05fTk9UX0ZPVU5EEAgSHQoZQ09MTEVDVElPTl9BTFJFQURZX0VYSVNUUxAJEhMKD0JBVENIX1RPT19MQVJHRRAKEhIKDkxJTUlUX0VYQ0VFREVEEAsSFQoRTk9UX0VOT1VHSF9QT0lOVFMQDBITCg9QT0lOVF9OT1RfRk9VTkQQDRITCg9JTlZBTElEX1BBWUxPQUQQDhIRCg1JTlZBTElEX0ZJRUxEEA8SFwoTVU5LTk9XTl9FTUJFRF9NT0RFTBAQEhYKEklOVkFMSURfUEFHRV9UT0tFThAREhkKFVNFUVVFTkNFX09VVF9PRl9PUkRFUhASEg8KC05PVF9TRVJWSU5HEBMSEgoOSU5URVJOQUxfRVJST1IQFBIPCgtaRVJPX1ZFQ1RPUhAVEhUKEU1BTEZPUk1FRF9SRVFVRVNUEBYSEgoOSU5WQUxJRF9GSUxURVIQFxIXChNTVE9SQUdFX1VOQVZBSUxBQkxFECMSEAoMU1RPUkFHRV9GVUxMECQSGgoWQ09OVkVSU0FUSU9OX05PVF9GT1VORBBkEhQKEEJSQU5DSF9OT1RfRk9VTkQQZRIQCgxJTlZBTElEX1JPTEUQZhIaChZGQUNUU19FWFRSQUNUT1JfRkFJTEVEEGcSEwoORVZFTlRTX0VYUElSRUQQyAESFQoQV0FUQ0hFUl9UT09fU0xPVxDJARIZChREUklGVF9SVUxFX05PVF9GT1VORBDKARIeChlEUklGVF9SVUxFX0FMUkVBRFlfRVhJU1RTEMsBQjdaNWdpdGh1Yi5jb20vZHJpZnRkL2RyaWZ0ZC9jbGllbnRzL2dvL2RyaWZ0ZHYxO2RyaWZ0ZHYxYgZwcm90bzM");
 
 /**
  * The `reason` of the google.rpc.ErrorInfo that accompanies every driftd error
@@ -160,11 +160,55 @@ export enum ErrorReason {
   NOT_SERVING = 19,
 
   /**
-   * INTERNAL: an unexpected failure; the message has details for the operator.
+   * INTERNAL: an unexpected failure (a bug in driftd); the message has details
+   * for the operator, and metadata "error_id" names the server's log entry.
    *
    * @generated from enum value: INTERNAL_ERROR = 20;
    */
   INTERNAL_ERROR = 20,
+
+  /**
+   * INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+   * direction) or as a query/start of one.
+   *
+   * @generated from enum value: ZERO_VECTOR = 21;
+   */
+  ZERO_VECTOR = 21,
+
+  /**
+   * INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+   * holds invalid UTF-8).
+   *
+   * @generated from enum value: MALFORMED_REQUEST = 22;
+   */
+  MALFORMED_REQUEST = 22,
+
+  /**
+   * INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+   * starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+   * condition that is empty or mixes value types.
+   *
+   * @generated from enum value: INVALID_FILTER = 23;
+   */
+  INVALID_FILTER = 23,
+
+  /**
+   * UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
+   * backoff. A write that fails this way may have been stored: upserts are
+   * idempotent, so retrying it is safe.
+   *
+   * @generated from enum value: STORAGE_UNAVAILABLE = 35;
+   */
+  STORAGE_UNAVAILABLE = 35,
+
+  /**
+   * RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
+   * reserve, setting storage_reserve_bytes); nothing of the request was written.
+   * Metadata has "free_bytes" and "required_bytes" when known.
+   *
+   * @generated from enum value: STORAGE_FULL = 36;
+   */
+  STORAGE_FULL = 36,
 
   /**
    * NOT_FOUND: the conversation has no messages.

@@ -119,12 +119,53 @@ class Settings:
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    log_format: str = field(
+        default="text", metadata={"help": "log lines: text, or json (one object per line)"}
+    )
+    access_log: str = field(
+        default="INFO",
+        metadata={"help": "level of the one access line per RPC (DEBUG, INFO...), or off"},
+    )
+    peers: str = field(
+        default="",
+        metadata={
+            "help": "replicas sharing a Chroma server, comma-separated host:port (a DNS name "
+            "stands for every address it resolves to, e.g. a headless Service); each key "
+            "is owned by one live replica and the others forward to it. Empty: alone"
+        },
+    )
+    advertise_address: str = field(
+        default="",
+        metadata={
+            "help": "this replica's host:port as its peers reach it (as the peers resolve, "
+            "e.g. the pod IP); empty: the listen address"
+        },
+    )
 
     def __post_init__(self) -> None:
         # A spread needs two refits; a bad value should stop the server at start-up.
         for name in ("ensemble_size", "max_bootstrap"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.peers and not self.chroma_url:
+            raise ValueError("peers need a shared Chroma server: set chroma_url")
+        if self.peers and self.own_address.rpartition(":")[0].strip("[]") in ("", "0.0.0.0", "::"):
+            raise ValueError(
+                f"with peers, set advertise_address: the listen address {self.address!r} "
+                "is not one the peers can reach"
+            )
+
+    @property
+    def peer_list(self) -> list[str]:
+        """``peers`` split: host:port entries."""
+        return [p.strip() for p in self.peers.split(",") if p.strip()]
+
+    @property
+    def own_address(self) -> str:
+        """This replica's address as its peers reach it."""
+        return self.advertise_address or self.address
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

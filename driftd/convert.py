@@ -225,6 +225,7 @@ def collection_to_proto(c: types.CollectionInfo) -> collection_pb2.Collection:
         time_key=c.time_key,
         series_key=c.series_key,
         attached=c.attached,
+        owner=c.owner,
     )
     msg.create_time.CopyFrom(datetime_to_timestamp(c.create_time))
     if c.start_time is not None:
@@ -250,6 +251,7 @@ def collection_from_proto(msg: collection_pb2.Collection) -> types.CollectionInf
         time_key=msg.time_key,
         series_key=msg.series_key,
         attached=msg.attached,
+        owner=msg.owner,
     )
 
 

@@ -71,6 +71,8 @@ class CollectionInfo:
     time_key: str = ""
     series_key: str = ""
     attached: bool = False
+    #: The owner replica's address (server mode with peers); "" otherwise.
+    owner: str = ""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from driftd import types
 from driftd.client import _common as common
 from driftd.client._common import PointLike, RetryPolicy, Time, UpsertAck, WriteProgress
 from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
-from driftd.v1 import behavior_pb2, monitor_pb2, point_pb2
+from driftd.v1 import behavior_pb2, collection_pb2, monitor_pb2, point_pb2
 
 T = TypeVar("T")
 
@@ -107,6 +107,26 @@ class AsyncDriftClient:
                 yield info
             if not token:
                 return
+
+    def export_collection(
+        self, name: str, *, chunk_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[collection_pb2.ExportCollectionResponse]:
+        """See :meth:`DriftClient.export_collection` (an async iterator)."""
+        responses = self._stubs.collections.ExportCollection(
+            common.export_request(name, chunk_size), timeout=timeout
+        )
+        return self._stream(responses, lambda response: (response,))
+
+    async def import_collection(
+        self,
+        requests: Iterable[collection_pb2.ImportCollectionRequest]
+        | AsyncIterable[collection_pb2.ImportCollectionRequest],
+        *,
+        timeout: float | None = None,
+    ) -> collection_pb2.ImportCollectionResponse:
+        """See :meth:`DriftClient.import_collection`; ``requests`` may be async."""
+        with common.translate_errors():
+            return await self._stubs.collections.ImportCollection(requests, timeout=timeout)
 
     async def delete_collection(self, name: str) -> None:
         """See :meth:`DriftClient.delete_collection`."""

@@ -14,7 +14,7 @@ from driftd import types
 from driftd.client import _common as common
 from driftd.client._common import PointLike, RetryPolicy, Time, UpsertAck, WriteProgress
 from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
-from driftd.v1 import behavior_pb2, monitor_pb2, point_pb2
+from driftd.v1 import behavior_pb2, collection_pb2, monitor_pb2, point_pb2
 
 T = TypeVar("T")
 
@@ -130,6 +130,36 @@ class DriftClient:
             yield from infos
             if not token:
                 return
+
+    def export_collection(
+        self, name: str, *, chunk_size: int = 0, timeout: float | None = None
+    ) -> Iterator[collection_pb2.ExportCollectionResponse]:
+        """A snapshot of collection ``name`` for a backup, streamed as the server
+        sends it: first the collection and its drift rules, then chunks of
+        ``chunk_size`` points (0: the server's 500) with vectors. ``timeout``
+        bounds the whole stream (None: no deadline). Closing the iterator cancels
+        the RPC. :mod:`driftd.backup` writes it to a file."""
+        responses = self._stubs.collections.ExportCollection(
+            common.export_request(name, chunk_size), timeout=timeout
+        )
+        return self._stream(responses, lambda response: (response,))
+
+    def import_collection(
+        self,
+        requests: Iterable[collection_pb2.ImportCollectionRequest],
+        *,
+        timeout: float | None = None,
+    ) -> collection_pb2.ImportCollectionResponse:
+        """Creates a collection from ``requests`` (the first names it and carries
+        its settings and drift rules; any may carry points): all or nothing.
+        ``timeout`` bounds the whole stream (None: no deadline).
+
+        Raises:
+            AlreadyExists: the collection id is taken.
+            InvalidArgument: bad settings, drift rules or points (nothing is kept).
+        """
+        with common.translate_errors():
+            return self._stubs.collections.ImportCollection(iter(requests), timeout=timeout)
 
     def delete_collection(self, name: str) -> None:
         """Deletes a collection and its points. Raises NotFound."""

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from driftd import metrics
+from driftd.engine import memory
 from driftd.engine import validate as v
 from driftd.engine._core import EngineCore, _Collection
 from driftd.engine.cache import TrajectoryCache
@@ -90,11 +92,17 @@ class CollectionsMixin(EngineCore):
         return self._info(coll)
 
     async def list_collections(
-        self, *, page_size: int = 100, page_token: str = ""
+        self,
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        load: Callable[[str], bool] = lambda name: True,
     ) -> tuple[list[CollectionInfo], str]:
         """A page of collections in name order and the next page token ("" at the end).
 
-        The token is the last name of the previous page.
+        The token is the last name of the previous page. A collection for which
+        ``load(name)`` is False is not read into memory (another replica owns
+        it): its counts and time span are left zero and unset.
 
         Raises:
             InvalidArgument: page_size outside 1-1000 (LIMIT_EXCEEDED) or a bad
@@ -112,11 +120,30 @@ class CollectionsMixin(EngineCore):
         page = after[:page_size]
         out = []
         for m in page:
-            coll = self._current(m)
-            await self._loaded(coll)
+            if load(m.name):
+                coll = self._current(m)
+                await self._loaded(coll)
+            else:
+                coll = _Collection(m)  # not kept: its owner holds its state
             out.append(self._info(coll))
         next_token = page[-1].name if len(after) > page_size else ""
         return out, next_token
+
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Forgets every collection ``keep(name)`` rejects (in server mode with
+        peers: another replica owns it now): its trajectory cache and flow model
+        go, and its watches end with UNAVAILABLE (OWNER_MOVED) so their clients
+        resume at the new owner. A later call for it reads it from Chroma again."""
+        lost = [n for n in self._collections if not keep(n)]
+        for name in lost:
+            coll = self._collections.pop(name)
+            if coll.model is not None:
+                metrics.CACHED_MODELS.dec()
+            with contextlib.suppress(KeyError):
+                metrics.CACHED_POINTS.remove(name)
+            self.events.release(name)
+        if lost:
+            self._runner.call(memory.trim)  # the dropped caches' pages
 
     async def delete_collection(self, name: str) -> None:
         """Deletes the collection and its points. Raises NotFound."""
@@ -124,8 +151,7 @@ class CollectionsMixin(EngineCore):
         gone = await self._runner.call(lambda: self._store.delete(name))
         self._collections.pop(name, None)
         self.events.drop(name, gone.uid)
-        with contextlib.suppress(KeyError):
-            metrics.CACHED_POINTS.remove(name)
+        metrics.forget_collection(name)
 
     async def attach_collection(
         self, chroma_collection: str, *, time_key: str, series_key: str = "", embed_model: str = ""

@@ -22,7 +22,7 @@ from typing import Self
 
 import numpy as np
 
-from driftd import metrics
+from driftd import metrics, tracing
 from driftd.config import Settings
 from driftd.engine import memory
 from driftd.engine import validate as v
@@ -169,9 +169,12 @@ class EngineCore:
         names them).
         """
         v.check_texts(texts, self.settings, field)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._embed_thread, self._embedders.embed, model, texts
-        )
+        with tracing.tracer.start_as_current_span(
+            "embed", attributes={"driftd.embed_model": model, "driftd.texts": len(texts)}
+        ):
+            return await asyncio.get_running_loop().run_in_executor(
+                self._embed_thread, self._embedders.embed, model, texts
+            )
 
     async def _collection(self, name: str) -> _Collection:
         """The collection's state. With a shared Chroma server other replicas may

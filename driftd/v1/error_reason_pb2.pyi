@@ -113,6 +113,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: the drift rule does not exist."""
     DRIFT_RULE_ALREADY_EXISTS: _ErrorReason.ValueType  # 203
     """ALREADY_EXISTS: a drift rule with this id exists on the collection."""
+    OWNER_UNAVAILABLE: _ErrorReason.ValueType  # 410
+    """UNAVAILABLE: the replica that owns the request's collection, conversation
+    or user could not be reached (it is failing or leaving); metadata has
+    "owner", its address. Retry: within a few seconds its keys move to another
+    replica.
+    """
+    OWNER_MOVED: _ErrorReason.ValueType  # 411
+    """UNAVAILABLE: the watched collection moved to another replica (one joined
+    or came back); resume the watch, which reaches the new owner. Its sequence
+    numbers differ: a resume point from the old owner is reported expired.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` of the google.rpc.ErrorInfo that accompanies every driftd error
@@ -211,4 +222,15 @@ DRIFT_RULE_NOT_FOUND: ErrorReason.ValueType  # 202
 """NOT_FOUND: the drift rule does not exist."""
 DRIFT_RULE_ALREADY_EXISTS: ErrorReason.ValueType  # 203
 """ALREADY_EXISTS: a drift rule with this id exists on the collection."""
+OWNER_UNAVAILABLE: ErrorReason.ValueType  # 410
+"""UNAVAILABLE: the replica that owns the request's collection, conversation
+or user could not be reached (it is failing or leaving); metadata has
+"owner", its address. Retry: within a few seconds its keys move to another
+replica.
+"""
+OWNER_MOVED: ErrorReason.ValueType  # 411
+"""UNAVAILABLE: the watched collection moved to another replica (one joined
+or came back); resume the watch, which reaches the new owner. Its sequence
+numbers differ: a resume point from the old owner is reported expired.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -109,6 +109,15 @@ const (
 	ErrorReason_DRIFT_RULE_NOT_FOUND ErrorReason = 202
 	// ALREADY_EXISTS: a drift rule with this id exists on the collection.
 	ErrorReason_DRIFT_RULE_ALREADY_EXISTS ErrorReason = 203
+	// UNAVAILABLE: the replica that owns the request's collection, conversation
+	// or user could not be reached (it is failing or leaving); metadata has
+	// "owner", its address. Retry: within a few seconds its keys move to another
+	// replica.
+	ErrorReason_OWNER_UNAVAILABLE ErrorReason = 410
+	// UNAVAILABLE: the watched collection moved to another replica (one joined
+	// or came back); resume the watch, which reaches the new owner. Its sequence
+	// numbers differ: a resume point from the old owner is reported expired.
+	ErrorReason_OWNER_MOVED ErrorReason = 411
 )
 
 // Enum value maps for ErrorReason.
@@ -148,6 +157,8 @@ var (
 		201: "WATCHER_TOO_SLOW",
 		202: "DRIFT_RULE_NOT_FOUND",
 		203: "DRIFT_RULE_ALREADY_EXISTS",
+		410: "OWNER_UNAVAILABLE",
+		411: "OWNER_MOVED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":  0,
@@ -184,6 +195,8 @@ var (
 		"WATCHER_TOO_SLOW":          201,
 		"DRIFT_RULE_NOT_FOUND":      202,
 		"DRIFT_RULE_ALREADY_EXISTS": 203,
+		"OWNER_UNAVAILABLE":         410,
+		"OWNER_MOVED":               411,
 	}
 )
 
@@ -218,7 +231,7 @@ var File_driftd_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\x93\x06\n" +
+	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xbd\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fINVALID_NAME\x10\x01\x12\x16\n" +
@@ -254,7 +267,9 @@ const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\x0eEVENTS_EXPIRED\x10\xc8\x01\x12\x15\n" +
 	"\x10WATCHER_TOO_SLOW\x10\xc9\x01\x12\x19\n" +
 	"\x14DRIFT_RULE_NOT_FOUND\x10\xca\x01\x12\x1e\n" +
-	"\x19DRIFT_RULE_ALREADY_EXISTS\x10\xcb\x01B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\x19DRIFT_RULE_ALREADY_EXISTS\x10\xcb\x01\x12\x16\n" +
+	"\x11OWNER_UNAVAILABLE\x10\x9a\x03\x12\x10\n" +
+	"\vOWNER_MOVED\x10\x9b\x03B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_error_reason_proto_rawDescOnce sync.Once

@@ -35,6 +35,9 @@ from driftd.client._common.calls import (
     detect_chapters as detect_chapters,
 )
 from driftd.client._common.calls import (
+    export_request as export_request,
+)
+from driftd.client._common.calls import (
     find_attractors as find_attractors,
 )
 from driftd.client._common.calls import (

@@ -75,6 +75,12 @@ def get_collection(name: str) -> Call[types.CollectionInfo]:
     return Call("collections.GetCollection", request, convert.collection_from_proto)
 
 
+def export_request(name: str, chunk_size: int) -> collection_pb2.ExportCollectionRequest:
+    return collection_pb2.ExportCollectionRequest(
+        name=convert.collection_name(name), chunk_size=chunk_size
+    )
+
+
 def list_collections_page(
     page_size: int, page_token: str
 ) -> Call[tuple[list[types.CollectionInfo], str]]:

@@ -62,7 +62,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
 }
 
-Time = datetime | str | None
+Time = datetime | str | int | float | None
 PointLike = types.Point | Mapping[str, Any]
 
 
@@ -70,14 +70,14 @@ PointLike = types.Point | Mapping[str, Any]
 #: whose repetition changes nothing (UpsertPoints replaces points by id;
 #: DeletePoints ignores ids already gone, so a repeat may count fewer deletions;
 #: ExtractFacts recomputes a branch's facts from its messages). Left out:
-#: CreateCollection, AttachCollection, CreateDriftRule (a repeat fails with
+#: CreateCollection, AttachCollection, ImportCollection, CreateDriftRule (a repeat fails with
 #: ALREADY_EXISTS or creates a second rule), DeleteCollection, DeleteDriftRule (a
 #: repeat fails with NOT_FOUND), ProcessBehaviors (a repeat applies the candidates
 #: twice), RouteMessage (safe only with a message_id, which a per-method policy
 #: cannot see), StreamUpsertPoints (the writer resumes it instead) and Health.Check
 #: (a probe must see the outage).
 RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
-    "driftd.v1.CollectionService": ("GetCollection", "ListCollections"),
+    "driftd.v1.CollectionService": ("GetCollection", "ListCollections", "ExportCollection"),
     "driftd.v1.PointService": (
         "UpsertPoints",
         "GetPoints",
@@ -98,7 +98,9 @@ RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
 }
 #: The server-streaming ones: they have no deadline, so they do not wait for a
 #: connection (that could be forever).
-_STREAMING_METHODS = frozenset({"GetTrajectory", "SimulatePaths", "WatchCollection"})
+_STREAMING_METHODS = frozenset(
+    {"ExportCollection", "GetTrajectory", "SimulatePaths", "WatchCollection"}
+)
 
 
 @dataclass(frozen=True)

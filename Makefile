@@ -5,12 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test faults fuzz demo proto lint typecheck bench bench-drift bench-flow bench-routing clean clients clients-check buf-check release-image deploy-check grpcurl-check
+.PHONY: run test faults fuzz demo proto lint typecheck bench bench-drift bench-flow bench-perf bench-routing clean clients clients-check buf-check release-image deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[server,dev]'
+	$(PY) -m pip install --quiet -e '.[server,dev,bench]'
 	touch $(STAMP)
 
 ## run: serve gRPC on 127.0.0.1:50051, embedded Chroma in ./driftd_data, metrics on :9464
@@ -64,6 +64,11 @@ bench-flow: $(STAMP)
 ## bench-drift: drift tests on planted 384-d Gaussians: false-positive rate, power curve, timings
 bench-drift: $(STAMP)
 	$(PY) -m bench.drift
+
+## bench-perf: driftd over gRPC vs raw Chroma and fastembed (ingest, search, trajectory), ghz at
+## concurrency 1/8/32, flow cost curves; the full curve: make bench-perf PERF_ARGS="--curves 10000,100000,300000,1000000"
+bench-perf: $(STAMP)
+	nice -n 5 $(PY) -m bench.perf $(PERF_ARGS)
 
 ## bench-routing: conversation routing on real SGD dialogues vs driftos-embed: calibration, F1, latency
 bench-routing: $(STAMP)

@@ -18,6 +18,7 @@ GRPCURL_VERSION=v1.9.3                   # the version README.md tells users to 
 KUBERNETES_VALIDATE_VERSION=1.37.0       # ships Kubernetes' JSON schemas: no download at run time
 PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
+GHZ_VERSION=v0.121.0                     # gRPC load generator of bench.perf
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 

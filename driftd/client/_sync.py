@@ -220,8 +220,8 @@ class DriftClient:
         ``points`` is consumed lazily (it may be a generator over a large file);
         batches are numbered from ``start_sequence``, so after a broken stream
         resume with the sequence after the last ack (:meth:`writer` does that
-        by itself). The server reads a batch only after acknowledging the
-        previous one (backpressure). Invalid points do not fail the stream: the
+        by itself). The server reads a few batches ahead of the one it
+        writes, then stops reading (backpressure). Invalid points do not fail the stream: the
         server skips them and lists them in the ack.
 
         Raises:

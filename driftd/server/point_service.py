@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -41,44 +42,57 @@ class PointServiceServicer(point_pb2_grpc.PointServiceServicer):
     async def StreamUpsertPoints(
         self, request_iterator, context
     ) -> AsyncIterator[point_pb2.StreamUpsertPointsResponse]:
-        """Acks each batch once durable. The next batch is read only after the ack
-        is sent, so a writer faster than the store waits on gRPC flow control.
+        """Acks each batch once durable, in order. The engine reads and validates up
+        to STREAM_AHEAD batches ahead of the one it writes (and writes the ready ones
+        together), so a writer faster than the store waits on gRPC flow control.
 
         Raises:
             InvalidArgument: no parent on the first batch, another parent later
                 (INVALID_FIELD), or a sequence not above the previous one
-                (SEQUENCE_OUT_OF_ORDER). Bad points are reported in the ack instead.
+                (SEQUENCE_OUT_OF_ORDER), after the acks of the batches before it.
+                Bad points are reported in the ack instead.
         """
-        parent = name = ""
-        last_sequence: int | None = None
-        async for batch in request_iterator:
-            if not name:
-                parent, name = batch.parent, parse_collection_name(batch.parent)
-            elif batch.parent and batch.parent != parent:
-                raise InvalidArgument(
-                    f"parent {batch.parent!r} differs from the stream's {parent!r}",
-                    field_violations=[
-                        FieldViolation("parent", "must be empty or the first batch's")
-                    ],
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None:
+            return
+        parent, name = first.parent, parse_collection_name(first.parent)
+        sequences: deque[int] = deque()
+
+        async def batches() -> AsyncIterator[list]:
+            batch, last_sequence = first, None
+            while batch is not None:
+                if batch.parent and batch.parent != parent:
+                    raise InvalidArgument(
+                        f"parent {batch.parent!r} differs from the stream's {parent!r}",
+                        field_violations=[
+                            FieldViolation("parent", "must be empty or the first batch's")
+                        ],
+                    )
+                if last_sequence is not None and batch.sequence <= last_sequence:
+                    raise InvalidArgument(
+                        f"sequence {batch.sequence} is not above the previous {last_sequence}",
+                        reason="SEQUENCE_OUT_OF_ORDER",
+                        field_violations=[FieldViolation("sequence", "must strictly increase")],
+                        metadata={"sequence": batch.sequence, "previous": last_sequence},
+                    )
+                last_sequence = batch.sequence
+                sequences.append(batch.sequence)
+                yield [convert.point_from_proto(p) for p in batch.points]
+                batch = await anext(requests, None)
+
+        results = self._engine.upsert_stream(name, batches())
+        try:
+            async for result in results:
+                yield point_pb2.StreamUpsertPointsResponse(
+                    sequence=sequences.popleft(),
+                    accepted_count=result.upserted,
+                    rejected_count=len(result.errors),
+                    errors=[convert.point_error_to_proto(e) for e in result.errors],
+                    collection_version=result.version,
                 )
-            if last_sequence is not None and batch.sequence <= last_sequence:
-                raise InvalidArgument(
-                    f"sequence {batch.sequence} is not above the previous {last_sequence}",
-                    reason="SEQUENCE_OUT_OF_ORDER",
-                    field_violations=[FieldViolation("sequence", "must strictly increase")],
-                    metadata={"sequence": batch.sequence, "previous": last_sequence},
-                )
-            last_sequence = batch.sequence
-            result = await self._engine.upsert(
-                name, [convert.point_from_proto(p) for p in batch.points], lenient=True
-            )
-            yield point_pb2.StreamUpsertPointsResponse(
-                sequence=batch.sequence,
-                accepted_count=result.upserted,
-                rejected_count=len(result.errors),
-                errors=[convert.point_error_to_proto(e) for e in result.errors],
-                collection_version=result.version,
-            )
+        finally:
+            await results.aclose()
 
     @maps_errors
     async def GetPoints(self, request, context) -> point_pb2.GetPointsResponse:

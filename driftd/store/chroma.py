@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import chromadb
 import chromadb.errors
@@ -213,6 +213,9 @@ class ChromaStore:
             else None
         )
         self._pruned: dict[str, float] = {}  # collection uid -> last journal prune
+        # name -> Chroma collection handle: looking one up costs as much as a small
+        # query (a third of SearchPoints' time before), so each is looked up once.
+        self._handles: dict[str, Any] = {}
 
     def heartbeat(self) -> None:
         """Raises if Chroma does not answer (the readiness probe)."""
@@ -225,6 +228,16 @@ class ChromaStore:
             return self.client.get_collection(name, embedding_function=None)
         except (chromadb.errors.NotFoundError, ValueError) as exc:
             raise NotFound(f"collection {name!r} does not exist") from exc
+
+    def _handle(self, meta: StoredCollection):
+        """The Chroma collection of ``meta``, looked up once per incarnation (uid).
+
+        Raises NotFound.
+        """
+        col = self._handles.get(meta.name)
+        if col is None or str(col.id) != meta.uid:
+            col = self._handles[meta.name] = self._chroma(meta.name)
+        return col
 
     def get(self, name: str) -> StoredCollection:
         """Raises NotFound when absent or not a driftd collection."""
@@ -267,6 +280,7 @@ class ChromaStore:
         """
         meta = self.get(name)
         self.client.delete_collection(name)
+        self._handles.pop(name, None)
         if self._journal is not None:
             self._journal.delete(where={"collection": meta.uid})
             self._pruned.pop(meta.uid, None)
@@ -391,7 +405,7 @@ class ChromaStore:
         The batch was validated whole before; should a later chunk still fail,
         the earlier chunks of this batch are deleted again so nothing is half-written.
         """
-        col = self._chroma(meta.name)
+        col = self._handle(meta)
         metadatas = []
         for i in range(len(cols.ids)):
             md = dict(cols.payloads[i]) if cols.payloads else {}
@@ -468,37 +482,29 @@ class ChromaStore:
         self, meta: StoredCollection, ids: Sequence[str], *, include_vectors: bool
     ) -> dict[str, Record]:
         """Records by id (absent ids are simply missing from the result)."""
-        col = self._chroma(meta.name)
+        col = self._handle(meta)
         include = ["metadatas", "documents"] + (["embeddings"] if include_vectors else [])
         out: dict[str, Record] = {}
         for lo in range(0, len(ids), self.max_batch_size):
             got = col.get(ids=list(ids[lo : lo + self.max_batch_size]), include=include)
             for j, pid in enumerate(got["ids"]):
-                md = dict(got["metadatas"][j] or {})
-                t = parse_time_value(md.pop(meta.time_key, None))
-                series = str(md.pop(meta.series_key, "") or "")
-                payload = {k: v for k, v in md.items() if not k.startswith(KEY_PREFIX)}
-                vec = (
-                    np.asarray(got["embeddings"][j], dtype=np.float32) if include_vectors else None
-                )
-                out[pid] = Record(
+                out[pid] = _record(
+                    meta,
                     pid,
-                    t if t is not None else float("nan"),
-                    series,
-                    got["documents"][j] or None,
-                    payload,
-                    vec,
+                    got["metadatas"][j],
+                    got["documents"][j],
+                    got["embeddings"][j] if include_vectors else None,
                 )
         return out
 
     def delete_points(self, meta: StoredCollection, ids: Sequence[str]) -> None:
-        col = self._chroma(meta.name)
+        col = self._handle(meta)
         for lo in range(0, len(ids), self.max_batch_size):
             col.delete(ids=list(ids[lo : lo + self.max_batch_size]))
 
     def iter_load(self, meta: StoredCollection) -> Iterator[Columns]:
         """The whole collection, page by page (records without a parsable time are skipped)."""
-        col = self._chroma(meta.name)
+        col = self._handle(meta)
         offset = 0
         while True:
             got = col.get(limit=_PAGE, offset=offset, include=["embeddings", "metadatas"])
@@ -526,21 +532,60 @@ class ChromaStore:
             )
 
     def query(
-        self, meta: StoredCollection, vector: np.ndarray, k: int, where: dict | None
-    ) -> builtins.list[tuple[str, float]]:
-        """Approximate k nearest (Chroma's HNSW) as ``(id, distance)``, nearest first."""
-        col = self._chroma(meta.name)
-        got = col.query(
+        self,
+        meta: StoredCollection,
+        vector: np.ndarray,
+        k: int,
+        where: dict | None,
+        *,
+        include_vectors: bool,
+    ) -> builtins.list[tuple[Record, float]]:
+        """Approximate k nearest (Chroma's HNSW) as ``(record, distance)``, nearest
+        first: one Chroma query that also returns the records, as a user calling
+        Chroma directly would (a second get by id cost as much as the query)."""
+        include = ["metadatas", "documents", "distances"] + (
+            ["embeddings"] if include_vectors else []
+        )
+        got = self._handle(meta).query(
             query_embeddings=[np.asarray(vector, dtype=np.float32)],
             n_results=k,
             where=where or None,
-            include=["distances"],
+            include=include,
         )
-        return list(zip(got["ids"][0], (float(d) for d in got["distances"][0]), strict=True))
+        return [
+            (
+                _record(
+                    meta,
+                    pid,
+                    got["metadatas"][0][j],
+                    got["documents"][0][j],
+                    got["embeddings"][0][j] if include_vectors else None,
+                ),
+                float(got["distances"][0][j]),
+            )
+            for j, pid in enumerate(got["ids"][0])
+        ]
 
-    def ids_where(self, meta: StoredCollection, where: dict) -> set[str]:
+    def ids_where(self, meta: StoredCollection, where: dict) -> builtins.list[str]:
         """Ids of the records whose metadata matches a Chroma ``where`` filter."""
-        return set(self._chroma(meta.name).get(where=where, include=[])["ids"])
+        return self._handle(meta).get(where=where, include=[])["ids"]
+
+
+def _record(meta: StoredCollection, pid: str, metadata, document, embedding) -> Record:
+    """A Chroma row as a Record: driftd's keys split off the payload, ``embedding``
+    (d,) float32 when given."""
+    md = dict(metadata or {})
+    t = parse_time_value(md.pop(meta.time_key, None))
+    series = str(md.pop(meta.series_key, "") or "")
+    payload = {k: v for k, v in md.items() if not k.startswith(KEY_PREFIX)}
+    return Record(
+        pid,
+        t if t is not None else float("nan"),
+        series,
+        document or None,  # Chroma gives "" for a record written without one
+        payload,
+        None if embedding is None else np.asarray(embedding, dtype=np.float32),
+    )
 
 
 def _space(col) -> str:

@@ -264,7 +264,9 @@ class StreamUpsertPointsResponse(_message.Message):
     rejected_count: _builtins.int
     """Points rejected from this batch; details in `errors`."""
     collection_version: _builtins.int
-    """The collection's version after this batch."""
+    """The collection's version after this batch; batches written together share
+    it.
+    """
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___PointError]:
         """Why each rejected point was rejected."""

@@ -91,8 +91,10 @@ class PointServiceServicer:
         """Streams batches of points in; the server acknowledges each batch (in order)
         only after it is durably written. Invalid points are reported per point in
         the acknowledgement and skipped; valid points of the batch are written.
-        The server reads the next batch only after acknowledging the previous one,
-        so a fast writer is slowed to the store's pace (backpressure).
+        The server reads, checks and embeds a few batches ahead of the one it is
+        writing, writes the batches ready together in one write, and stops reading
+        while it is that far ahead, so a fast writer is slowed to the store's pace
+        (backpressure). Acknowledgements come in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

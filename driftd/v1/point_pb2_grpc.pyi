@@ -47,8 +47,10 @@ class PointServiceStub:
     """Streams batches of points in; the server acknowledges each batch (in order)
     only after it is durably written. Invalid points are reported per point in
     the acknowledgement and skipped; valid points of the batch are written.
-    The server reads the next batch only after acknowledging the previous one,
-    so a fast writer is slowed to the store's pace (backpressure).
+    The server reads, checks and embeds a few batches ahead of the one it is
+    writing, writes the batches ready together in one write, and stops reading
+    while it is that far ahead, so a fast writer is slowed to the store's pace
+    (backpressure). Acknowledgements come in order.
     """
     GetPoints: _grpc.UnaryUnaryMultiCallable[_point_pb2.GetPointsRequest, _point_pb2.GetPointsResponse]
     """Gets points by id. Ids that do not exist are listed in `missing_ids`."""
@@ -82,8 +84,10 @@ class PointServiceAsyncStub(PointServiceStub):
     """Streams batches of points in; the server acknowledges each batch (in order)
     only after it is durably written. Invalid points are reported per point in
     the acknowledgement and skipped; valid points of the batch are written.
-    The server reads the next batch only after acknowledging the previous one,
-    so a fast writer is slowed to the store's pace (backpressure).
+    The server reads, checks and embeds a few batches ahead of the one it is
+    writing, writes the batches ready together in one write, and stops reading
+    while it is that far ahead, so a fast writer is slowed to the store's pace
+    (backpressure). Acknowledgements come in order.
     """
     GetPoints: _aio.UnaryUnaryMultiCallable[_point_pb2.GetPointsRequest, _point_pb2.GetPointsResponse]  # type: ignore[assignment]
     """Gets points by id. Ids that do not exist are listed in `missing_ids`."""
@@ -126,8 +130,10 @@ class PointServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams batches of points in; the server acknowledges each batch (in order)
         only after it is durably written. Invalid points are reported per point in
         the acknowledgement and skipped; valid points of the batch are written.
-        The server reads the next batch only after acknowledging the previous one,
-        so a fast writer is slowed to the store's pace (backpressure).
+        The server reads, checks and embeds a few batches ahead of the one it is
+        writing, writes the batches ready together in one write, and stops reading
+        while it is that far ahead, so a fast writer is slowed to the store's pace
+        (backpressure). Acknowledgements come in order.
         """
 
     @_abc_1.abstractmethod

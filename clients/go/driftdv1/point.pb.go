@@ -453,7 +453,8 @@ type StreamUpsertPointsResponse struct {
 	RejectedCount int32 `protobuf:"varint,3,opt,name=rejected_count,json=rejectedCount,proto3" json:"rejected_count,omitempty"`
 	// Why each rejected point was rejected.
 	Errors []*PointError `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty"`
-	// The collection's version after this batch.
+	// The collection's version after this batch; batches written together share
+	// it.
 	CollectionVersion int64 `protobuf:"varint,5,opt,name=collection_version,json=collectionVersion,proto3" json:"collection_version,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache

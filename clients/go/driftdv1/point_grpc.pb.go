@@ -44,8 +44,10 @@ type PointServiceClient interface {
 	// Streams batches of points in; the server acknowledges each batch (in order)
 	// only after it is durably written. Invalid points are reported per point in
 	// the acknowledgement and skipped; valid points of the batch are written.
-	// The server reads the next batch only after acknowledging the previous one,
-	// so a fast writer is slowed to the store's pace (backpressure).
+	// The server reads, checks and embeds a few batches ahead of the one it is
+	// writing, writes the batches ready together in one write, and stops reading
+	// while it is that far ahead, so a fast writer is slowed to the store's pace
+	// (backpressure). Acknowledgements come in order.
 	StreamUpsertPoints(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamUpsertPointsRequest, StreamUpsertPointsResponse], error)
 	// Gets points by id. Ids that do not exist are listed in `missing_ids`.
 	GetPoints(ctx context.Context, in *GetPointsRequest, opts ...grpc.CallOption) (*GetPointsResponse, error)
@@ -156,8 +158,10 @@ type PointServiceServer interface {
 	// Streams batches of points in; the server acknowledges each batch (in order)
 	// only after it is durably written. Invalid points are reported per point in
 	// the acknowledgement and skipped; valid points of the batch are written.
-	// The server reads the next batch only after acknowledging the previous one,
-	// so a fast writer is slowed to the store's pace (backpressure).
+	// The server reads, checks and embeds a few batches ahead of the one it is
+	// writing, writes the batches ready together in one write, and stops reading
+	// while it is that far ahead, so a fast writer is slowed to the store's pace
+	// (backpressure). Acknowledgements come in order.
 	StreamUpsertPoints(grpc.BidiStreamingServer[StreamUpsertPointsRequest, StreamUpsertPointsResponse]) error
 	// Gets points by id. Ids that do not exist are listed in `missing_ids`.
 	GetPoints(context.Context, *GetPointsRequest) (*GetPointsResponse, error)

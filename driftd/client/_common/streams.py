@@ -186,9 +186,9 @@ class StreamUpsertRequests:
 
 # --- the resuming stream writer ------------------------------------------------
 
-#: Batches a writer sends ahead of its acks: the server reads a batch only after
-#: acknowledging the previous one, so two keep it busy; more would only hold more
-#: points in memory.
+#: Batches a writer sends ahead of its acks: the server checks the next batch
+#: while it writes one, so two keep it busy; more would only hold more points in
+#: memory.
 UNACKED_BATCHES = 2
 
 

@@ -290,7 +290,8 @@ export type StreamUpsertPointsResponse = Message<"driftd.v1.StreamUpsertPointsRe
   errors: PointError[];
 
   /**
-   * The collection's version after this batch.
+   * The collection's version after this batch; batches written together share
+   * it.
    *
    * @generated from field: int64 collection_version = 5;
    */
@@ -813,8 +814,10 @@ export const PointService: GenService<{
    * Streams batches of points in; the server acknowledges each batch (in order)
    * only after it is durably written. Invalid points are reported per point in
    * the acknowledgement and skipped; valid points of the batch are written.
-   * The server reads the next batch only after acknowledging the previous one,
-   * so a fast writer is slowed to the store's pace (backpressure).
+   * The server reads, checks and embeds a few batches ahead of the one it is
+   * writing, writes the batches ready together in one write, and stops reading
+   * while it is that far ahead, so a fast writer is slowed to the store's pace
+   * (backpressure). Acknowledgements come in order.
    *
    * @generated from rpc driftd.v1.PointService.StreamUpsertPoints
    */

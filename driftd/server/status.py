@@ -1,7 +1,8 @@
 """The one mapping from exceptions to gRPC statuses (google.rpc rich error model).
 
 A ``DriftdError`` becomes its own status code with an ``ErrorInfo{reason, domain
-"driftd", metadata}`` and, when it names bad fields, a ``BadRequest``. Anything
+"driftd", metadata}``, a ``BadRequest`` when it names bad fields, and a
+``RetryInfo`` with a ``QuotaFailure`` when it is a ``QuotaExceeded``. Anything
 else is a bug: it is logged with its traceback and becomes INTERNAL with reason
 INTERNAL_ERROR. Servicer methods are wrapped with :func:`maps_errors`, so they
 contain no try/except of their own.
@@ -17,11 +18,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from driftd.errors import DOMAIN, DriftdError
+from driftd.errors import DOMAIN, DriftdError, QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,22 @@ def to_rpc_status(exc: Exception) -> status_pb2.Status:
                             field=v.field, description=v.description
                         )
                         for v in violations
+                    ]
+                )
+            )
+        )
+    if isinstance(exc, QuotaExceeded):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, round(exc.retry_delay * 1e9)))
+        status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        status.details.append(
+            _pack(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=v.subject, description=v.description
+                        )
+                        for v in exc.quota_violations
                     ]
                 )
             )

@@ -88,6 +88,31 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: the drift rule does not exist."""
     DRIFT_RULE_ALREADY_EXISTS: _ErrorReason.ValueType  # 203
     """ALREADY_EXISTS: a drift rule with this id exists on the collection."""
+    API_KEY_MISSING: _ErrorReason.ValueType  # 300
+    """UNAUTHENTICATED: the request has no "authorization: Bearer <key>" metadata
+    and the server requires an API key.
+    """
+    API_KEY_INVALID: _ErrorReason.ValueType  # 301
+    """UNAUTHENTICATED: the API key is not one the server's keys file lists."""
+    PERMISSION_DENIED: _ErrorReason.ValueType  # 302
+    """PERMISSION_DENIED: the key's role is below the RPC's (metadata has
+    "required_role" and "role") or the resource is outside the key's
+    collection scope (metadata has "resource").
+    """
+    RATE_LIMITED: _ErrorReason.ValueType  # 303
+    """RESOURCE_EXHAUSTED: the key's requests per second are used up; a
+    google.rpc.RetryInfo says when to retry and a google.rpc.QuotaFailure
+    names the limit.
+    """
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 304
+    """RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
+    key, collections, points per collection); with RetryInfo and QuotaFailure.
+    """
+    STORAGE_FULL: _ErrorReason.ValueType  # 305
+    """RESOURCE_EXHAUSTED: the storage disk is fuller than the server's
+    read-only threshold; writes are refused, reads and deletes still work.
+    With RetryInfo and QuotaFailure (subject "disk").
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` of the google.rpc.ErrorInfo that accompanies every driftd error
@@ -161,4 +186,29 @@ DRIFT_RULE_NOT_FOUND: ErrorReason.ValueType  # 202
 """NOT_FOUND: the drift rule does not exist."""
 DRIFT_RULE_ALREADY_EXISTS: ErrorReason.ValueType  # 203
 """ALREADY_EXISTS: a drift rule with this id exists on the collection."""
+API_KEY_MISSING: ErrorReason.ValueType  # 300
+"""UNAUTHENTICATED: the request has no "authorization: Bearer <key>" metadata
+and the server requires an API key.
+"""
+API_KEY_INVALID: ErrorReason.ValueType  # 301
+"""UNAUTHENTICATED: the API key is not one the server's keys file lists."""
+PERMISSION_DENIED: ErrorReason.ValueType  # 302
+"""PERMISSION_DENIED: the key's role is below the RPC's (metadata has
+"required_role" and "role") or the resource is outside the key's
+collection scope (metadata has "resource").
+"""
+RATE_LIMITED: ErrorReason.ValueType  # 303
+"""RESOURCE_EXHAUSTED: the key's requests per second are used up; a
+google.rpc.RetryInfo says when to retry and a google.rpc.QuotaFailure
+names the limit.
+"""
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 304
+"""RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
+key, collections, points per collection); with RetryInfo and QuotaFailure.
+"""
+STORAGE_FULL: ErrorReason.ValueType  # 305
+"""RESOURCE_EXHAUSTED: the storage disk is fuller than the server's
+read-only threshold; writes are refused, reads and deletes still work.
+With RetryInfo and QuotaFailure (subject "disk").
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -90,6 +90,26 @@ const (
 	ErrorReason_DRIFT_RULE_NOT_FOUND ErrorReason = 202
 	// ALREADY_EXISTS: a drift rule with this id exists on the collection.
 	ErrorReason_DRIFT_RULE_ALREADY_EXISTS ErrorReason = 203
+	// UNAUTHENTICATED: the request has no "authorization: Bearer <key>" metadata
+	// and the server requires an API key.
+	ErrorReason_API_KEY_MISSING ErrorReason = 300
+	// UNAUTHENTICATED: the API key is not one the server's keys file lists.
+	ErrorReason_API_KEY_INVALID ErrorReason = 301
+	// PERMISSION_DENIED: the key's role is below the RPC's (metadata has
+	// "required_role" and "role") or the resource is outside the key's
+	// collection scope (metadata has "resource").
+	ErrorReason_PERMISSION_DENIED ErrorReason = 302
+	// RESOURCE_EXHAUSTED: the key's requests per second are used up; a
+	// google.rpc.RetryInfo says when to retry and a google.rpc.QuotaFailure
+	// names the limit.
+	ErrorReason_RATE_LIMITED ErrorReason = 303
+	// RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
+	// key, collections, points per collection); with RetryInfo and QuotaFailure.
+	ErrorReason_QUOTA_EXCEEDED ErrorReason = 304
+	// RESOURCE_EXHAUSTED: the storage disk is fuller than the server's
+	// read-only threshold; writes are refused, reads and deletes still work.
+	// With RetryInfo and QuotaFailure (subject "disk").
+	ErrorReason_STORAGE_FULL ErrorReason = 305
 )
 
 // Enum value maps for ErrorReason.
@@ -124,6 +144,12 @@ var (
 		201: "WATCHER_TOO_SLOW",
 		202: "DRIFT_RULE_NOT_FOUND",
 		203: "DRIFT_RULE_ALREADY_EXISTS",
+		300: "API_KEY_MISSING",
+		301: "API_KEY_INVALID",
+		302: "PERMISSION_DENIED",
+		303: "RATE_LIMITED",
+		304: "QUOTA_EXCEEDED",
+		305: "STORAGE_FULL",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":  0,
@@ -155,6 +181,12 @@ var (
 		"WATCHER_TOO_SLOW":          201,
 		"DRIFT_RULE_NOT_FOUND":      202,
 		"DRIFT_RULE_ALREADY_EXISTS": 203,
+		"API_KEY_MISSING":           300,
+		"API_KEY_INVALID":           301,
+		"PERMISSION_DENIED":         302,
+		"RATE_LIMITED":              303,
+		"QUOTA_EXCEEDED":            304,
+		"STORAGE_FULL":              305,
 	}
 )
 
@@ -189,7 +221,7 @@ var File_driftd_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xac\x05\n" +
+	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xab\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fINVALID_NAME\x10\x01\x12\x16\n" +
@@ -220,7 +252,13 @@ const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\x0eEVENTS_EXPIRED\x10\xc8\x01\x12\x15\n" +
 	"\x10WATCHER_TOO_SLOW\x10\xc9\x01\x12\x19\n" +
 	"\x14DRIFT_RULE_NOT_FOUND\x10\xca\x01\x12\x1e\n" +
-	"\x19DRIFT_RULE_ALREADY_EXISTS\x10\xcb\x01B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\x19DRIFT_RULE_ALREADY_EXISTS\x10\xcb\x01\x12\x14\n" +
+	"\x0fAPI_KEY_MISSING\x10\xac\x02\x12\x14\n" +
+	"\x0fAPI_KEY_INVALID\x10\xad\x02\x12\x16\n" +
+	"\x11PERMISSION_DENIED\x10\xae\x02\x12\x11\n" +
+	"\fRATE_LIMITED\x10\xaf\x02\x12\x13\n" +
+	"\x0eQUOTA_EXCEEDED\x10\xb0\x02\x12\x11\n" +
+	"\fSTORAGE_FULL\x10\xb1\x02B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_error_reason_proto_rawDescOnce sync.Once

@@ -189,6 +189,99 @@ class RetryPolicy:
 DEFAULT_RETRIES = RetryPolicy()
 
 
+@dataclass(frozen=True)
+class TLS:
+    """TLS (and mutual TLS) to a driftd server.
+
+    Attributes:
+        ca_file: PEM bundle the server's certificate must chain to; "" uses
+            the system's roots.
+        cert_file: PEM client certificate chain, for servers that require one (mTLS).
+        key_file: PEM private key of ``cert_file``.
+        server_name: the name to check the server's certificate against when
+            it differs from the target's host (gRPC's ``ssl_target_name_override``).
+    """
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """The credentials for ``grpc.secure_channel``.
+
+        Raises:
+            OSError: a file cannot be read.
+            InvalidArgument: cert_file without key_file or the reverse.
+        """
+        if bool(self.cert_file) != bool(self.key_file):
+            raise InvalidArgument(
+                "tls.cert_file and tls.key_file go together",
+                field_violations=[FieldViolation("tls", "cert_file and key_file go together")],
+            )
+
+        def read(path: str) -> bytes | None:
+            with open(path, "rb") if path else contextlib.nullcontext() as f:
+                return f.read() if f else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )
+
+
+def _loopback(target: str) -> bool:
+    host = target.rpartition(":")[0].strip("[]") if ":" in target else target
+    host = host.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def channel_security(
+    target: str,
+    *,
+    api_key: str | None,
+    tls: TLS | bool | None,
+    credentials: grpc.ChannelCredentials | None,
+) -> tuple[grpc.ChannelCredentials | None, dict[str, Any]]:
+    """The channel credentials and extra channel options of a client: the one
+    place where both the blocking and the asyncio client get TLS and API keys.
+
+    The API key travels as ``authorization: Bearer <key>`` (gRPC call
+    credentials), which gRPC sends only over TLS or, for a loopback target
+    without TLS, over a local connection.
+
+    Raises:
+        InvalidArgument: both ``tls`` and ``credentials``; an API key for a
+            non-loopback target without TLS (it would cross the network in
+            plaintext).
+    """
+    options: dict[str, Any] = {}
+    if tls is not None and tls is not False:
+        if credentials is not None:
+            raise InvalidArgument(
+                "give tls or credentials, not both",
+                field_violations=[FieldViolation("tls", "conflicts with credentials")],
+            )
+        config = TLS() if tls is True else tls
+        credentials = config.channel_credentials()
+        if config.server_name:
+            options["grpc.ssl_target_name_override"] = config.server_name
+    if api_key:
+        if credentials is None:
+            if not _loopback(target):
+                raise InvalidArgument(
+                    f"an API key needs TLS to reach {target!r}: pass tls=TLS(ca_file=...) "
+                    "(without TLS, keys are sent only to loopback targets)",
+                    field_violations=[FieldViolation("api_key", "needs tls for this target")],
+                )
+            credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(api_key)
+        )
+    return credentials, options
+
+
 def channel_options(
     options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None,
     retries: RetryPolicy | None = None,

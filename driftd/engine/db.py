@@ -14,7 +14,6 @@ model is refreshed from the new points alone (:meth:`AsyncDriftDB._refresh`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -228,7 +227,7 @@ class AsyncDriftDB:
                     return cache, seen
 
                 coll.cache, coll.seen = await self.on_store(load)
-                metrics.CACHED_POINTS.labels(collection=meta.name).set(len(coll.cache))
+                metrics.set_cached_points(meta.name, len(coll.cache))
                 log.info(
                     "loaded %s: %d points in %.2f s",
                     meta.name,
@@ -362,14 +361,17 @@ class AsyncDriftDB:
         next_token = page[-1].name if len(after) > page_size else ""
         return out, next_token
 
+    async def collection_count(self) -> int:
+        """How many driftd collections the store holds (for the collections quota)."""
+        return len(await self.on_store(self._store.list))
+
     async def delete_collection(self, name: str) -> None:
         """Deletes the collection and its points. Raises NotFound."""
         v.check_collection_id(name, "name")
         gone = await self.on_store(lambda: self._store.delete(name))
         self._collections.pop(name, None)
         self.events.drop(name, gone.uid)
-        with contextlib.suppress(KeyError):
-            metrics.CACHED_POINTS.remove(name)
+        metrics.forget_collection(name)
 
     async def attach_collection(
         self, chroma_collection: str, *, time_key: str, series_key: str = "", embed_model: str = ""
@@ -465,9 +467,9 @@ class AsyncDriftDB:
             else:
                 coll.seen = seen
                 coll.cache.upsert(cols, version)
-                metrics.CACHED_POINTS.labels(collection=name).set(len(coll.cache))
+                metrics.set_cached_points(name, len(coll.cache))
             self.events.publish_upsert(name, coll.meta.version, cols.ids, cols.times, cols.series)
-        metrics.POINTS_INGESTED.labels(collection=name).inc(n)
+        metrics.POINTS_INGESTED.labels(collection=metrics.collection_label(name)).inc(n)
         self._untrimmed_bytes += vectors.nbytes
         if self._untrimmed_bytes >= TRIM_BYTES:
             self._untrimmed_bytes = 0
@@ -517,7 +519,7 @@ class AsyncDriftDB:
             else:
                 coll.seen = seen
                 cache.delete(present, version)
-                metrics.CACHED_POINTS.labels(collection=name).set(len(cache))
+                metrics.set_cached_points(name, len(cache))
             self.events.publish_delete(name, coll.meta.version, present)
         return len(present), coll.meta.version
 
@@ -689,7 +691,9 @@ class AsyncDriftDB:
                     )
                 except InsufficientDataError as exc:
                     raise _not_enough(exc.n_required, exc.n_available) from exc
-            metrics.FLOW_FITS.labels(collection=coll.meta.name, kind=kind).inc()
+            metrics.FLOW_FITS.labels(
+                collection=metrics.collection_label(coll.meta.name), kind=kind
+            ).inc()
             metrics.FLOW_FIT_SECONDS.labels(kind=kind).observe(time.perf_counter() - t0)
             if coll.model is None:
                 metrics.CACHED_MODELS.inc()

@@ -18,6 +18,7 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from driftd import metrics
 from driftd.behaviors.store import BehaviorStore
 from driftd.config import Settings
 from driftd.engine import AsyncDriftDB
@@ -31,6 +32,8 @@ from driftd.server.interceptors import MetricsInterceptor
 from driftd.server.monitor_service import MonitorServiceServicer
 from driftd.server.point_service import PointServiceServicer
 from driftd.server.routing_service import RoutingServiceServicer
+from driftd.server.security import ConfigError
+from driftd.server.security import build as build_security
 from driftd.v1 import (
     behavior_pb2,
     behavior_pb2_grpc,
@@ -103,15 +106,23 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
 
     Health (service "" and each driftd service) is NOT_SERVING until the engine
     is open, then SERVING; driftd RPCs meanwhile fail with UNAVAILABLE. ``ready``
-    is set once SERVING. The metrics endpoint listens on the gRPC address's host.
+    is set once SERVING. The metrics endpoint listens on ``metrics_address``,
+    by default the gRPC address's host. The security layer
+    (``driftd.server.security``) checks every RPC but health.
 
     Raises:
         BindError: the address or the metrics port cannot be listened on.
+        ConfigError: unsafe or invalid security settings (e.g. a non-loopback
+            address with neither API keys nor TLS, without ``insecure``).
         Exception: whatever ``AsyncDriftDB.open`` raises (storage cannot open).
     """
     gate = _EngineGate()
+    security = build_security(settings, gate, _host(settings.address))
+    metrics.configure(collection_labels=settings.metrics_collection_labels)
     health_servicer = health.aio.HealthServicer()
-    server = grpc.aio.server(interceptors=[MetricsInterceptor()], options=server_options(settings))
+    server = grpc.aio.server(
+        interceptors=[MetricsInterceptor(), security.interceptor], options=server_options(settings)
+    )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
         CollectionServiceServicer(gate), server
     )
@@ -132,7 +143,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     try:
-        server.add_insecure_port(settings.address)
+        security.add_port(server, settings.address)
     except RuntimeError as exc:
         raise BindError(
             f"cannot listen on {settings.address!r}: the port is in use or the address is invalid"
@@ -141,7 +152,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     if settings.metrics_port > 0:
         try:
             metrics_http, _ = prometheus_client.start_http_server(
-                settings.metrics_port, addr=_host(settings.address) or "0.0.0.0"
+                settings.metrics_port,
+                addr=settings.metrics_address or _host(settings.address) or "0.0.0.0",
             )
         except OSError as exc:
             raise BindError(f"cannot serve metrics on port {settings.metrics_port}: {exc}") from exc
@@ -161,8 +173,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     try:
         await server.start()
         logger.info(
-            "driftd listening on %s (storage: %s; metrics: %s)",
+            "driftd listening on %s (%s; storage: %s; metrics: %s)",
             settings.address,
+            "TLS" if security.tls else "plaintext",
             settings.chroma_url or os.path.abspath(settings.chroma_path),
             f"port {settings.metrics_port}" if metrics_http else "off",
         )
@@ -197,7 +210,8 @@ def run(settings: Settings) -> None:
     normally (exit status 0) after a graceful stop.
 
     Raises:
-        SystemExit: with a one-line message when the address or port is taken.
+        SystemExit: with a one-line message when the address or port is taken or
+            the security settings are refused.
     """
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -205,5 +219,5 @@ def run(settings: Settings) -> None:
     )
     try:
         asyncio.run(serve(settings))
-    except BindError as exc:
+    except (BindError, ConfigError) as exc:
         raise SystemExit(f"driftd: {exc}") from None

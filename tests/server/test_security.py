@@ -498,3 +498,21 @@ def test_unauthenticated_maps_to_its_client_error(quota_server):
         with pytest.raises(Unauthenticated) as err:
             c.get_collection("q-points")
     assert err.value.reason == "API_KEY_MISSING"
+
+
+def test_cli_ingest_with_a_key_and_tls(tls_server, tmp_path, monkeypatch, capsys):
+    from driftd.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(p) for p in _points(3)))
+    argv = ["ingest", str(rows), "--collection", "team-a-cli", "--create", "--dim", "3"]
+    argv += ["--target", tls_server.target, "--tls-ca", str(tls_server.pki.ca)]
+    monkeypatch.setenv("DRIFTD_API_KEY", KEYS["admin"][0])
+    assert main(argv) == 0
+    assert "accepted   3 points" in capsys.readouterr().out
+    monkeypatch.setenv("DRIFTD_API_KEY", KEYS["reader"][0])
+    assert main(argv) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    monkeypatch.delenv("DRIFTD_API_KEY")
+    assert main([*argv, "--api-key", KEYS["writer"][0]]) == 1  # --create needs admin
+    assert main([*argv[:4], *argv[7:], "--api-key", KEYS["writer"][0]]) == 0

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo proto lint bench bench-drift bench-flow bench-routing clean clients clients-check buf-check release-image deploy-check grpcurl-check
+.PHONY: run test demo proto lint bench bench-drift bench-flow bench-routing bench-security clean clients clients-check buf-check release-image deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-flow: $(STAMP)
 ## bench-drift: drift tests on planted 384-d Gaussians: false-positive rate, power curve, timings
 bench-drift: $(STAMP)
 	$(PY) -m bench.drift
+
+## bench-security: RPC latency p50/p99 with TLS + API keys vs plaintext (ProbeFlow, UpsertPoints)
+bench-security: $(STAMP)
+	$(PY) -m bench.security
 
 ## bench-routing: conversation routing on real SGD dialogues vs driftos-embed: calibration, F1, latency
 bench-routing: $(STAMP)

@@ -42,7 +42,7 @@ class AsyncDriftClient:
         api_key: str | None = None,
         tls: common.TLS | bool | None = None,
     ) -> None:
-        credentials, security_options = common.channel_security(
+        credentials, security_options, metadata = common.channel_security(
             target, api_key=api_key, tls=tls, credentials=credentials
         )
         opts = common.channel_options({**security_options, **dict(options or ())}, retries)
@@ -51,7 +51,7 @@ class AsyncDriftClient:
             if credentials is not None
             else grpc.aio.insecure_channel(target, options=opts)
         )
-        self._stubs = common.Stubs(self._channel)
+        self._stubs = common.Stubs(self._channel, metadata)
         self._timeout = timeout
         self._retries = retries
         self.target = target

@@ -66,7 +66,7 @@ class DriftClient:
         api_key: str | None = None,
         tls: common.TLS | bool | None = None,
     ) -> None:
-        credentials, security_options = common.channel_security(
+        credentials, security_options, metadata = common.channel_security(
             target, api_key=api_key, tls=tls, credentials=credentials
         )
         opts = common.channel_options({**security_options, **dict(options or ())}, retries)
@@ -75,7 +75,7 @@ class DriftClient:
             if credentials is not None
             else grpc.insecure_channel(target, options=opts)
         )
-        self._stubs = common.Stubs(self._channel)
+        self._stubs = common.Stubs(self._channel, metadata)
         self._timeout = timeout
         self._retries = retries
         self.target = target

@@ -516,3 +516,16 @@ def test_cli_ingest_with_a_key_and_tls(tls_server, tmp_path, monkeypatch, capsys
     monkeypatch.delenv("DRIFTD_API_KEY")
     assert main([*argv, "--api-key", KEYS["writer"][0]]) == 1  # --create needs admin
     assert main([*argv[:4], *argv[7:], "--api-key", KEYS["writer"][0]]) == 0
+
+
+async def test_async_client_sends_the_key_on_unary_and_streaming_calls(tls_server):
+    from driftd.client import AsyncDriftClient
+
+    tls = TLS(ca_file=str(tls_server.pki.ca))
+    async with AsyncDriftClient(tls_server.target, api_key=KEYS["admin"][0], tls=tls) as db:
+        await db.create_collection("team-a-async", dim=3)
+        await db.upsert("team-a-async", _points(3))
+        assert len([p async for p in db.trajectory("team-a-async")]) == 3
+    async with AsyncDriftClient(tls_server.target, api_key=KEYS["team-a"][0], tls=tls) as db:
+        with pytest.raises(PermissionDenied):
+            [p async for p in db.trajectory("team-b-one")]

@@ -34,6 +34,13 @@ class Settings:
     metrics_port: int = field(
         default=9464, metadata={"help": "Prometheus metrics port (0 disables)"}
     )
+    health_address: str = field(
+        default="",
+        metadata={
+            "help": "extra plaintext listener serving only grpc.health.v1 (for kubelet "
+            "probes, which cannot speak TLS); empty: none"
+        },
+    )
     metrics_address: str = field(
         default="", metadata={"help": "metrics bind host; empty: the gRPC address's host"}
     )

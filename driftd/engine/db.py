@@ -126,7 +126,11 @@ class AsyncDriftDB:
         """
         db = cls(settings or Settings.from_env())
         db._store = await db.on_store(
-            lambda: ChromaStore(path=db.settings.chroma_path, url=db.settings.chroma_url)
+            lambda: ChromaStore(
+                path=db.settings.chroma_path,
+                url=db.settings.chroma_url,
+                token=db.settings.chroma_token,
+            )
         )
         db._pool = MathPool(db.settings.workers)
         return db

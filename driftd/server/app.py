@@ -142,11 +142,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for service in ("", *SERVICE_NAMES):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    # Health alone on a plaintext port: kubelet's gRPC probes cannot do TLS.
+    health_only = None
+    if settings.health_address:
+        health_only = grpc.aio.server(options=server_options(settings))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_only)
     try:
         security.add_port(server, settings.address)
+        if health_only is not None:
+            health_only.add_insecure_port(settings.health_address)
     except RuntimeError as exc:
         raise BindError(
-            f"cannot listen on {settings.address!r}: the port is in use or the address is invalid"
+            f"cannot listen on {settings.address!r} or {settings.health_address!r}: "
+            "the port is in use or the address is invalid"
         ) from exc
     metrics_http = None
     if settings.metrics_port > 0:
@@ -172,6 +180,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     engine = None
     try:
         await server.start()
+        if health_only is not None:
+            await health_only.start()
         logger.info(
             "driftd listening on %s (%s; storage: %s; metrics: %s)",
             settings.address,
@@ -193,6 +203,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         if engine is not None:
             await monitor.stop()  # ends the watch streams, which would never drain
         await server.stop(settings.grace_seconds)
+        if health_only is not None:
+            await health_only.stop(None)
         gate.engine = None
         if engine is not None:
             await engine.close()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import chromadb
+import chromadb.config
 import chromadb.errors
 import numpy as np
 
@@ -169,21 +170,38 @@ def parse_time_value(value: object) -> float | None:
     return None
 
 
+#: Chroma's client side of its token auth (``Authorization: Bearer <token>``).
+_TOKEN_AUTH_PROVIDER = "chromadb.auth.token_authn.TokenAuthClientProvider"
+
+
 class ChromaStore:
     """driftd's view of one Chroma client (embedded directory or server).
 
     Args:
         path: directory of an embedded PersistentClient.
         url: ``http://host:port`` of a Chroma server; overrides ``path``.
+        token: with ``url``: Chroma's token auth (``TokenAuthClientProvider``),
+            sent as ``Authorization: Bearer <token>`` on every request.
     """
 
-    def __init__(self, *, path: str = "./driftd_data", url: str = "") -> None:
+    def __init__(self, *, path: str = "./driftd_data", url: str = "", token: str = "") -> None:
         if url:
             from urllib.parse import urlparse
 
             u = urlparse(url)
+            auth = (
+                {
+                    "chroma_client_auth_provider": _TOKEN_AUTH_PROVIDER,
+                    "chroma_client_auth_credentials": token,
+                }
+                if token
+                else {}
+            )
             self.client = chromadb.HttpClient(
-                host=u.hostname or "localhost", port=u.port or 8000, ssl=u.scheme == "https"
+                host=u.hostname or "localhost",
+                port=u.port or 8000,
+                ssl=u.scheme == "https",
+                settings=chromadb.config.Settings(**auth),
             )
             self.location = url
         else:

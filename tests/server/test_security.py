@@ -17,9 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
-from support import ServerProcess, error_details, free_port, make_pki
+from support import ChromaServer, ServerProcess, error_details, free_port, make_pki
 
 from driftd.client import TLS, DriftClient
 from driftd.errors import (
@@ -529,3 +530,50 @@ async def test_async_client_sends_the_key_on_unary_and_streaming_calls(tls_serve
     async with AsyncDriftClient(tls_server.target, api_key=KEYS["team-a"][0], tls=tls) as db:
         with pytest.raises(PermissionDenied):
             [p async for p in db.trajectory("team-b-one")]
+
+
+def test_server_mode_with_a_chroma_token(tmp_path):
+    """driftd's Chroma client carries the token (Chroma's TokenAuthClientProvider:
+    ``Authorization: Bearer``). chromadb 1.5's ``chroma run`` does not check it,
+    so this shows that the setting works end to end; the NetworkPolicy of the
+    server overlay is what keeps other pods away from Chroma."""
+    chroma = ChromaServer(tmp_path / "chroma", tmp_path / "chroma.log").wait_ready()
+    try:
+        srv = ServerProcess(
+            tmp_path / "unused",
+            tmp_path / "server.log",
+            DRIFTD_CHROMA_URL=chroma.url,
+            DRIFTD_CHROMA_TOKEN="chroma-token-0123456789",
+        ).start()
+        try:
+            with DriftClient(srv.target, retries=None, timeout=60) as c:
+                c.create_collection("tokened", dim=3)
+                assert c.upsert("tokened", _points(3)).upserted == 3
+        finally:
+            srv.stop()
+    finally:
+        chroma.stop()
+
+
+def test_health_port_answers_probes_in_plaintext_beside_tls(tls_server, tmp_path):
+    """Kubelet's gRPC probes cannot speak TLS: --health-address serves only health."""
+    health_port = free_port()
+    srv = ServerProcess(
+        tmp_path / "chroma",
+        tmp_path / "server.log",
+        credentials=grpc.ssl_channel_credentials(tls_server.pki.ca.read_bytes()),
+        DRIFTD_TLS_CERT_FILE=str(tls_server.pki.server_cert),
+        DRIFTD_TLS_KEY_FILE=str(tls_server.pki.server_key),
+        DRIFTD_API_KEYS_FILE=str(tls_server.keys_file),
+        DRIFTD_HEALTH_ADDRESS=f"127.0.0.1:{health_port}",
+    ).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as plain:
+            stub = health_pb2_grpc.HealthStub(plain)
+            for service in ("", "driftd.v1.PointService"):
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert status.status == health_pb2.HealthCheckResponse.SERVING
+            err = invoke(plain, "/driftd.v1.CollectionService/ListCollections", bearer("admin"))
+            assert err.code() == grpc.StatusCode.UNIMPLEMENTED  # nothing but health there
+    finally:
+        srv.stop()

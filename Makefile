@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo proto lint bench bench-drift bench-flow bench-routing bench-security clean clients clients-check buf-check release-image deploy-check grpcurl-check
+.PHONY: run test demo proto lint typecheck bench bench-drift bench-flow bench-routing bench-security clean clients clients-check buf-check release-image deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,10 +33,15 @@ proto: $(STAMP)
 		--include_source_info --descriptor_set_out=driftd/v1/descriptor_set.binpb \
 		proto/driftd/v1/*.proto
 
-## lint: ruff over the package, tests and benchmarks
+## lint: ruff over the package, tests and benchmarks; the layer contracts (import-linter, pyproject.toml)
 lint: $(STAMP)
 	$(PY) -m ruff check driftd tests $(wildcard bench)
 	$(PY) -m ruff format --check driftd tests $(wildcard bench)
+	$(VENV)/bin/lint-imports
+
+## typecheck: mypy over driftd/ (the package ships py.typed; settings in pyproject.toml)
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 ## bench: benchmarks (ratios against the named baselines, measured in one run)
 bench: $(STAMP)

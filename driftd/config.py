@@ -11,6 +11,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 #: The offline default text model (all-MiniLM-L6-v2, 384-d, int8 ONNX).
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -139,7 +140,7 @@ class Settings:
             ValueError: a variable does not parse as its field's type.
         """
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # each parsed to its field's type
         for f in fields(cls):
             raw = environ.get(f"DRIFTD_{f.name.upper()}")
             if raw is not None:
@@ -153,16 +154,24 @@ class Settings:
         defaults = cls()
         for f in fields(cls):
             kind = type(getattr(defaults, f.name))
-            # A bare boolean flag means true ("--insecure"); "--flag=false" also parses.
-            flag_type = {"type": parse_bool, "nargs": "?", "const": True} if kind is bool else {}
-            parser.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                **({"type": kind} | flag_type),
-                default=None,
-                help=f"{f.metadata.get('help', '')} "
-                f"(env DRIFTD_{f.name.upper()}, default {getattr(defaults, f.name)!r})",
+            flag = "--" + f.name.replace("_", "-")
+            help_text = (
+                f"{f.metadata.get('help', '')} "
+                f"(env DRIFTD_{f.name.upper()}, default {getattr(defaults, f.name)!r})"
             )
+            if kind is bool:
+                # A bare boolean flag means true ("--insecure"); "--flag=false" also parses.
+                parser.add_argument(
+                    flag,
+                    dest=f.name,
+                    type=parse_bool,
+                    nargs="?",
+                    const=True,
+                    default=None,
+                    help=help_text,
+                )
+            else:
+                parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
 
     @classmethod
     def from_args(

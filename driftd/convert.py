@@ -17,20 +17,24 @@ from driftd.v1 import collection_pb2, flow_pb2, point_pb2
 
 COLLECTION_PREFIX = "collections/"
 
-DISTANCE_TO_PROTO = {
+DISTANCE_TO_PROTO: dict[types.Distance, collection_pb2.Distance.ValueType] = {
     "cosine": collection_pb2.DISTANCE_COSINE,
     "l2": collection_pb2.DISTANCE_L2,
     "ip": collection_pb2.DISTANCE_INNER_PRODUCT,
 }
-DISTANCE_FROM_PROTO = {v: k for k, v in DISTANCE_TO_PROTO.items()}
+DISTANCE_FROM_PROTO: dict[collection_pb2.Distance.ValueType, types.Distance] = {
+    v: k for k, v in DISTANCE_TO_PROTO.items()
+}
 DISTANCE_FROM_PROTO[collection_pb2.DISTANCE_UNSPECIFIED] = "cosine"
 
-STABILITY_TO_PROTO = {
+STABILITY_TO_PROTO: dict[types.Stability, flow_pb2.Stability.ValueType] = {
     "stable": flow_pb2.STABILITY_STABLE,
     "saddle": flow_pb2.STABILITY_SADDLE,
     "unstable": flow_pb2.STABILITY_UNSTABLE,
 }
-STABILITY_FROM_PROTO = {v: k for k, v in STABILITY_TO_PROTO.items()}
+STABILITY_FROM_PROTO: dict[flow_pb2.Stability.ValueType, types.Stability] = {
+    v: k for k, v in STABILITY_TO_PROTO.items()
+}
 
 
 # --- times -----------------------------------------------------------------

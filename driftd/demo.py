@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from importlib import resources
 
-from driftd.cli import describe_error, ingest_rows
 from driftd.client import DriftClient
 from driftd.config import DEFAULT_EMBED_MODEL, Settings
 from driftd.errors import AlreadyExists, DriftdError
+from driftd.ingest import describe_error, ingest_rows
 
 #: Minimum paragraphs per chapter: speeches have ~100 paragraphs and a regime
 #: should span more than one or two of them (a single speech's topic is not a chapter).
@@ -152,11 +152,12 @@ def main(*, target: str | None, collection: str = "sotu", prompt: str) -> int:
     """
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        where = target
         if target is None:
             print("starting an in-process driftd server (temporary storage)...", file=sys.stderr)
             target = stack.enter_context(local_server())
             where = f"in-process server at {target}"
+        else:
+            where = target
         client = stack.enter_context(DriftClient(target, timeout=600.0))
         return Demo(client, collection, where, started).run(prompt)
 

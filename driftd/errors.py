@@ -2,7 +2,8 @@
 
 The engine raises these; the server maps them to gRPC statuses in one place
 (``driftd.server.status``) and the client maps statuses back
-(``driftd.client._common.from_rpc_error``), in the manner of googleapis' ``api_core.exceptions``.
+(``driftd.client._common.errors.from_rpc_error``), in the manner of googleapis'
+``api_core.exceptions``.
 Nothing here imports grpc, so the math workers and the engine stay transport-free.
 
 ``reason`` is a ``driftd.v1.ErrorReason`` name and travels as the

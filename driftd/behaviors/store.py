@@ -1,42 +1,43 @@
-"""Behaviours in Chroma, and ProcessBehaviors / ListBehaviors over them.
+"""Behaviours, and ProcessBehaviors / ListBehaviors over them.
 
-Storage. One Chroma collection per vector dimension, named
-``driftd.sys.behaviors.d{dim}`` (the reserved system prefix, so users cannot
-create or see it as a driftd collection), cosine space. A record is one
-behaviour: its unit vector as the embedding, its text as the document, and its
+Storage, through :class:`driftd.behaviors.ports.BehaviorRepository` (in Chroma:
+:mod:`driftd.store.behaviors`, one system collection per dimension). A record is
+one behaviour: its id a random uuid4 (never a counter, so two writers cannot
+collide), its unit vector as the embedding, its text as the document, and its
 fields as metadata (times in integer microseconds since the epoch; drift
-signals as JSON). Only
-behaviours of the same dimension are compared: vectors of different
-dimensions come from different models.
+signals as JSON). Only behaviours of the same dimension are compared: vectors
+of different dimensions come from different models.
 
 Consistency. Requests of one user are serialised (a lock striped by user id);
 a request is validated and its texts embedded before anything is read for the
 decisions, and all its changes are written with one Chroma upsert per
 dimension at the end, so a rejected request writes nothing.
-
-All Chroma calls run on the engine's store thread (``db.on_store``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import math
 import re
 import time
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from driftd.behaviors import rules
+from driftd.behaviors.ports import BehaviorRepository
 from driftd.behaviors.rules import Behavior, Candidate, Policy, Signal
-from driftd.engine.validate import SYSTEM_PREFIX, check_batch_size, check_range
+from driftd.engine.validate import check_batch_size, check_range
 from driftd.errors import FieldViolation, InvalidArgument
+from driftd.store.system import StoredRecord
 
-PREFIX = SYSTEM_PREFIX + "behaviors."
+#: ``embed(model, texts)``: (n,) texts -> (n, d) float32, off the event loop.
+Embed = Callable[[str, list[str]], Awaitable[np.ndarray]]
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 INTENTS = ("preference", "habit", "skill", "goal", "belief")
 POLARITIES = ("positive", "negative")
@@ -133,10 +134,18 @@ def check_policy(policy: Policy, field: str = "policy") -> Policy:
 
 
 class BehaviorStore:
-    """ProcessBehaviors and ListBehaviors over an engine (``AsyncDriftDB``)."""
+    """ProcessBehaviors and ListBehaviors.
 
-    def __init__(self, db) -> None:
-        self._db = db
+    Args:
+        repository: where behaviours are kept.
+        embed: embeds candidate texts (the engine's :meth:`AsyncDriftDB.embed`).
+        embed_model: the fastembed model for texts.
+    """
+
+    def __init__(self, repository: BehaviorRepository, embed: Embed, embed_model: str) -> None:
+        self._repo = repository
+        self._embed = embed
+        self._embed_model = embed_model
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
 
     def _lock(self, user_id: str) -> asyncio.Lock:
@@ -149,7 +158,7 @@ class BehaviorStore:
         *,
         at: float | None = None,
         policy: Policy = DEFAULT_POLICY,
-    ) -> list[DecisionOut]:
+    ) -> builtins.list[DecisionOut]:
         """Decides and applies each candidate in order; returns one decision each.
 
         Args:
@@ -171,9 +180,7 @@ class BehaviorStore:
         valid = await self._validate(candidates)
         async with self._lock(user_id):
             dims = sorted({len(c.vector) for c in valid})
-            loaded = {
-                d: await self._db.on_store(lambda d=d: self._active(user_id, d)) for d in dims
-            }
+            loaded = {d: await self._active(user_id, d) for d in dims}
             changed: dict[str, Behavior] = {}
             out = []
             for i, c in enumerate(valid):
@@ -181,7 +188,8 @@ class BehaviorStore:
                 same = [b for b in active.values() if b.intent == c.intent]
                 d = rules.decide(c, same, at, policy)
                 new_id = ""
-                if d.action == rules.REINFORCE:
+                # REINFORCE and IGNORE always name the old behaviour (rules.decide).
+                if d.action == rules.REINFORCE and d.old is not None:
                     b = replace(
                         d.old,
                         credibility=d.new_credibility,
@@ -190,7 +198,7 @@ class BehaviorStore:
                     )
                     active[b.id] = changed[b.id] = b
                     new_id = b.id
-                elif d.action == rules.IGNORE:
+                elif d.action == rules.IGNORE and d.old is not None:
                     b = replace(d.old, signals=d.signals)
                     active[b.id] = changed[b.id] = b
                 else:
@@ -231,7 +239,7 @@ class BehaviorStore:
                     )
                 )
             if changed:
-                await self._db.on_store(lambda: self._write(list(changed.values())))
+                await self._repo.write([_to_record(b) for b in changed.values()])
         return out
 
     async def list(
@@ -241,7 +249,7 @@ class BehaviorStore:
         state: str = "",
         page_size: int = 100,
         page_token: str = "",
-    ) -> tuple[list[Behavior], str]:
+    ) -> tuple[builtins.list[Behavior], str]:
         """A page of the user's behaviours (all dimensions), oldest first (create
         time, then id), and the next page token ("" at the end).
 
@@ -257,35 +265,22 @@ class BehaviorStore:
                 field_violations=[FieldViolation("state", "unknown state")],
             )
         after = _parse_token(page_token)
-        where: dict = {"user_id": user_id}
-        if state:
-            where = {"$and": [where, {"state": state}]}
-
-        def read() -> list[Behavior]:
-            out = []
-            for name in self._collections():
-                got = self._db.chroma.get_collection(name, embedding_function=None).get(
-                    where=where, include=["metadatas", "documents"]
-                )
-                out.extend(
-                    _from_record(i, m, d, None)
-                    for i, m, d in zip(got["ids"], got["metadatas"], got["documents"], strict=True)
-                )
-            return out
-
-        found = sorted(await self._db.on_store(read), key=lambda b: (b.create_time, b.id))
+        found = sorted(
+            (_from_record(r) for r in await self._repo.of_user(user_id, state)),
+            key=lambda b: (b.create_time, b.id),
+        )
         if after is not None:
             found = [b for b in found if (b.create_time, b.id) > after]
         page = found[:page_size]
         token = f"{page[-1].create_time!r}:{page[-1].id}" if len(found) > page_size else ""
         return page, token
 
-    async def _validate(self, candidates: Sequence[CandidateInput]) -> list[Candidate]:
+    async def _validate(self, candidates: Sequence[CandidateInput]) -> builtins.list[Candidate]:
         """Checks every candidate and embeds the texts; unit vectors out.
 
         Raises InvalidArgument naming ``candidates[i].field``.
         """
-        texts: list[tuple[int, str]] = []
+        texts: builtins.list[tuple[int, str]] = []
         vectors: dict[int, np.ndarray] = {}
         for i, c in enumerate(candidates):
             at = f"candidates[{i}]"
@@ -312,7 +307,7 @@ class BehaviorStore:
             else:
                 raise _bad(at, "needs a vector or a text", "MISSING_CONTENT")
         if texts:
-            embedded = await self._db.embed(self._db.settings.embed_model, [t for _, t in texts])
+            embedded = await self._embed(self._embed_model, [t for _, t in texts])
             for (i, _), v in zip(texts, embedded, strict=True):
                 v = np.asarray(v, dtype=np.float32)
                 vectors[i] = v / (float(np.linalg.norm(v)) or 1.0)
@@ -329,40 +324,12 @@ class BehaviorStore:
             for i, c in enumerate(candidates)
         ]
 
-    # --- store thread ----------------------------------------------------------
+    async def _active(self, user_id: str, dim: int) -> dict[str, Behavior]:
+        return {r.id: _from_record(r) for r in await self._repo.active(user_id, dim)}
 
-    def _collections(self) -> list[str]:
-        names = (c.name for c in self._db.chroma.list_collections())
-        return sorted(n for n in names if n.startswith(PREFIX))
 
-    def _collection(self, dim: int):
-        return self._db.chroma.get_or_create_collection(
-            f"{PREFIX}d{dim}", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
-        )
-
-    def _active(self, user_id: str, dim: int) -> dict[str, Behavior]:
-        got = self._collection(dim).get(
-            where={"$and": [{"user_id": user_id}, {"state": "active"}]},
-            include=["embeddings", "metadatas", "documents"],
-        )
-        return {
-            i: _from_record(i, m, d, e)
-            for i, m, d, e in zip(
-                got["ids"], got["metadatas"], got["documents"], got["embeddings"], strict=True
-            )
-        }
-
-    def _write(self, behaviors: list[Behavior]) -> None:
-        by_dim: dict[int, list[Behavior]] = {}
-        for b in behaviors:
-            by_dim.setdefault(len(b.vector), []).append(b)
-        for dim, group in by_dim.items():
-            self._collection(dim).upsert(
-                ids=[b.id for b in group],
-                embeddings=np.stack([b.vector for b in group]),
-                documents=[b.text for b in group],
-                metadatas=[_to_metadata(b) for b in group],
-            )
+def _to_record(b: Behavior) -> StoredRecord:
+    return StoredRecord(b.id, _to_metadata(b), b.text, b.vector)
 
 
 def _to_metadata(b: Behavior) -> dict:
@@ -392,15 +359,16 @@ def _micros(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
-def _from_record(behavior_id: str, md: dict, doc: str | None, emb) -> Behavior:
+def _from_record(record: StoredRecord) -> Behavior:
+    md, emb = record.metadata, record.embedding
     return Behavior(
-        id=behavior_id,
+        id=record.id,
         user_id=str(md["user_id"]),
         intent=str(md["intent"]),
         target=str(md.get("target", "")),
         context=str(md.get("context", "")),
         polarity=str(md["polarity"]),
-        text=doc or "",
+        text=record.document,
         vector=np.asarray(emb, dtype=np.float32) if emb is not None else np.zeros(0, np.float32),
         credibility=float(md["credibility"]),
         state=str(md["state"]),

@@ -511,7 +511,8 @@ class AsyncDriftClient:
 
     async def branches(self, conversation: str, *, page_size: int = 100) -> list[BranchInfo]:
         """See :meth:`DriftClient.branches`."""
-        found, token = [], ""
+        found: list[BranchInfo] = []
+        token = ""
         while True:
             page = await self._unary(common.list_branches_page(conversation, page_size, token))
             found.extend(page.branches)

@@ -707,7 +707,8 @@ class DriftClient:
         """The conversation's branches in creation order (``current`` marks the
         current one), fetched ``page_size`` per RPC. Raises NotFound
         (CONVERSATION_NOT_FOUND)."""
-        found, token = [], ""
+        found: list[BranchInfo] = []
+        token = ""
         while True:
             page = self._unary(common.list_branches_page(conversation, page_size, token))
             found.extend(page.branches)

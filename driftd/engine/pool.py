@@ -14,6 +14,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import threadpoolctl
@@ -73,7 +74,7 @@ class MathPool:
         loop = asyncio.get_running_loop()
         self._pending += 1
         POOL_QUEUE_DEPTH.set(self._pending)
-        blocks = []
+        blocks: list[SharedMemory] = []
         try:
             if any(_shareable(a) for a in (*args, *kwargs.values())):
                 args, kwargs = await asyncio.to_thread(_share_all, fn, args, kwargs, blocks)
@@ -120,7 +121,7 @@ def _shareable(value) -> bool:
     )
 
 
-def _share_all(fn, args: tuple, kwargs: dict, blocks: list) -> tuple[tuple, dict]:
+def _share_all(fn, args: tuple, kwargs: dict, blocks: list[SharedMemory]) -> tuple[tuple, dict]:
     """``args`` and ``kwargs`` of task ``fn`` with shareable values moved to shared
     memory (run on a thread); the blocks made are appended to ``blocks`` as they are
     made, for the caller to unlink even if a later one fails. A value that finds no

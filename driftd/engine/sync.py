@@ -51,7 +51,7 @@ class DriftDB:
             target=self._loop.run_forever, name="driftd-engine", daemon=True
         )
         self._thread.start()
-        cfg = Settings.from_env(chroma_path=path, **settings)
+        cfg = Settings.from_env(None, chroma_path=path, **settings)
         self._db: AsyncDriftDB = self._run(AsyncDriftDB.open(cfg))
 
     def _run(self, coro):

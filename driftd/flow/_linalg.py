@@ -45,7 +45,7 @@ class PCA:
     rank: int
 
 
-def select_rank(ev: np.ndarray, total: float, n: int, d: int, max_share: float | None) -> int:
+def select_rank(ev: np.ndarray, total: float, n: float, d: int, max_share: float | None) -> int:
     """Rank from an eigenvalue spectrum: the number of leading eigenvalues that clear a
     noise floor, and at most the rank holding ``max_share`` of the variance (None: no
     such cap).

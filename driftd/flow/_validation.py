@@ -7,6 +7,7 @@ what was received, so the engine can forward them verbatim as INVALID_ARGUMENT.
 from __future__ import annotations
 
 import numbers
+from typing import Literal, overload
 
 import numpy as np
 
@@ -50,6 +51,12 @@ def check_vector(v, name: str, n: int, *, integer: bool = False) -> np.ndarray:
     return v
 
 
+@overload
+def check_int(
+    value: object, name: str, *, minimum: int, allow_none: Literal[False] = ...
+) -> int: ...
+@overload
+def check_int(value: object, name: str, *, minimum: int, allow_none: bool) -> int | None: ...
 def check_int(value, name: str, *, minimum: int, allow_none: bool = False) -> int | None:
     """Validate an integer parameter ``>= minimum`` (bools are rejected)."""
     if value is None and allow_none:
@@ -61,13 +68,17 @@ def check_int(value, name: str, *, minimum: int, allow_none: bool = False) -> in
     return int(value)
 
 
+@overload
+def check_positive(value: object, name: str, *, allow_none: Literal[False] = ...) -> float: ...
+@overload
+def check_positive(value: object, name: str, *, allow_none: bool) -> float | None: ...
 def check_positive(value, name: str, *, allow_none: bool = False) -> float | None:
     """Validate a finite float parameter ``> 0``."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
+    if not np.isfinite(float(value)) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
 

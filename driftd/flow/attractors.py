@@ -19,6 +19,7 @@ resampling scores below 1), not estimator bias.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.optimize
@@ -39,6 +40,10 @@ _BASIN_SAMPLE = 256
 _ORDER = {"stable": 0, "saddle": 1, "unstable": 2}
 
 
+#: How a fixed point behaves, from the Jacobian's eigenvalues.
+Stability = Literal["stable", "saddle", "unstable"]
+
+
 @dataclass(frozen=True)
 class Attractor:
     """A fixed point of the flow.
@@ -57,7 +62,7 @@ class Attractor:
     center: np.ndarray
     center_reduced: np.ndarray
     eigenvalues: np.ndarray
-    stability: str
+    stability: Stability
     basin_fraction: float
     speed: float
     members: np.ndarray
@@ -163,7 +168,7 @@ def _polish(field, z0, speed_scale):
     return z if field._support_z(z[None])[0] >= field.support_threshold_ else None
 
 
-def _classify(field, z):
+def _classify(field, z) -> tuple[np.ndarray, Stability]:
     eig = np.linalg.eigvals(_jacobian(z, field.centers_, field.coef_, field.bandwidth_))
     eig = eig[np.argsort(-eig.real, kind="stable")].astype(np.complex128)
     if eig.real.max() < 0:

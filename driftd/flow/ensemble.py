@@ -348,5 +348,5 @@ def _deltas(field: FlowField, Q: np.ndarray, counts: np.ndarray):
                 rows = np.flatnonzero(sign * dw[b] > 0)
                 scaled = A[rows] * np.sqrt(sign * dw[b, rows])[:, None]
                 gram[b] = _BLAS_SYRK(sign, scaled.T, beta=1.0, c=gram[b], trans=0, overwrite_c=1)
-    gram = np.stack([np.triu(g) + np.triu(g, 1).T for g in gram])
-    return gram, rhs.reshape(M, n_rep, r).transpose(1, 0, 2), dw_all.sum(axis=1)
+    full = np.stack([np.triu(g) + np.triu(g, 1).T for g in gram])
+    return full, rhs.reshape(M, n_rep, r).transpose(1, 0, 2), dw_all.sum(axis=1)

@@ -375,7 +375,8 @@ class FlowField(BaseEstimator):
         fold_of = np.arange(len(sub)) * n_folds // len(sub)
         hs = (self.bandwidth,) if self.bandwidth else tuple(f * h0 for f in _BANDWIDTH_FACTORS)
         lams = (self.alpha,) if self.alpha else _ALPHAS
-        best_loss, best = np.inf, None
+        # The first candidate stands should no loss be finite.
+        best_loss, best = np.inf, (hs[0], lams[0])
         for h in hs:
             centers = self.centers_[: min(centers_for(h), _CV_MAX_CENTERS)]
             G, B, S, Wk = _normal_equations(Zc, Yc, wc, centers, h, fold_of, n_folds)

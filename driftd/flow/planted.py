@@ -21,10 +21,12 @@ stationary regimes for chapters).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize
+from numpy.typing import ArrayLike
 
 from driftd.flow._validation import check_int, check_matrix, check_random_state
 
@@ -234,7 +236,7 @@ def _sample(drift, kick, basis, n_points, n_series, diffusion, rng, sampling="ex
     return X[order].astype(np.float32), times[order], series[order].astype(np.int64)
 
 
-def _fixed_points(drift, starts: np.ndarray) -> np.ndarray:
+def _fixed_points(drift, starts: Iterable[ArrayLike]) -> np.ndarray:
     roots = [scipy.optimize.root(lambda y: drift(y[None])[0], y0, tol=1e-12).x for y0 in starts]
     return np.array(roots)
 

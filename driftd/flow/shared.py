@@ -60,9 +60,8 @@ def share(source: np.ndarray, index: np.ndarray | None = None) -> tuple[SharedAr
     size = max(1, int(np.prod(shape)) * dtype.itemsize)
     block = SharedMemory(create=True, size=size)
     try:
-        if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(block._fd, 0, size)
-        out = np.ndarray(shape, dtype, buffer=block.buf)
+        _reserve(block, size)
+        out = np.ndarray(shape, dtype, buffer=_view(block))
         row_bytes = max(1, out[0].nbytes) if n else 1
         step = max(1, CHUNK_BYTES // row_bytes)
         for lo in range(0, n, step):
@@ -84,7 +83,7 @@ def _load(value):
         return value
     block = SharedMemory(name=value.name)
     try:
-        view = np.ndarray(value.shape, np.dtype(value.dtype), buffer=block.buf)
+        view = np.ndarray(value.shape, np.dtype(value.dtype), buffer=_view(block))
         array = view.copy()  # the task may keep it; the block goes when the task ends
         del view
     finally:
@@ -108,7 +107,7 @@ def call(fn, args: tuple, kwargs: dict):
     :class:`SharedResult` when its buffers reach RESULT_BYTES and shared memory has
     room for them; the caller passes it to :func:`unpack` (or :func:`release`)."""
     result = fn(*(_load(a) for a in args), **{k: _load(v) for k, v in kwargs.items()})
-    buffers = []
+    buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
     raws = [b.raw() for b in buffers]
     total = sum(r.nbytes for r in raws)
@@ -119,11 +118,10 @@ def call(fn, args: tuple, kwargs: dict):
     except OSError:  # no room in /dev/shm: the executor pickles it
         return result
     try:
-        if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(block._fd, 0, total)
-        offset = 0
+        _reserve(block, total)
+        view, offset = _view(block), 0
         for raw in raws:
-            block.buf[offset : offset + raw.nbytes] = raw
+            view[offset : offset + raw.nbytes] = raw
             offset += raw.nbytes
     except OSError:
         block.close()
@@ -141,9 +139,9 @@ def unpack(result):
         return result
     block = SharedMemory(name=result.name)
     try:
-        buffers, offset = [], 0
+        buffers, offset, view = [], 0, _view(block)
         for size in result.sizes:
-            buffers.append(bytearray(block.buf[offset : offset + size]))
+            buffers.append(bytearray(view[offset : offset + size]))
             offset += size
     finally:
         block.close()
@@ -157,3 +155,18 @@ def release(result) -> None:
         block = SharedMemory(name=result.name)
         block.close()
         block.unlink()
+
+
+def _view(block: SharedMemory) -> memoryview:
+    """The block's memory (None only once the block is closed)."""
+    if block.buf is None:
+        raise ValueError(f"shared memory block {block.name} is closed")
+    return block.buf
+
+
+def _reserve(block: SharedMemory, size: int) -> None:
+    """Allocates the block's ``size`` bytes now where the OS can (posix_fallocate),
+    so a full /dev/shm fails here with OSError rather than with SIGBUS on a write.
+    The descriptor is CPython's private ``_fd`` of a POSIX SharedMemory."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(block._fd, 0, size)  # type: ignore[attr-defined]

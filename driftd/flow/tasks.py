@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.spatial
@@ -287,7 +289,7 @@ def chapters(
     return ChaptersOut(bounds, nearest_to_means(X, bounds, k))
 
 
-TASKS = {
+TASKS: dict[str, Callable[..., Any]] = {
     "update": _update,
     "probe": _probe,
     "starts": _jittered_starts,

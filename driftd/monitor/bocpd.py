@@ -143,6 +143,8 @@ class OnlineChangeDetector:
         return self._step(y, key)
 
     def _step(self, y: np.ndarray, key: Any) -> Change | None:
+        if self._prior is None:
+            raise RuntimeError("a point was scored before the prior was estimated")
         self._t += 1
         self._keys.append(key)
         mu0, var0 = self._prior

@@ -250,7 +250,7 @@ def mmd_permutation_test(
         ab = su - aa
         return aa / (m * (m - 1)) + bb / (n * (n - 1)) - 2.0 * ab / (m * n)
 
-    observed = None
+    observed: float | None = None
     exceed = 0
     done = 0
     while done < permutations:
@@ -264,10 +264,12 @@ def mmd_permutation_test(
             U[rng.permutation(N)[:m], j] = 1.0
         values = stat(U)
         if observed is None:
-            observed, values = values[0], values[1:]
+            observed, values = float(values[0]), values[1:]
         exceed += int((values >= observed).sum())
         done += size
-    return float(observed), (1 + exceed) / (1 + permutations), bandwidth
+    if observed is None:
+        raise ValueError(f"permutations must be at least 1, got {permutations}")
+    return observed, (1 + exceed) / (1 + permutations), bandwidth
 
 
 def domain_auc(Z: np.ndarray, labels: np.ndarray, seed: int) -> float:

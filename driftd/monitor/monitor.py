@@ -3,8 +3,8 @@ rules, and the live work behind WatchCollection.
 
 :class:`Monitor` reads windows from the engine's in-memory trajectory cache
 (never from Chroma), runs the statistics of :mod:`driftd.monitor.drift` and
-:mod:`driftd.monitor.health` in the engine's process pool, keeps drift rules in
-the Chroma collection ``driftd.sys.monitor.drift_rules``, and listens to the
+:mod:`driftd.monitor.health` in the engine's process pool, keeps drift rules through its
+repository (:class:`driftd.monitor.ports.RuleRepository`), and listens to the
 engine's event hub (``db.events``): for each durable upsert it feeds the new
 points to a per-series online change-point detector (:mod:`driftd.monitor.bocpd`)
 and checks the collection's drift rules, publishing chapter and drift-alarm
@@ -23,12 +23,12 @@ import time
 import uuid
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from driftd.engine.validate import SYSTEM_PREFIX, check_range
+from driftd.engine.validate import check_range
 from driftd.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -44,13 +44,14 @@ from driftd.monitor.events import (
     ChapterDetected,
     DriftAlarm,
     Event,
+    PointsUpserted,
     Watcher,
 )
+from driftd.monitor.ports import PointsEngine, RuleRepository
 from driftd.types import ChapterSet
 
 log = logging.getLogger(__name__)
 
-RULES_COLLECTION = SYSTEM_PREFIX + "monitor.drift_rules"
 RULE_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 #: Upsert batches queued per collection for the live detectors; beyond it a
 #: batch is skipped (logged) and the collection's detectors restart.
@@ -147,6 +148,28 @@ class _SeriesState:
     starts: list[tuple[str, float]]
 
 
+@dataclass
+class _Watched:
+    """Everything the monitor keeps for one collection (dropped with it)."""
+
+    rules: dict[str, DriftRule] = field(default_factory=dict)
+    #: Upsert events waiting for the live worker, and the worker.
+    queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(LIVE_QUEUE))
+    worker: asyncio.Task[None] | None = None
+    #: Online change-point detectors by series, and their lock (live feed vs replay).
+    detectors: dict[str, _SeriesState] = field(default_factory=dict)
+    detector_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Version of the last delete: detectors built before it are replayed on demand.
+    deleted: int = 0
+    #: Versions of the last upsert queued and of the last one the worker finished.
+    queued: int = 0
+    finished: int = 0
+    #: Set (and replaced) each time the worker finishes an event.
+    progress: asyncio.Event | None = None
+    #: The detectors missed a batch (queue full): dropped before the next one.
+    stale: bool = False
+
+
 def parse_rule_name(name: str, field: str = "name") -> tuple[str, str]:
     """``"collections/{c}/driftRules/{r}"`` -> ``(c, r)``.
 
@@ -174,52 +197,50 @@ def _utc(seconds: float) -> datetime:
 
 
 class Monitor:
-    """Monitoring over an engine (``AsyncDriftDB``, or the server's gate to it).
+    """Monitoring over the points engine (``AsyncDriftDB``).
 
-    Call :meth:`start` once the engine is open (it loads the drift rules and
-    subscribes to the engine's events) and :meth:`stop` before closing it.
+    Call :meth:`open` once the engine is open (it loads the drift rules and
+    subscribes to the engine's events) and :meth:`aclose` before closing it.
     """
 
-    def __init__(self, db) -> None:
+    def __init__(self, db: PointsEngine, rules: RuleRepository) -> None:
         self._db = db
-        self._rules: dict[str, dict[str, DriftRule]] | None = None
-        self._queues: dict[str, asyncio.Queue[Event]] = {}
-        self._workers: dict[str, asyncio.Task] = {}
-        self._detectors: dict[tuple[str, str], _SeriesState] = {}  # (collection, series)
-        # Per collection: the detectors' lock (live feed vs replay), the version of
-        # the last delete (detectors built before it are replayed on demand), and
-        # the versions of the last upsert queued and the last one the worker finished.
-        self._detector_locks: dict[str, asyncio.Lock] = {}
-        self._deleted: dict[str, int] = {}
-        self._queued: dict[str, int] = {}
-        self._finished: dict[str, int] = {}
-        self._progress: dict[str, asyncio.Event] = {}
+        self._repo = rules
+        self._opened = False
+        self._watched: dict[str, _Watched] = {}
         self._projections: dict[int, np.ndarray] = {}
-        self._stale: set[str] = set()  # collections whose detectors missed a batch
 
-    async def start(self) -> None:
+    async def open(self) -> None:
         """Loads the drift rules and starts listening to the engine's events."""
-        self._rules = {}
-        for rule in await self._db.on_store(self._load_rules):
-            self._rules.setdefault(rule.collection, {})[rule.rule_id] = rule
+        for rule in await self._load_rules():
+            self._state(rule.collection).rules[rule.rule_id] = rule
+        self._opened = True
         self._db.events.add_listener(self._on_event)
         self._db.events.add_drop_listener(self._on_drop)
 
-    async def stop(self) -> None:
+    async def aclose(self) -> None:
         """Ends the watches (UNAVAILABLE, so a draining server is not held up by
         them) and stops the background work (pending batches are dropped)."""
         self._db.events.close()
-        for task in self._workers.values():
+        workers = [w.worker for w in self._watched.values() if w.worker is not None]
+        for task in workers:
             task.cancel()
-        for task in self._workers.values():
+        for task in workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._workers.clear()
+        for w in self._watched.values():
+            w.worker = None
+
+    def _state(self, collection: str) -> _Watched:
+        state = self._watched.get(collection)
+        if state is None:
+            state = self._watched[collection] = _Watched()
+        return state
 
     def _rules_of(self, collection: str) -> dict[str, DriftRule]:
-        if self._rules is None:
+        if not self._opened:
             raise Unavailable("driftd is not serving: the monitor has not started")
-        return self._rules.setdefault(collection, {})
+        return self._state(collection).rules
 
     # --- windows -------------------------------------------------------------
 
@@ -268,10 +289,10 @@ class Monitor:
         meta, cache = await self._cached(name)
         snap = cache.snapshot()
         samples = []
-        for field, w in (("window_a", window_a), ("window_b", window_b)):
+        for which, w in (("window_a", window_a), ("window_b", window_b)):
             pos = snap.select(w.start, w.end, w.series)
             if len(pos) < drift.MIN_POINTS:
-                raise _too_few(field, drift.MIN_POINTS, len(pos))
+                raise _too_few(which, drift.MIN_POINTS, len(pos))
             samples.append(cache.vectors[snap.rows[pos]])
         result = await self._db.pool.submit(
             drift.compare_windows,
@@ -443,45 +464,35 @@ class Monitor:
         """Raises NotFound (COLLECTION_NOT_FOUND, DRIFT_RULE_NOT_FOUND)."""
         await self._cached(name)
         self._rule(name, rule_id)
-        await self._db.on_store(lambda: self._rules_store().delete(ids=[f"{name}/{rule_id}"]))
+        await self._repo.delete([f"{name}/{rule_id}"])
         self._rules_of(name).pop(rule_id, None)
 
-    # --- rule storage (store thread) -----------------------------------------
+    # --- rule storage --------------------------------------------------------
 
-    def _rules_store(self):
-        return self._db.chroma.get_or_create_collection(RULES_COLLECTION, embedding_function=None)
-
-    def _load_rules(self) -> list[DriftRule]:
+    async def _load_rules(self) -> list[DriftRule]:
         """The rules of the existing collections. Rules left by a deleted collection
         (e.g. deleted through another replica) are deleted; rules stored before
         they carried their collection's id are given it."""
-        uids = {c.name: str(c.id) for c in self._db.chroma.list_collections()}
-        store = self._rules_store()
-        got = store.get(include=["metadatas"])
+        uids = await self._repo.collection_uids()
         rules, orphans = [], []
-        for rid, md in zip(got["ids"], got["metadatas"], strict=True):
-            rule = _rule_from_metadata(md)
+        for record in await self._repo.load():
+            rule = _rule_from_metadata(record.metadata)
             uid = uids.get(rule.collection)
             if uid is None or rule.collection_uid not in ("", uid):
-                orphans.append(rid)
+                orphans.append(record.id)
             elif not rule.collection_uid:
                 rule = replace(rule, collection_uid=uid)
-                store.upsert(ids=[rid], embeddings=[[0.0]], metadatas=[_rule_to_metadata(rule)])
+                await self._save(rule)
                 rules.append(rule)
             else:
                 rules.append(rule)
         if orphans:
             log.info("deleting %d drift rules of deleted collections", len(orphans))
-            store.delete(ids=orphans)
+            await self._repo.delete(orphans)
         return rules
 
     async def _save(self, rule: DriftRule) -> None:
-        md = _rule_to_metadata(rule)
-        await self._db.on_store(
-            lambda: self._rules_store().upsert(
-                ids=[f"{rule.collection}/{rule.rule_id}"], embeddings=[[0.0]], metadatas=[md]
-            )
-        )
+        await self._repo.save(f"{rule.collection}/{rule.rule_id}", _rule_to_metadata(rule))
 
     # --- live work -----------------------------------------------------------
 
@@ -489,50 +500,36 @@ class Monitor:
         """Hub drop listener: the collection was deleted, so its rules (in memory
         and, submitted now so before any later store call, in Chroma) and its
         live work go; a collection created again under the name starts afresh."""
-        if self._rules is not None:
-            self._rules.pop(name, None)
+        state = self._watched.pop(name, None)
 
         def logged(done: asyncio.Future) -> None:
             if not done.cancelled() and done.exception() is not None:
                 log.error("deleting the drift rules of %s failed", name, exc_info=done.exception())
 
-        self._db.on_store(
-            lambda: self._rules_store().delete(
-                where={"$and": [{"collection": name}, {"collection_uid": uid}]}
-            )
-        ).add_done_callback(logged)
-        task = self._workers.pop(name, None)
-        if task is not None:
-            task.cancel()
-        self._queues.pop(name, None)
-        for key in [k for k in self._detectors if k[0] == name]:
-            del self._detectors[key]
-        for state in (self._detector_locks, self._deleted, self._queued, self._finished):
-            state.pop(name, None)
-        self._stale.discard(name)
-        progress = self._progress.pop(name, None)
-        if progress is not None:  # online_chapters calls waiting on the cancelled worker
-            progress.set()
+        self._repo.delete_of_collection(name, uid).add_done_callback(logged)
+        if state is None:
+            return
+        if state.worker is not None:
+            state.worker.cancel()
+        if state.progress is not None:  # online_chapters calls waiting on the cancelled worker
+            state.progress.set()
 
     def _on_event(self, event: Event) -> None:
         """Hub listener: queues upserts for the collection's background task."""
         name = event.collection
         if event.type == POINTS_DELETED:
-            self._deleted[name] = event.version
+            self._state(name).deleted = event.version
             return
         if event.type != POINTS_UPSERTED:
             return
-        queue = self._queues.get(name)
-        if queue is None:
-            queue = self._queues[name] = asyncio.Queue(LIVE_QUEUE)
-        task = self._workers.get(name)
-        if task is None or task.done():
-            self._workers[name] = asyncio.get_running_loop().create_task(
-                self._work(name, queue), name=f"driftd-monitor-{name}"
+        state = self._state(name)
+        if state.worker is None or state.worker.done():
+            state.worker = asyncio.get_running_loop().create_task(
+                self._work(name, state), name=f"driftd-monitor-{name}"
             )
         try:
-            queue.put_nowait(event)
-            self._queued[name] = event.version
+            state.queue.put_nowait(event)
+            state.queued = event.version
         except asyncio.QueueFull:
             log.warning(
                 "monitor of %s is %d batches behind: skipping one; its chapter detectors restart",
@@ -540,34 +537,35 @@ class Monitor:
                 LIVE_QUEUE,
             )
             # The detectors missed points; the worker drops them before its next batch.
-            self._stale.add(name)
+            state.stale = True
 
-    async def _work(self, name: str, queue: asyncio.Queue[Event]) -> None:
+    async def _work(self, name: str, state: _Watched) -> None:
         while True:
-            event = await queue.get()
+            event = await state.queue.get()
             try:
-                await self._detect_chapters(event)
-                await self._check_rules(event)
+                if isinstance(event.data, PointsUpserted):  # all that _on_event queues
+                    await self._detect_chapters(event, event.data)
+                    await self._check_rules(event, event.data)
             except Exception:
                 # A failure on one batch (e.g. the collection was deleted) must
                 # not stop the monitoring of the next ones.
                 log.exception("monitor of %s failed on event %d", name, event.sequence)
             finally:
-                self._finished[name] = event.version
-                progress = self._progress.pop(name, None)
+                state.finished = event.version
+                progress, state.progress = state.progress, None
                 if progress is not None:  # wake online_chapters calls waiting for it
                     progress.set()
 
-    async def _detect_chapters(self, event: Event) -> None:
+    async def _detect_chapters(self, event: Event, data: PointsUpserted) -> None:
         name = event.collection
-        async with self._detector_lock(name):
-            if name in self._stale:
-                self._stale.discard(name)
-                for key in [k for k in self._detectors if k[0] == name]:
-                    del self._detectors[key]
+        watched = self._state(name)
+        async with watched.detector_lock:
+            if watched.stale:
+                watched.stale = False
+                watched.detectors.clear()
             meta, cache = await self._cached(name)
-            data = event.data
-            items, rows = [], []  # (id, time, series, index into rows)
+            items: list[tuple[str, float, str, int]] = []  # (id, time, series, row in rows)
+            rows: list[int] = []
             for pid, t, series in sorted(
                 zip(data.point_ids, data.times, data.point_series, strict=True),
                 key=lambda x: (x[2], x[1]),
@@ -581,11 +579,11 @@ class Monitor:
             vectors = np.take(cache.vectors, rows, axis=0)
             states = {}
             for series in {item[2] for item in items}:
-                state = self._detectors.get((name, series))
+                state = watched.detectors.get(series)
                 if state is None or state.cache() is not cache:
                     # Complete when this batch holds every point of the series.
                     fed = sum(item[2] == series for item in items)
-                    state = self._detectors[(name, series)] = _SeriesState(
+                    state = watched.detectors[series] = _SeriesState(
                         bocpd.OnlineChangeDetector(
                             self._projection(meta.dimension), normalize=meta.distance == "cosine"
                         ),
@@ -637,12 +635,6 @@ class Monitor:
             state.last_time = batch[-1][1]
             state.fed_version = version
         return changes
-
-    def _detector_lock(self, name: str) -> asyncio.Lock:
-        lock = self._detector_locks.get(name)
-        if lock is None:
-            lock = self._detector_locks[name] = asyncio.Lock()
-        return lock
 
     def _projection(self, dimension: int) -> np.ndarray:
         proj = self._projections.get(dimension)
@@ -701,7 +693,7 @@ class Monitor:
         await self._caught_up(name, cache.version)
         starts: list[float] = []
         if cache.series_size(series):
-            async with self._detector_lock(name):
+            async with self._state(name).detector_lock:
                 state = await self._series_state(name, series, meta, cache)
                 starts = [t for _, t in state.starts]
         return await self._db.split_chapters(
@@ -716,25 +708,25 @@ class Monitor:
 
     async def _caught_up(self, name: str, version: int) -> None:
         """Waits until the live worker has finished the upserts queued up to ``version``."""
-        target = min(version, self._queued.get(name, 0))
-        while self._finished.get(name, 0) < target:
-            task = self._workers.get(name)
-            if task is None or task.done():
+        state = self._state(name)
+        target = min(version, state.queued)
+        while state.finished < target:
+            if state.worker is None or state.worker.done():
                 return
-            progress = self._progress.get(name)
-            if progress is None:
-                progress = self._progress[name] = asyncio.Event()
-            await progress.wait()
+            if state.progress is None:
+                state.progress = asyncio.Event()
+            await state.progress.wait()
 
     async def _series_state(self, name: str, series: str, meta, cache) -> _SeriesState:
         """The series' detector, replayed from the cache unless it covers the whole
         series (call with the collection's detector lock held)."""
-        state = self._detectors.get((name, series))
+        watched = self._state(name)
+        state = watched.detectors.get(series)
         if (
             state is not None
             and state.cache() is cache
             and state.complete
-            and state.base_version >= self._deleted.get(name, 0)
+            and state.base_version >= watched.deleted
         ):
             return state
         t0 = time.perf_counter()
@@ -747,7 +739,7 @@ class Monitor:
         )
         Y = await asyncio.to_thread(_project_rows, detector, cache.vectors, rows)
         detector, changes = await self._db.pool.submit(bocpd.replay, detector, Y, keys)
-        state = self._detectors[(name, series)] = _SeriesState(
+        state = watched.detectors[series] = _SeriesState(
             detector,
             weakref.ref(cache),
             complete=True,
@@ -765,11 +757,11 @@ class Monitor:
         )
         return state
 
-    async def _check_rules(self, event: Event) -> None:
+    async def _check_rules(self, event: Event, data: PointsUpserted) -> None:
         for rule in list(self._rules_of(event.collection).values()):
             times = [
                 t
-                for t, s in zip(event.data.times, event.data.point_series, strict=True)
+                for t, s in zip(data.times, data.point_series, strict=True)
                 if not rule.series or s == rule.series
             ]
             if not times:

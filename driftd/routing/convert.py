@@ -23,24 +23,30 @@ BRANCH_ID = re.compile(r"^b(0|[1-9][0-9]{0,8})$")
 _CONVERSATION_NAME = re.compile(r"^conversations/([^/]+)$")
 _BRANCH_NAME = re.compile(r"^conversations/([^/]+)/branches/([^/]+)$")
 
-ROLE_TO_PROTO = {
+ROLE_TO_PROTO: dict[types.Role, routing_pb2.MessageRole.ValueType] = {
     "user": routing_pb2.MESSAGE_ROLE_USER,
     "assistant": routing_pb2.MESSAGE_ROLE_ASSISTANT,
 }
-ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
-ACTION_TO_PROTO = {
+ROLE_FROM_PROTO: dict[routing_pb2.MessageRole.ValueType, types.Role] = {
+    v: k for k, v in ROLE_TO_PROTO.items()
+}
+ACTION_TO_PROTO: dict[types.Action, routing_pb2.RouteAction.ValueType] = {
     "STAY": routing_pb2.ROUTE_ACTION_STAY,
     "BRANCH": routing_pb2.ROUTE_ACTION_BRANCH,
     "ROUTE": routing_pb2.ROUTE_ACTION_ROUTE,
 }
-ACTION_FROM_PROTO = {v: k for k, v in ACTION_TO_PROTO.items()}
-DRIFT_TO_PROTO = {
+ACTION_FROM_PROTO: dict[routing_pb2.RouteAction.ValueType, types.Action] = {
+    v: k for k, v in ACTION_TO_PROTO.items()
+}
+DRIFT_TO_PROTO: dict[types.DriftAction, routing_pb2.DriftAction.ValueType] = {
     "STAY": routing_pb2.DRIFT_ACTION_STAY,
     "BRANCH_SAME_CLUSTER": routing_pb2.DRIFT_ACTION_BRANCH_SAME_CLUSTER,
     "BRANCH_NEW_CLUSTER": routing_pb2.DRIFT_ACTION_BRANCH_NEW_CLUSTER,
     "ROUTE": routing_pb2.DRIFT_ACTION_ROUTE,
 }
-DRIFT_FROM_PROTO = {v: k for k, v in DRIFT_TO_PROTO.items()}
+DRIFT_FROM_PROTO: dict[routing_pb2.DriftAction.ValueType, types.DriftAction] = {
+    v: k for k, v in DRIFT_TO_PROTO.items()
+}
 #: RoutingConfig's fields, in proto order.
 CONFIG_FIELDS = tuple(f.name for f in routing_pb2.RoutingConfig.DESCRIPTOR.fields)
 
@@ -130,7 +136,7 @@ def config_to_proto(changes: Mapping[str, float | int | bool] | None) -> routing
 
 def config_from_proto(msg: routing_pb2.RoutingConfig) -> dict[str, float | int | bool]:
     """The fields set in ``msg`` as a dict."""
-    return {name: getattr(msg, name) for name in CONFIG_FIELDS if msg.HasField(name)}
+    return {f.name: value for f, value in msg.ListFields() if f.name in CONFIG_FIELDS}
 
 
 # --- results -----------------------------------------------------------------

@@ -1,35 +1,36 @@
-"""The routing engine: conversations, branches and facts stored in Chroma,
-through the AsyncDriftDB hooks (``on_store``, ``chroma``, ``embed``, ``settings``).
+"""The routing engine: conversations, branches and facts, kept through its
+repository (:class:`driftd.routing.ports.RoutingRepository`; in Chroma by
+:mod:`driftd.store.routing`).
 
-Storage (Chroma collections with the reserved ``driftd.sys.`` prefix):
+Messages. One record per message, id ``{conversation_id}/{key}``: ``key`` is a
+time-ordered unique id (:func:`message_key`: nanoseconds of the writer's clock,
+never below the latest key the writer has seen in the conversation, plus 64
+random bits), so two replicas writing to one conversation at once never store
+the same id and no acknowledged message is overwritten. A conversation's
+messages are ordered by key (records written before keys existed have none and
+come first, by their stored ``index``). A record holds the message's
+embedding, its text as the document, and in its metadata the conversation,
+key, index (its position when routed), message id, role, time, the decision
+(branch, action, similarity, confidence, reason, parent branch, cluster) and
+the routing config in force (JSON). This is the source of truth: a
+conversation's branches, centroids and config are rebuilt from its messages.
+Facts stored by ExtractFacts are one record per branch (id
+``{conversation_id}/{branch_id}``).
 
-- ``driftd.sys.routing.messages``: one record per message, id
-  ``{conversation_id}/{index}``, the message's embedding, its text as the
-  document, and in its metadata the conversation, index, message id, role,
-  time, the decision (branch, action, similarity, confidence, reason, parent
-  branch, cluster) and the routing config in force (JSON). This is the source
-  of truth: a conversation's branches, centroids and config are rebuilt from its
-  messages.
-- ``driftd.sys.routing.branches``: facts stored by ExtractFacts, one record per
-  branch (id ``{conversation_id}/{branch_id}``, the branch's centroid as the
-  embedding, the facts as JSON in the document).
-
-The embed model is fixed when the messages collection is created (the server's
-``embed_model`` then, recorded in the collection's metadata), so a changed
-server default never mixes models within the store.
-
-A routed message is made durable in the write-ahead log
-(:mod:`driftd.routing.wal`, ``driftd-routing.wal`` in the Chroma directory) and
-moved to Chroma in batches by a background task; every read of Chroma first
-drains what is pending, and start-up replays the log, so Chroma always ends up
-with every acknowledged message.
+Durability. With embedded Chroma a routed message is made durable in the
+write-ahead log (:mod:`driftd.routing.wal`, ``driftd-routing.wal`` in the
+Chroma directory) and moved to Chroma in batches by a background task; every
+read first drains what is pending, and start-up replays the log. With a Chroma
+server (several replicas) there is no log: the message is written to Chroma
+before it is acknowledged, so every replica reads it at once and a replaced pod
+loses nothing.
 
 In memory, each conversation keeps its router state (per-branch sums of unit
-vectors, recent vectors, word counts), loaded from Chroma on first use and kept
-in an LRU of ``max_conversations``. A per-conversation lock orders its messages;
-different conversations route concurrently. A message is decided, logged, and
-only then applied to memory, in a task shielded from the caller's cancellation,
-so memory and log never disagree.
+vectors, recent vectors, word counts), loaded from storage on first use and
+kept in an LRU of ``max_conversations``. A per-conversation lock orders its
+messages; different conversations route concurrently. A message is decided,
+made durable, and only then applied to memory, in a task shielded from the
+caller's cancellation, so memory and storage never disagree.
 """
 
 from __future__ import annotations
@@ -39,21 +40,26 @@ import json
 import logging
 import math
 import re
+import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from time import time_ns
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
+from driftd.config import Settings
 from driftd.engine import validate as v
 from driftd.engine.embedding import Embedders
 from driftd.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from driftd.routing import llm, wal
 from driftd.routing.convert import check_conversation_id
 from driftd.routing.facts import SourceMessage, extract_facts
+from driftd.routing.ports import RoutingRepository
 from driftd.routing.projection import shipped_projection
 from driftd.routing.router import (
     BranchState,
@@ -61,6 +67,7 @@ from driftd.routing.router import (
     Decision,
     Router,
     RoutingConfig,
+    branch_of,
     unit,
 )
 from driftd.routing.types import (
@@ -72,14 +79,14 @@ from driftd.routing.types import (
     Fact,
     FactsResult,
     MessageInfo,
+    Role,
     RouteResult,
 )
+from driftd.store.system import StoredRecord
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-MESSAGES = "driftd.sys.routing.messages"
-BRANCHES = "driftd.sys.routing.branches"
-_MODEL_KEY = "driftd:embed_model"
 MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # Server-assigned message ids; clients may not use this form.
 _SERVER_MESSAGE_ID = re.compile(r"^m[0-9]+$")
@@ -116,6 +123,29 @@ def _branch_id(index: int) -> str:
     return f"b{index}"
 
 
+_last_key_ns = 0
+
+
+def message_key(after: str = "") -> str:
+    """A new message key: 32 lowercase hex digits, 16 of nanoseconds since the
+    epoch and 16 random. Keys compare (as strings) in creation order within this
+    process, and later than ``after`` (a key already stored in the conversation,
+    possibly by another replica with a clock ahead of this one's), so appending
+    keeps the conversation's order even across replicas; the random half makes
+    two writers' keys distinct even within one nanosecond. Like UUIDv7 (RFC 9562)
+    with a nanosecond clock and the ``after`` floor of a hybrid logical clock.
+    """
+    global _last_key_ns
+    floor = int(after[:16], 16) if after else 0
+    _last_key_ns = max(time_ns(), _last_key_ns + 1, floor + 1)
+    return f"{_last_key_ns:016x}{secrets.randbits(64):016x}"
+
+
+def _order(md: Mapping) -> tuple[str, int]:
+    """Sort key of a stored message: its key, then (records from before keys) its index."""
+    return str(md.get("key", "")), int(md["index"])
+
+
 def merge_config(base: RoutingConfig, changes: Mapping[str, float | int | bool]) -> RoutingConfig:
     """``base`` with ``changes`` applied.
 
@@ -125,7 +155,7 @@ def merge_config(base: RoutingConfig, changes: Mapping[str, float | int | bool])
             the field path is ``config.{name}``.
     """
     kinds = {f.name: type(getattr(base, f.name)) for f in fields(RoutingConfig)}
-    clean: dict[str, float | int | bool] = {}
+    clean: dict[str, Any] = {}  # each converted to its field's type
     for key, value in changes.items():
         at = f"config.{key}"
         kind = kinds.get(key)
@@ -138,7 +168,7 @@ def merge_config(base: RoutingConfig, changes: Mapping[str, float | int | bool])
             ok = float(value).is_integer()
         if ok and kind is float:
             ok = math.isfinite(value)
-        if not ok:
+        if kind is None or not ok:
             raise InvalidArgument(
                 f"{at}: {value!r} is not a valid value"
                 + ("" if kind else f"; known fields: {', '.join(kinds)}"),
@@ -159,12 +189,14 @@ class _StoredFacts:
 
 @dataclass
 class _Conversation:
-    """A loaded conversation: router state, message id -> index, stored facts."""
+    """A loaded conversation: router state, message id -> record id, stored
+    facts, and the latest message key."""
 
     id: str
     state: ConversationState = field(default_factory=ConversationState)
-    message_ids: dict[str, int] = field(default_factory=dict)
+    message_ids: dict[str, str] = field(default_factory=dict)
     facts: dict[int, _StoredFacts] = field(default_factory=dict)
+    last_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -191,33 +223,39 @@ class _Row:
 
 
 class RoutingEngine:
-    """Conversation routing on top of an :class:`~driftd.engine.AsyncDriftDB`.
+    """Conversation routing. Opens itself on first use; close with :meth:`aclose`.
 
     Args:
-        db: the engine (or the server's gate in front of it); only its public
-            hooks are used, and only when a method is called.
+        settings: ``embed_model`` (for a new store), ``chroma_url`` (set: no
+            write-ahead log) and ``chroma_path`` (where the log lives otherwise).
+        repository: where messages and facts are kept.
         max_conversations: conversations kept in memory (least recently used
             ones are dropped and reloaded on demand).
         facts_llm: the OpenAI-compatible fact extractor; None: the rules.
     """
 
     def __init__(
-        self, db, *, max_conversations: int = 2_000, facts_llm: llm.LLMConfig | None = None
+        self,
+        settings: Settings,
+        repository: RoutingRepository,
+        *,
+        max_conversations: int = 2_000,
+        facts_llm: llm.LLMConfig | None = None,
     ) -> None:
-        self._db = db
+        self._settings = settings
+        self._repo = repository
         # Replaced at set-up by one with the embed model's topic projection;
         # applying stored decisions (all this one is used for) does not need it.
         self._router = Router()
         self._max_conversations = max_conversations
         self._facts_llm = facts_llm
         self._cache: OrderedDict[str, _Conversation] = OrderedDict()
-        # Ids of the conversations with messages, so a new conversation's first
-        # message needs no Chroma read.
+        # Embedded Chroma: ids of the conversations with messages, so a new
+        # conversation's first message needs no read. (Another replica may add
+        # conversations to a Chroma server at any time: there, always read.)
         self._known: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._setup_lock = asyncio.Lock()
-        self._messages = None  # Chroma collection handles, used only on the store thread
-        self._branches = None
         self._model = ""
         self._dimension = 0
         self._wal: wal.WriteAheadLog | None = None
@@ -228,54 +266,38 @@ class RoutingEngine:
         # embeddings of PointService uploads on the engine's shared embed thread.
         self._embedder = Embedders(threads=1)
         self._embed_thread = ThreadPoolExecutor(1, thread_name_prefix="driftd-routing-embed")
-        self._pending: list[tuple[int, dict]] = []  # (number in the log, record), in order
+        self._pending: list[tuple[int, StoredRecord]] = []  # (number in the log, record)
         self._drain_lock = asyncio.Lock()
         self._kick = asyncio.Event()
-        self._mover: asyncio.Task | None = None
+        self._mover: asyncio.Task[None] | None = None
 
     # --- plumbing ------------------------------------------------------------
 
     async def _setup(self) -> None:
-        """Opens (or creates) the collections, replays the write-ahead log into
-        Chroma, starts the task that moves logged messages there, and learns the
-        embed model's dimension."""
+        """Opens the repository, replays the write-ahead log (embedded Chroma
+        only) and starts the task that moves logged messages to storage, and
+        learns the embed model's dimension."""
         if self._dimension:
             return
         async with self._setup_lock:
             if self._dimension:
                 return
-            db = self._db
-            default_model = db.settings.embed_model
-
-            def open_collections():
-                client = db.chroma
-                cfg = {"hnsw": {"space": "cosine"}}
-                messages = client.get_or_create_collection(
-                    MESSAGES,
-                    metadata={_MODEL_KEY: default_model},
-                    configuration=cfg,
-                    embedding_function=None,
-                )
-                branches = client.get_or_create_collection(
-                    BRANCHES, configuration=cfg, embedding_function=None
-                )
-                return messages, branches, (messages.metadata or {}).get(_MODEL_KEY, default_model)
-
-            self._messages, self._branches, model = await db.on_store(open_collections)
-            log_ = wal.WriteAheadLog(Path(db.settings.chroma_path) / WAL_FILE)
-            records = await self._on_wal(log_.read)
-            if records:
-                await db.on_store(lambda: self._upsert(records))
-                log.info("replayed %d routed messages from %s", len(records), log_.path)
-            await self._on_wal(log_.truncate, log_.appended)
-            self._wal = log_
-            ids = await db.on_store(lambda: self._messages.get(include=[])["ids"])
-            self._known = {i.rpartition("/")[0] for i in ids}
+            model = await self._repo.open(self._settings.embed_model)
+            if not self._settings.chroma_url:
+                log_ = wal.WriteAheadLog(Path(self._settings.chroma_path) / WAL_FILE)
+                records = await self._on_wal(log_.read)
+                if records:
+                    await self._repo.add_messages(records)
+                    log.info("replayed %d routed messages from %s", len(records), log_.path)
+                await self._on_wal(log_.truncate, log_.appended)
+                self._wal = log_
+                self._mover = asyncio.get_running_loop().create_task(self._move_forever())
+                # One writer: the set of conversations stays true without reads.
+                self._known = await self._repo.conversation_ids()
             self._model = model
             # A file read (once per model): off the loop like every other one.
             self._router = Router(await asyncio.to_thread(shipped_projection, model))
             dimension = int((await self._embed(["dimension probe"])).shape[1])
-            self._mover = asyncio.get_running_loop().create_task(self._move_forever())
             self._dimension = dimension  # last: a non-zero dimension means set up
 
     async def _embed(self, texts: list[str]) -> np.ndarray:
@@ -286,42 +308,31 @@ class RoutingEngine:
         )
 
     async def aclose(self) -> None:
-        """Moves pending messages to Chroma and stops the engine's task and
-        threads (for in-process use; a server relies on the log instead)."""
+        """Moves pending messages to storage and stops the engine's task and
+        threads. Idempotent."""
         if self._mover is not None:
             self._mover.cancel()
             self._mover = None
         if self._wal is not None:
             await self._drain()
             self._wal.close()
+            self._wal = None
         self._wal_thread.shutdown(wait=True)
         self._embed_thread.shutdown(wait=True)
 
-    async def _on_wal(self, fn, *args):
+    async def _on_wal(self, fn: Callable[..., T], *args: object) -> T:
         """Runs a blocking log call on the log's own thread (never the store's,
         which may be busy with a batch)."""
         return await asyncio.get_running_loop().run_in_executor(self._wal_thread, fn, *args)
 
-    def _upsert(self, records: list[dict]) -> None:
-        """Writes log records to the messages collection (store thread only)."""
-        step = self._db.chroma.get_max_batch_size()
-        for lo in range(0, len(records), step):
-            chunk = records[lo : lo + step]
-            self._messages.upsert(
-                ids=[r["id"] for r in chunk],
-                embeddings=[wal.decode_embedding(r) for r in chunk],
-                metadatas=[r["metadata"] for r in chunk],
-                documents=[r["document"] for r in chunk],
-            )
-
     async def _drain(self) -> None:
-        """Moves every pending message to Chroma, then empties the log if nothing
+        """Moves every pending message to storage, then empties the log if nothing
         newer was logged meanwhile."""
         async with self._drain_lock:
             batch = list(self._pending)
-            if not batch:
+            if not batch or self._wal is None:
                 return
-            await self._db.on_store(lambda: self._upsert([r for _, r in batch]))
+            await self._repo.add_messages([r for _, r in batch])
             del self._pending[: len(batch)]
             await self._on_wal(self._wal.truncate, batch[-1][0])
 
@@ -366,40 +377,33 @@ class RoutingEngine:
         if conv is not None:
             self._cache.move_to_end(cid)
             return conv
-        if cid not in self._known:
+        if self._wal is not None and cid not in self._known:
             return _Conversation(cid)
         await self._drain()
-        messages, branches = self._messages, self._branches
-
-        def read():
-            got = messages.get(
-                where={"conversation": cid}, include=["embeddings", "metadatas", "documents"]
-            )
-            facts = branches.get(where={"conversation": cid}, include=["metadatas", "documents"])
-            return got, facts
-
-        got, facts = await self._db.on_store(read)
+        got = await self._repo.messages(cid, embeddings=True)
+        facts = await self._repo.facts(cid)
         conv = _Conversation(cid)
-        order = sorted(range(len(got["ids"])), key=lambda j: got["metadatas"][j]["index"])
-        for j in order:
-            md = got["metadatas"][j]
+        for rec in sorted(got, key=lambda r: _order(r.metadata)):
+            md = rec.metadata
             cfg = RoutingConfig.from_dict(json.loads(md["config"]))
             self._router.apply(
                 conv.state,
                 cfg,
                 _decision_from_metadata(md),
-                unit(got["embeddings"][j]),
-                got["documents"][j] or "",
+                unit(rec.embedding),
+                rec.document,
                 md["time"],
             )
-            conv.message_ids[md["message_id"]] = md["index"]
-        for j, md in enumerate(facts["metadatas"]):
+            conv.message_ids[md["message_id"]] = rec.id
+            conv.last_key = max(conv.last_key, str(md.get("key", "")))
+        for rec in facts:
+            md = rec.metadata
             conv.facts[int(md["branch"])] = _StoredFacts(
-                tuple(Fact(**f) for f in json.loads(facts["documents"][j])),
+                tuple(Fact(**f) for f in json.loads(rec.document)),
                 str(md["extractor"]),
                 int(md["message_count"]),
             )
-        if got["ids"]:
+        if got:
             self._cache[cid] = conv
             self._evict()
         return conv
@@ -513,25 +517,31 @@ class RoutingEngine:
                 return await self._stored_result(conv, conv.message_ids[message_id])
             state = conv.state
             cfg = merge_config(state.config, changes)
-            decision = self._router.decide(state, cfg, role, x, content)
+            decision = self._router.decide(state, cfg, cast(Role, role), x, content)  # checked
             index = state.message_count
             mid = message_id or f"m{index}"
+            key = message_key(conv.last_key)
             md = _decision_metadata(decision)
             md.update(
                 conversation=cid,
+                key=key,
                 index=index,
                 message_id=mid,
                 role=role,
                 time=when,
                 config=json.dumps(cfg.to_dict(), sort_keys=True),
             )
-            record = wal.encode(f"{cid}/{index}", stored, md, content)
-            number = await self._on_wal(self._wal.append, record)
-            self._pending.append((number, record))
-            self._kick.set()
+            record = StoredRecord(f"{cid}/{key}", md, content, stored)
+            if self._wal is not None:
+                number = await self._on_wal(self._wal.append, record)
+                self._pending.append((number, record))
+                self._kick.set()
+            else:
+                await self._repo.add_messages([record])
             self._known.add(cid)
             branch = self._router.apply(state, cfg, decision, x, content, when)
-            conv.message_ids[mid] = index
+            conv.message_ids[mid] = record.id
+            conv.last_key = key
             self._cache[cid] = conv
             self._cache.move_to_end(cid)
             self._evict()
@@ -564,16 +574,19 @@ class RoutingEngine:
             )
         return unit(vec)
 
-    async def _stored_result(self, conv: _Conversation, index: int) -> RouteResult:
-        """The decision stored for message ``index`` (a retried message id)."""
+    async def _stored_result(self, conv: _Conversation, record_id: str) -> RouteResult:
+        """The decision stored in message record ``record_id`` (a retried message id)."""
         await self._drain()
-        messages = self._messages
-        got = await self._db.on_store(
-            lambda: messages.get(ids=[f"{conv.id}/{index}"], include=["metadatas"])
-        )
-        md = got["metadatas"][0]
+        rec = await self._repo.message(record_id)
+        if rec is None:  # message_ids only holds records known to be stored
+            raise RuntimeError(f"message record {record_id!r} is missing")
+        md = rec.metadata
         decision = _decision_from_metadata(md)
-        topic = conv.state.branches[decision.branch].words.topic()
+        state = conv.state
+        index = branch_of(
+            dict(state.labels), len(state.branches), state.current, decision.branch, False
+        )
+        topic = state.branches[index].words.topic()
         return _result(conv.id, decision, topic, md["message_id"])
 
     # --- reading -------------------------------------------------------------
@@ -630,26 +643,22 @@ class RoutingEngine:
             return conv, infos, state.message_count, dict(conv.facts)
 
     async def _rows(self, cid: str, count: int) -> list[_Row]:
-        """The conversation's first ``count`` messages, in order (texts, no vectors)."""
+        """The conversation's first ``count`` messages, in order (texts, no vectors);
+        ``index`` is the position in that order."""
         await self._drain()
-        messages = self._messages
-        got = await self._db.on_store(
-            lambda: messages.get(where={"conversation": cid}, include=["metadatas", "documents"])
-        )
-        rows = [
-            _Row(
-                md["index"],
-                md["message_id"],
-                md["role"],
-                got["documents"][j] or "",
-                md["time"],
-                md["branch"],
-                md["action"],
+        got = await self._repo.messages(cid, embeddings=False)
+        rows = []
+        labels: dict[int, int] = {}
+        branches, current = 0, -1
+        for i, r in enumerate(sorted(got, key=lambda r: _order(r.metadata))[:count]):
+            md = r.metadata
+            new = bool(md["new_branch"])
+            current = branch_of(labels, branches, current, int(md["branch"]), new)
+            branches += new
+            rows.append(
+                _Row(i, md["message_id"], md["role"], r.document, md["time"], current, md["action"])
             )
-            for j, md in enumerate(got["metadatas"])
-            if md["index"] < count
-        ]
-        return sorted(rows, key=lambda r: r.index)
+        return rows
 
     async def branch_context(
         self, conversation_id: str, branch_id: str, *, max_messages: int = 0
@@ -713,14 +722,8 @@ class RoutingEngine:
             "extractor": extractor,
         }
         doc = json.dumps([asdict(f) for f in found])
-        branches = self._branches
-        await self._db.on_store(
-            lambda: branches.upsert(
-                ids=[f"{conversation_id}/{branch_id}"],
-                embeddings=[centroid],
-                metadatas=[md],
-                documents=[doc],
-            )
+        await self._repo.save_facts(
+            StoredRecord(f"{conversation_id}/{branch_id}", md, doc, centroid)
         )
         async with self._lock(conversation_id):
             conv.facts[index] = _StoredFacts(found, extractor, len(rows))
@@ -792,6 +795,6 @@ def _branch_info(cid: str, state: ConversationState, b: BranchState) -> BranchIn
     )
 
 
-def default_engine(db) -> RoutingEngine:
-    """A RoutingEngine over ``db`` with the fact extractor from the environment."""
-    return RoutingEngine(db, facts_llm=llm.LLMConfig.from_env())
+def default_engine(settings: Settings, repository: RoutingRepository) -> RoutingEngine:
+    """A RoutingEngine with the fact extractor from the environment."""
+    return RoutingEngine(settings, repository, facts_llm=llm.LLMConfig.from_env())

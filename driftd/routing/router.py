@@ -175,6 +175,26 @@ class ConversationState:
     seen_words: set[str] = field(default_factory=set)
     last_was_question: bool = False
     last_was_open: bool = False
+    #: Branch number in stored decisions -> index in ``branches`` (see :func:`branch_of`).
+    labels: dict[int, int] = field(default_factory=dict)
+
+
+def branch_of(labels: dict[int, int], count: int, current: int, label: int, new: bool) -> int:
+    """The index, among ``count`` branches so far, of the branch a stored decision
+    names by ``label``; records a new branch (``new``) in ``labels``.
+
+    One decider numbers branches 0, 1, ... and this is the identity. Should two
+    replicas briefly both decide for one conversation, both may create "branch
+    k": replayed in storage order, every new-branch decision gets the next index
+    and later references to ``k`` mean the latest branch created as ``k``; a
+    reference to a branch never created (or out of range) means the current one.
+    Deterministic, so every replica rebuilds the same branches.
+    """
+    if new:
+        labels[label] = count
+        return count
+    index = labels.get(label, label)
+    return index if 0 <= index < count else max(current, 0)
 
 
 def unit(vector) -> np.ndarray:
@@ -354,17 +374,27 @@ class Router:
         """Adds the message to the branch the decision names (creating it for
         BRANCH), makes that branch current and ``cfg`` the state's config.
         Returns the branch."""
+        parent = decision.previous_branch
+        if parent >= 0:  # before the new branch may take over its label
+            parent = branch_of(state.labels, len(state.branches), state.current, parent, False)
+        index = branch_of(
+            state.labels,
+            len(state.branches),
+            state.current,
+            decision.branch,
+            decision.is_new_branch,
+        )
         if decision.is_new_branch:
             branch = BranchState(
-                index=decision.branch,
-                parent=decision.previous_branch,
+                index=index,
+                parent=parent,
                 cluster=decision.cluster,
                 create_time=time,
                 total=np.zeros_like(x),
             )
             state.branches.append(branch)
         else:
-            branch = state.branches[decision.branch]
+            branch = state.branches[index]
         words = content_words(text)
         branch.total += x
         branch.count += 1

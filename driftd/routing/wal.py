@@ -10,6 +10,13 @@ pending records to Chroma (one ``upsert`` per batch), and every read of Chroma
 first drains what is pending. At start-up the log is replayed into Chroma
 (upserts are idempotent), so an acknowledged message survives a crash.
 
+Only with embedded Chroma: the log sits in the Chroma directory, on the same
+volume, and the one process that owns that directory replays it. With a Chroma
+server (``DRIFTD_CHROMA_URL``, several replicas) there is no log: a replica's
+local file would hide acknowledged messages from the other replicas until moved,
+and die with the pod, so each message is written to Chroma before it is
+acknowledged (see :class:`driftd.routing.engine.RoutingEngine`).
+
 Format: JSON lines ``{"id", "embedding" (base64 float32), "metadata",
 "document"}``. A torn last line (a crash mid-append) is skipped on replay.
 Blocking methods: the engine calls them on its own log thread.
@@ -22,26 +29,34 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+
+from driftd.store.system import StoredRecord
 
 log = logging.getLogger(__name__)
 
 
-def encode(record_id: str, embedding: np.ndarray, metadata: dict, document: str) -> dict:
-    """A log record; ``embedding`` (d,) is stored as float32."""
-    raw = np.asarray(embedding, dtype=np.float32).tobytes()
+def encode(record: StoredRecord) -> dict:
+    """A log line's JSON object for ``record`` (its embedding as base64 float32)."""
+    raw = np.asarray(record.embedding, dtype=np.float32).tobytes()
     return {
-        "id": record_id,
+        "id": record.id,
         "embedding": base64.b64encode(raw).decode("ascii"),
-        "metadata": metadata,
-        "document": document,
+        "metadata": record.metadata,
+        "document": record.document,
     }
 
 
-def decode_embedding(record: dict) -> np.ndarray:
-    """A record's embedding as a (d,) float32 array."""
-    return np.frombuffer(base64.b64decode(record["embedding"]), dtype=np.float32)
+def decode(line: dict) -> StoredRecord:
+    """The record of a log line's JSON object; its embedding (d,) float32."""
+    return StoredRecord(
+        line["id"],
+        line["metadata"],
+        line["document"],
+        np.frombuffer(base64.b64decode(line["embedding"]), dtype=np.float32),
+    )
 
 
 class WriteAheadLog:
@@ -54,24 +69,24 @@ class WriteAheadLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.appended = 0
-        self._file = None
+        self._file: BinaryIO | None = None
 
-    def _open(self):
+    def _open(self) -> BinaryIO:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
         return self._file
 
-    def append(self, record: dict) -> int:
+    def append(self, record: StoredRecord) -> int:
         """Writes and fsyncs one record; returns its 1-based number in the file."""
         f = self._open()
-        f.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        f.write(json.dumps(encode(record), separators=(",", ":")).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
         self.appended += 1
         return self.appended
 
-    def read(self) -> list[dict]:
+    def read(self) -> list[StoredRecord]:
         """Every complete record in the file, in order (torn lines skipped); sets
         ``appended`` to the file's line count, so replaying them all and calling
         :meth:`truncate` with that count empties the file."""
@@ -81,8 +96,8 @@ class WriteAheadLog:
         with open(self.path, "rb") as f:
             for n, line in enumerate(f, 1):
                 try:
-                    records.append(json.loads(line))
-                except ValueError:
+                    records.append(decode(json.loads(line)))
+                except (ValueError, KeyError):
                     log.warning("%s: skipping unreadable line %d (torn write)", self.path, n)
         self.appended = n
         return records

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+from typing import Any, cast
 
 import grpc
 import prometheus_client
@@ -19,11 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from driftd import metrics
-from driftd.behaviors.store import BehaviorStore
 from driftd.config import Settings
-from driftd.engine import AsyncDriftDB
+from driftd.engine.root import Driftd
 from driftd.errors import Unavailable
-from driftd.monitor.monitor import Monitor
 from driftd.server import reflection as commented_reflection
 from driftd.server.behavior_service import BehaviorServiceServicer
 from driftd.server.collection_service import CollectionServiceServicer
@@ -66,18 +65,28 @@ class BindError(OSError):
     """The gRPC address or the metrics port cannot be listened on."""
 
 
-class _EngineGate:
-    """Stands in for the engine in the servicers: forwards to it while it is
-    open and raises Unavailable (NOT_SERVING) before and after, so the servicers
-    can be registered before the server starts and storage opens."""
+class _Gate:
+    """Holds the composition root while it is open (None before and after)."""
 
     def __init__(self) -> None:
-        self.engine: AsyncDriftDB | None = None
+        self.root: Driftd | None = None
 
-    def __getattr__(self, name: str):
-        if self.engine is None:
+
+class _Late:
+    """Stands in for one part of the root (``root.{part}``) in a servicer:
+    forwards to it while the root is open and raises Unavailable (NOT_SERVING)
+    before and after, so the servicers can be registered before the server starts
+    and storage opens."""
+
+    def __init__(self, gate: _Gate, part: str) -> None:
+        self._gate = gate
+        self._part = part
+
+    def __getattr__(self, name: str) -> Any:
+        root = self._gate.root
+        if root is None:
             raise Unavailable("driftd is not serving: storage is not open (starting or stopping)")
-        return getattr(self.engine, name)
+        return getattr(getattr(root, self._part), name)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -114,26 +123,29 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         BindError: the address or the metrics port cannot be listened on.
         ConfigError: unsafe or invalid security settings (e.g. a non-loopback
             address with neither API keys nor TLS, without ``insecure``).
-        Exception: whatever ``AsyncDriftDB.open`` raises (storage cannot open).
+        Exception: whatever ``Driftd.open`` raises (storage cannot open).
     """
-    gate = _EngineGate()
-    security = build_security(settings, gate, _host(settings.address))
+    gate = _Gate()
+    # Typed as the parts they stand in for: the servicers only call their methods.
+    db, monitor, behaviors, routing = (
+        cast(Any, _Late(gate, part)) for part in ("db", "monitor", "behaviors", "routing")
+    )
+    security = build_security(settings, db, _host(settings.address))
     metrics.configure(collection_labels=settings.metrics_collection_labels)
     health_servicer = health.aio.HealthServicer()
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(), security.interceptor], options=server_options(settings)
     )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
-        CollectionServiceServicer(gate), server
+        CollectionServiceServicer(db), server
     )
-    point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(gate), server)
+    point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(db), server)
     # The monitor runs the online chapter detectors that DetectChapters(ONLINE) reads.
-    monitor = Monitor(gate)
-    flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(gate, monitor), server)
-    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServiceServicer(gate), server)
+    flow_pb2_grpc.add_FlowServiceServicer_to_server(FlowServiceServicer(db, monitor), server)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServiceServicer(routing), server)
     monitor_pb2_grpc.add_MonitorServiceServicer_to_server(MonitorServiceServicer(monitor), server)
     behavior_pb2_grpc.add_BehaviorServiceServicer_to_server(
-        BehaviorServiceServicer(BehaviorStore(gate)), server
+        BehaviorServiceServicer(behaviors), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     commented_reflection.enable(
@@ -177,7 +189,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
 
-    engine = None
+    root = None
     try:
         await server.start()
         if health_only is not None:
@@ -189,8 +201,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             settings.chroma_url or os.path.abspath(settings.chroma_path),
             f"port {settings.metrics_port}" if metrics_http else "off",
         )
-        engine = gate.engine = await AsyncDriftDB.open(settings)
-        await monitor.start()
+        root = gate.root = await Driftd.open(settings)
         for service in ("", *SERVICE_NAMES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("driftd ready")
@@ -200,14 +211,14 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     finally:
         logger.info("driftd stopping: draining RPCs for up to %gs", settings.grace_seconds)
         await health_servicer.enter_graceful_shutdown()
-        if engine is not None:
-            await monitor.stop()  # ends the watch streams, which would never drain
+        if root is not None:
+            await root.stop_watches()  # watch streams would never drain
         await server.stop(settings.grace_seconds)
         if health_only is not None:
             await health_only.stop(None)
-        gate.engine = None
-        if engine is not None:
-            await engine.close()
+        gate.root = None
+        if root is not None:
+            await root.aclose()
         if metrics_http is not None:
             # shutdown() blocks until the serving thread's poll loop notices.
             await asyncio.to_thread(metrics_http.shutdown)

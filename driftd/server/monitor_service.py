@@ -229,7 +229,9 @@ class MonitorServiceServicer(monitor_pb2_grpc.MonitorServiceServicer):
         )
 
     @maps_errors
-    async def WatchCollection(self, request, context) -> None:
+    # Streams with context.write (see below), which the generated stub's type
+    # (a response iterator) does not describe.
+    async def WatchCollection(self, request, context) -> None:  # type: ignore[override]
         """Writes events as they come. Written with ``context.write`` rather than
         as a generator so that a write blocked by a slow client can be abandoned
         when the watcher falls too far behind (the status then follows the

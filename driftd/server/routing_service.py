@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from driftd.convert import optional_time
-from driftd.engine import AsyncDriftDB
 from driftd.routing import convert
-from driftd.routing.engine import DEFAULT_PAGE_SIZE, RoutingEngine, default_engine
+from driftd.routing.engine import DEFAULT_PAGE_SIZE, RoutingEngine
 from driftd.server.status import maps_errors
 from driftd.v1 import routing_pb2, routing_pb2_grpc
 
@@ -16,19 +15,12 @@ class RoutingServiceServicer(routing_pb2_grpc.RoutingServiceServicer):
     """Translates RoutingService RPCs to :class:`RoutingEngine` calls; errors map
     via :func:`driftd.server.status.maps_errors`.
 
-    The routing engine is built on the first RPC, over the same engine (gate)
-    the other servicers use, so it needs nothing until storage is open.
+    ``routing`` may be the server's stand-in that raises Unavailable while
+    storage is not open.
     """
 
-    def __init__(self, engine: AsyncDriftDB) -> None:
-        self._db = engine
-        self._engine: RoutingEngine | None = None
-
-    @property
-    def _routing(self) -> RoutingEngine:
-        if self._engine is None:
-            self._engine = default_engine(self._db)
-        return self._engine
+    def __init__(self, routing: RoutingEngine) -> None:
+        self._routing = routing
 
     @maps_errors
     async def RouteMessage(self, request, context) -> routing_pb2.RouteMessageResponse:

@@ -97,6 +97,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception, where: str) -
     else:
         logger.debug("%s: %s %r", where, code_pb2.Code.Name(status.code), exc)
     await context.abort_with_status(rpc_status.to_status(status))
+    raise RuntimeError("abort_with_status returned")  # it raises AbortError
 
 
 def maps_errors(method: Method) -> Method:

@@ -19,17 +19,21 @@ concurrent writer overwrote: see :meth:`ChromaStore.commit`.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time as _time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Literal
 
 import chromadb
 import chromadb.config
 import chromadb.errors
 import numpy as np
+from chromadb.api.collection_configuration import CreateCollectionConfiguration
+from chromadb.base_types import LiteralValue, LogicalOperator, Where, WhereOperator
 
 from driftd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
@@ -154,6 +158,18 @@ class Record:
     vector: np.ndarray | None
 
 
+def hnsw_config(space: str) -> CreateCollectionConfiguration:
+    """A collection configuration for Chroma's HNSW index in ``space`` ("cosine",
+    "l2" or "ip"). Raises ValueError for another space."""
+    if space == "cosine":
+        return {"hnsw": {"space": "cosine"}}
+    if space == "l2":
+        return {"hnsw": {"space": "l2"}}
+    if space == "ip":
+        return {"hnsw": {"space": "ip"}}
+    raise ValueError(f"not a Chroma space: {space!r}")
+
+
 def parse_time_value(value: object) -> float | None:
     """A stored time (number of epoch seconds, or RFC 3339 string) as epoch seconds."""
     if isinstance(value, bool) or value is None:
@@ -189,19 +205,19 @@ class ChromaStore:
             from urllib.parse import urlparse
 
             u = urlparse(url)
-            auth = (
-                {
-                    "chroma_client_auth_provider": _TOKEN_AUTH_PROVIDER,
-                    "chroma_client_auth_credentials": token,
-                }
+            settings = (
+                chromadb.config.Settings(
+                    chroma_client_auth_provider=_TOKEN_AUTH_PROVIDER,
+                    chroma_client_auth_credentials=token,
+                )
                 if token
-                else {}
+                else chromadb.config.Settings()
             )
             self.client = chromadb.HttpClient(
                 host=u.hostname or "localhost",
                 port=u.port or 8000,
                 ssl=u.scheme == "https",
-                settings=chromadb.config.Settings(**auth),
+                settings=settings,
             )
             self.location = url
         else:
@@ -253,7 +269,7 @@ class ChromaStore:
         col = self.client.create_collection(
             meta.name,
             metadata=meta.to_metadata(),
-            configuration={"hnsw": {"space": meta.distance}},
+            configuration=hnsw_config(meta.distance),
             embedding_function=None,
         )
         return replace(meta, uid=str(col.id))
@@ -277,7 +293,7 @@ class ChromaStore:
         if self._journal is None:
             return SeenWrites()
         now = _time.time()
-        return SeenWrites(self._journal_ids(meta.uid, now - _JOURNAL_SKEW), now)
+        return SeenWrites(frozenset(self._journal_ids(meta.uid, now - _JOURNAL_SKEW)), now)
 
     def commit(
         self, meta: StoredCollection, version: int, seen: SeenWrites
@@ -307,7 +323,9 @@ class ChromaStore:
         now = _time.time()
         entry = f"{meta.uid}/{new.write_id}"
         self._journal.add(
-            ids=[entry], embeddings=[[0.0]], metadatas=[{"collection": meta.uid, "time": now}]
+            ids=[entry],
+            embeddings=np.zeros((1, 1), dtype=np.float32),
+            metadatas=[{"collection": meta.uid, "time": now}],
         )
         ids = self._journal_ids(meta.uid, seen.at - _JOURNAL_SKEW)
         others = ids - seen.ids - {entry}
@@ -325,16 +343,14 @@ class ChromaStore:
             col.modify(metadata={**(col.metadata or {}), **new.to_metadata()})
             return new, None
         if now - self._pruned.setdefault(meta.uid, now) > _JOURNAL_KEEP:
-            self._journal.delete(
-                where={"$and": [{"collection": meta.uid}, {"time": {"$lt": now - _JOURNAL_KEEP}}]}
-            )
+            self._journal.delete(where=_journal_where(meta.uid, "$lt", now - _JOURNAL_KEEP))
             self._pruned[meta.uid] = now
         return new, SeenWrites(frozenset(ids), now)
 
     def _journal_ids(self, uid: str, since: float) -> set[str]:
-        got = self._journal.get(
-            where={"$and": [{"collection": uid}, {"time": {"$gte": since}}]}, include=[]
-        )
+        if self._journal is None:
+            return set()
+        got = self._journal.get(where=_journal_where(uid, "$gte", since), include=[])
         return set(got["ids"])
 
     def attach(
@@ -391,7 +407,7 @@ class ChromaStore:
             if cols.series[i]:
                 md[meta.series_key] = cols.series[i]
             metadatas.append(md)
-        written: list[str] = []
+        written: builtins.list[str] = []
         step = self.max_batch_size
         try:
             for lo in range(0, len(cols.ids), step):
@@ -472,7 +488,7 @@ class ChromaStore:
 
     def query(
         self, meta: StoredCollection, vector: np.ndarray, k: int, where: dict | None
-    ) -> list[tuple[str, float]]:
+    ) -> builtins.list[tuple[str, float]]:
         """Approximate k nearest (Chroma's HNSW) as ``(id, distance)``, nearest first."""
         col = self._chroma(meta.name)
         got = col.query(
@@ -486,6 +502,14 @@ class ChromaStore:
     def ids_where(self, meta: StoredCollection, where: dict) -> set[str]:
         """Ids of the records whose metadata matches a Chroma ``where`` filter."""
         return set(self._chroma(meta.name).get(where=where, include=[])["ids"])
+
+
+def _journal_where(uid: str, op: Literal["$lt", "$gte"], seconds: float) -> Where:
+    """The journal entries of collection ``uid`` whose time is ``op`` ``seconds``."""
+    of_collection: Where = {"collection": uid}
+    bound: dict[WhereOperator | LogicalOperator, LiteralValue] = {op: seconds}
+    in_time: Where = {"time": bound}
+    return {"$and": [of_collection, in_time]}
 
 
 def payload_where(payload_filter: dict) -> dict | None:

@@ -3,12 +3,16 @@ behaviour on small hand-made vectors and texts."""
 
 from __future__ import annotations
 
+from time import time_ns
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from driftd.errors import InvalidArgument
 from driftd.routing import llm
-from driftd.routing.engine import merge_config
+from driftd.routing.engine import merge_config, message_key
 from driftd.routing.facts import SourceMessage, extract_facts
 from driftd.routing.router import ConversationState, Router, RoutingConfig, unit
 from driftd.routing.text import TopicCounter, content_words, open_question, return_cue, shift_cue
@@ -160,3 +164,39 @@ def test_bad_config(changes, field, reason):
         merge_config(RoutingConfig(), changes)
     assert exc.value.reason == reason
     assert [v.field for v in exc.value.field_violations] == [field]
+
+
+# --- two deciders for one conversation (issue 15) ----------------------------
+
+
+def _interleaved(seed: int, n: int):
+    """Two routers deciding for one conversation, each on its own stale state,
+    their messages interleaved in storage order: (decision, vector) pairs."""
+    rng = np.random.default_rng(seed)
+    states = [ConversationState(), ConversationState()]
+    stored = []
+    for _ in range(n):
+        x = unit(E[int(rng.integers(0, 4))] + rng.normal(0, 0.3, 8))
+        stored.append((route(states[int(rng.integers(0, 2))], "user", x, "a b c"), x))
+    return stored
+
+
+@given(st.integers(0, 10_000), st.integers(1, 40))
+def test_colliding_branch_numbers_replay_to_distinct_branches(seed, n):
+    stored = _interleaved(seed, n)
+    replayed = ConversationState()
+    for d, x in stored:
+        Router().apply(replayed, replayed.config, d, x, "a b c", 0.0)
+    assert replayed.message_count == n
+    assert [b.index for b in replayed.branches] == list(range(len(replayed.branches)))
+    assert len(replayed.branches) == sum(d.is_new_branch for d, _ in stored)
+    assert sum(b.count for b in replayed.branches) == n
+    assert all(-1 <= b.parent < len(replayed.branches) for b in replayed.branches)
+
+
+def test_message_keys_are_unique_and_ordered_after_a_later_clock():
+    ahead = f"{time_ns() + 3_600_000_000_000:016x}" + "0" * 16  # another replica, 1 h ahead
+    keys = [message_key()] + [message_key(ahead) for _ in range(1000)]
+    assert len(set(keys)) == len(keys)
+    assert keys[1:] == sorted(keys[1:])
+    assert all(len(k) == 32 and k > ahead for k in keys[1:])

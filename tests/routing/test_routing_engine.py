@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from driftd.config import Settings
-from driftd.engine import AsyncDriftDB
-from driftd.routing.engine import MESSAGES, RoutingEngine
+from driftd.routing.engine import RoutingEngine
+from driftd.store.routing import ChromaRoutingRepository
+from driftd.store.runner import StoreRunner
 
 TOPICS = {
     "pets": ["I want to adopt a puppy.", "Which breeds are calm with children?"],
@@ -18,8 +19,10 @@ TOPICS = {
 
 
 async def test_evicted_conversations_reload_to_the_same_state(tmp_path):
-    db = await AsyncDriftDB.open(Settings(chroma_path=str(tmp_path), workers=1))
-    engine = RoutingEngine(db, max_conversations=1)
+    settings = Settings(chroma_path=str(tmp_path), workers=1)
+    store = await StoreRunner.open(path=settings.chroma_path)
+    repo = ChromaRoutingRepository(store)
+    engine = RoutingEngine(settings, repo, max_conversations=1)
     try:
         for text in TOPICS["pets"]:
             await engine.route("pets", role="user", content=text)
@@ -36,6 +39,6 @@ async def test_evicted_conversations_reload_to_the_same_state(tmp_path):
         assert nxt.message_id == "m2"
     finally:
         await engine.aclose()
-        stored = await db.on_store(lambda: db.chroma.get_collection(MESSAGES).count())
-        await db.close()
-    assert stored == 7
+        stored = [len(await repo.messages(c, embeddings=False)) for c in TOPICS]
+        await store.aclose()
+    assert stored == [3, 2, 2]

@@ -3,7 +3,7 @@ embedded Chroma directory, every RPC through the generated stubs, with error
 details, cancellation, health, reflection, metrics, the message-size limit,
 port conflicts and a SIGTERM shutdown of ``run()`` in a subprocess.
 
-The only interference is a gate in front of ``AsyncDriftDB.open`` (the real
+The only interference is a gate in front of ``Driftd.open`` (the real
 open runs once the gate is released) so the not-yet-ready state is observable.
 """
 
@@ -31,7 +31,7 @@ from support import free_port
 
 from driftd import convert
 from driftd.config import Settings
-from driftd.engine import AsyncDriftDB
+from driftd.engine.root import Driftd
 from driftd.server.app import SERVICE_NAMES, BindError, serve
 from driftd.v1 import (
     collection_pb2,
@@ -69,7 +69,7 @@ class Stubs:
 
 @pytest.fixture(scope="module")
 async def live(tmp_path_factory):
-    """serve() in this event loop, with AsyncDriftDB.open held until open_gate is set."""
+    """serve() in this event loop, with Driftd.open held until open_gate is set."""
     root = tmp_path_factory.mktemp("server-smoke")
     settings = Settings(
         address=f"127.0.0.1:{free_port()}",
@@ -80,14 +80,14 @@ async def live(tmp_path_factory):
         grace_seconds=2.0,
     )
     open_gate, ready = asyncio.Event(), asyncio.Event()
-    real_open = AsyncDriftDB.open.__func__
+    real_open = Driftd.open.__func__
 
     async def gated_open(cls, settings=None):
         await open_gate.wait()
         return await real_open(cls, settings)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(AsyncDriftDB, "open", classmethod(gated_open))
+        mp.setattr(Driftd, "open", classmethod(gated_open))
         task = asyncio.create_task(serve(settings, ready=ready))
         try:
             yield Live(

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test demo proto lint typecheck bench bench-drift bench-flow bench-routing bench-security clean clients clients-check buf-check release-image deploy-check grpcurl-check
+.PHONY: run test faults demo proto lint typecheck bench bench-drift bench-flow bench-routing bench-security clean clients clients-check buf-check release-image deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: $(STAMP)
 ## test: the whole test suite (real server on loopback, real Chroma, real model)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## faults: the fault suite (runaway and abandoned pool work, SIGTERM, Chroma server down,
+## full volume, kill -9 during writes, plain scripts); also part of `make test`
+faults: $(STAMP)
+	$(PY) -m pytest -q tests/faults tests/integration/test_crash_recovery.py tests/engine/test_plain_script.py
 
 ## demo: stream the State of the Union paragraphs through the gRPC API and print the flow
 demo: $(STAMP)

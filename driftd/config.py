@@ -71,6 +71,16 @@ class Settings:
     )
     max_steps: int = field(default=10_000, metadata={"help": "SimulatePaths steps per path"})
     max_paths: int = field(default=64, metadata={"help": "SimulatePaths paths per call"})
+    max_substeps_per_step: int = field(
+        default=1_000,
+        metadata={
+            "help": "SimulatePaths RK4 sub-steps per step: step_duration / the flow's time scale"
+        },
+    )
+    max_simulation_substeps: int = field(
+        default=1_000_000,
+        metadata={"help": "SimulatePaths RK4 sub-steps per call: steps x paths x per step"},
+    )
     max_seeds: int = field(default=1_024, metadata={"help": "FindAttractors seeds"})
     ensemble_size: int = field(
         default=8,
@@ -80,7 +90,24 @@ class Settings:
         },
     )
     max_bootstrap: int = field(default=64, metadata={"help": "FindAttractors bootstrap refits"})
+    max_attractor_work: int = field(
+        default=16_384, metadata={"help": "FindAttractors seeds x bootstrap refits"}
+    )
     max_top_k: int = field(default=1_000, metadata={"help": "SearchPoints results"})
+    max_chapter_points: int = field(
+        default=100_000, metadata={"help": "DetectChapters (OFFLINE) points per selection"}
+    )
+    storage_reserve_bytes: int = field(
+        default=64 << 20,
+        metadata={
+            "help": "free bytes an embedded Chroma volume keeps: writes that would go "
+            "below answer RESOURCE_EXHAUSTED/STORAGE_FULL"
+        },
+    )
+    readiness_interval_seconds: float = field(
+        default=5.0,
+        metadata={"help": "seconds between storage heartbeats behind readiness health"},
+    )
     grace_seconds: float = field(
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )

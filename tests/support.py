@@ -195,10 +195,11 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
 
 
 class ChromaServer:
-    """``chroma run`` (the chromadb package's CLI) on a loopback port."""
+    """``chroma run`` (the chromadb package's CLI) on a loopback port (``port``,
+    to restart one where its clients expect it; default a free one)."""
 
-    def __init__(self, path: Path, log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, path: Path, log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         chroma = Path(sys.executable).parent / "chroma"

@@ -75,6 +75,9 @@ class _Collection:
     cache: TrajectoryCache | None = None
     #: Server mode: the write journal's entries that ``cache`` reflects.
     seen: SeenWrites = field(default_factory=SeenWrites)
+    #: Attached collections: Chroma's record count that ``cache`` reflects; another
+    #: client's writes change it (-1: not read).
+    stored_count: int = -1
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -130,8 +133,8 @@ class EngineCore:
     async def close(self) -> None:
         """Stops the pool (and the store thread, if this engine opened it). Idempotent."""
         if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown)
         if self._owns_store:
             await self._runner.aclose()
         self._embed_thread.shutdown(wait=False, cancel_futures=True)
@@ -170,19 +173,29 @@ class EngineCore:
         """The collection's state. With a shared Chroma server other replicas may
         write too, so there its settings are re-read on every call (one small
         request) and a write id or incarnation other than the cached one drops the
-        cached trajectory and flow model."""
+        cached trajectory and flow model. An attached collection may also take
+        writes from its owner's own Chroma clients, which driftd's write ids do not
+        see: there a record count other than the cached one drops the cache too
+        (one ``count`` per call; an overwrite that keeps the count is not noticed)."""
         v.check_collection_id(name, "name")
         coll = self._collections.get(name)
-        if coll is not None and not self.settings.chroma_url:
-            return coll
-        try:
-            meta = await self._runner.call(lambda: self._store.get(name))
-        except NotFound:
-            gone = self._collections.pop(name, None)
-            if gone is not None:
-                self.events.drop(name, gone.meta.uid)  # deleted through another replica
-            raise
-        return self._current(meta)
+        if coll is None or self.settings.chroma_url:
+            try:
+                meta = await self._runner.call(lambda: self._store.get(name))
+            except NotFound:
+                gone = self._collections.pop(name, None)
+                if gone is not None:
+                    self.events.drop(name, gone.meta.uid)  # deleted through another replica
+                raise
+            coll = self._current(meta)
+        if coll.meta.attached and coll.cache is not None:
+            attached = coll.meta
+            count = await self._runner.call(lambda: self._store.count(attached))
+            if count != coll.stored_count:
+                log.info("%s: written by another Chroma client: reloading", name)
+                self._invalidate(coll)
+                coll = self._collections[name]
+        return coll
 
     def _current(self, meta: StoredCollection) -> _Collection:
         """The state for settings just read from Chroma: a cached state of another
@@ -194,6 +207,16 @@ class EngineCore:
                 self.events.drop(meta.name, coll.meta.uid)
             coll = self._collections[meta.name] = _Collection(meta)
         return coll
+
+    def _commit(
+        self, coll: _Collection, version: int
+    ) -> tuple[StoredCollection, SeenWrites | None]:
+        """:meth:`ChromaStore.commit` of a write to ``coll`` (on the store thread);
+        for an attached collection the record count it leaves is noted too."""
+        meta, seen = self._store.commit(coll.meta, version, coll.seen)
+        if meta.attached:
+            coll.stored_count = self._store.count(meta)
+        return meta, seen
 
     def _invalidate(self, coll: _Collection) -> None:
         """Drops a cache that misses another replica's concurrent write (see
@@ -210,15 +233,16 @@ class EngineCore:
                 meta = coll.meta
                 t0 = time.perf_counter()
 
-                def load() -> tuple[TrajectoryCache, SeenWrites]:
+                def load() -> tuple[TrajectoryCache, SeenWrites, int]:
                     seen = self._store.seen_writes(meta)  # before the points it covers
+                    count = self._store.count(meta) if meta.attached else -1  # likewise
                     cache = TrajectoryCache(meta.dimension, meta.version)
                     for cols in self._store.iter_load(meta):
                         cache.upsert(cols, meta.version)
                     memory.trim()  # Chroma's pages of embeddings, now in the cache
-                    return cache, seen
+                    return cache, seen, count
 
-                cache, coll.seen = await self._runner.call(load)
+                cache, coll.seen, coll.stored_count = await self._runner.call(load)
                 coll.cache = cache
                 metrics.set_cached_points(meta.name, len(cache))
                 log.info(

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # A path's first chunk is one step (the first step streams after ~1/50 of a chunk's
 # work), and each next one doubles, up to SIM_CHUNK_STEPS.
 SIM_CHUNK_STEPS = 50
+#: The last second a Timestamp can hold (9999-12-31T23:59:59Z), in epoch seconds: a
+#: simulated path stops there with stop_reason "time_limit".
+MAX_EPOCH_SECONDS = 253_402_300_799
 
 
 class FlowMixin(EngineCore):
@@ -171,11 +174,20 @@ class FlowMixin(EngineCore):
         path's start): the refits' mean position and the radius holding
         ``band_coverage`` of them. Computed in the pool in chunks of 1, 2, 4, ... up to
         SIM_CHUNK_STEPS steps, so the first step comes at once and closing the
-        generator stops the work within one chunk.
+        generator stops the work within one chunk (a cancelled chunk stops at once:
+        :mod:`driftd.flow.worker`).
 
-        Raises NotFound, InvalidArgument (limits, start, dt_seconds <= 0,
-        band_coverage outside (0, 1)), FailedPrecondition (NOT_ENOUGH_POINTS,
-        NO_EMBED_MODEL).
+        The work is bounded before any is done: each step is integrated in RK4
+        sub-steps of at most the model's time scale, so a step takes at least
+        ceil(dt / time_scale) of them; that must stay within
+        ``settings.max_substeps_per_step`` and steps x paths x that within
+        ``settings.max_simulation_substeps``. A path whose next step would pass
+        9999-12-31T23:59:59Z (the last Timestamp) ends before it with stop_reason
+        "time_limit".
+
+        Raises NotFound, InvalidArgument (limits, LIMIT_EXCEEDED for the work
+        bounds, start, dt_seconds <= 0, band_coverage outside (0, 1)),
+        FailedPrecondition (NOT_ENOUGH_POINTS, NO_EMBED_MODEL).
         """
         v.check_range(steps, 1, self.settings.max_steps, "steps")
         v.check_range(paths, 1, self.settings.max_paths, "paths")
@@ -196,12 +208,17 @@ class FlowMixin(EngineCore):
         row = cache.row_of(point_id) if point_id else None
         t_start = cache.time_of_row(row) if row is not None else time.time()
         dt = float(dt_seconds) if dt_seconds else float(model.field.time_scale_)
+        room = (MAX_EPOCH_SECONDS - t_start) // dt
+        time_limited = room < steps
+        steps = int(max(0, min(steps, room)))
+        if steps:
+            self._check_simulation_work(steps, paths, dt, float(model.field.time_scale_))
         starts = await self.pool.on_model("starts", model, x0, paths, seed)
         cosine = coll.meta.distance == "cosine"
         for path, x in enumerate(starts):
             done, state, size = 0, None, 1
             while True:
-                n = min(size, steps - done)
+                n = min(size, steps - done)  # 0: only the start, before the time limit
                 size = min(2 * size, SIM_CHUNK_STEPS)
                 chunk = await self.pool.on_model(
                     "simulate",
@@ -217,6 +234,9 @@ class FlowMixin(EngineCore):
                 traj = chunk.trajectory
                 last = len(traj.positions) - 1
                 finished = traj.stop_reason != "steps" or done + last >= steps
+                reason = traj.stop_reason
+                if reason == "steps" and time_limited:
+                    reason = "time_limit"
                 # A chunk starts where the previous one ended: emit that position once.
                 for i in range(0 if done == 0 else 1, last + 1):
                     nearest = int(chunk.nearest[i])
@@ -233,7 +253,7 @@ class FlowMixin(EngineCore):
                         ),
                         support=float(traj.support[i]),
                         in_support=bool(chunk.in_support[i]),
-                        stop_reason=traj.stop_reason if finished and i == last else "",
+                        stop_reason=reason if finished and i == last else "",
                         ensemble_position=traj.ensemble_positions[i],
                         band_radius=float(traj.band_radius[i]),
                     )
@@ -241,6 +261,32 @@ class FlowMixin(EngineCore):
                 if finished:
                     break
                 x, state = traj.positions[-1], traj.ensemble_state
+
+    def _check_simulation_work(self, steps: int, paths: int, dt: float, time_scale: float):
+        """Raises InvalidArgument(LIMIT_EXCEEDED) when a simulation of ``steps`` x
+        ``paths`` steps of ``dt`` seconds needs more RK4 sub-steps (each at most
+        ``time_scale`` seconds) than the settings allow."""
+        per_step = int(np.ceil(dt / time_scale * (1 - 1e-12)))
+        limit = self.settings.max_substeps_per_step
+        if per_step > limit:
+            raise InvalidArgument(
+                f"a step of {dt:g} s needs {per_step} integration sub-steps of at most "
+                f"{time_scale:g} s (the flow's time scale); the limit is {limit}",
+                reason="LIMIT_EXCEEDED",
+                field_violations=[
+                    FieldViolation("step_duration", f"must be at most {limit * time_scale:g} s")
+                ],
+                metadata={"limit": limit, "substeps_per_step": per_step},
+            )
+        total, limit = steps * paths * per_step, self.settings.max_simulation_substeps
+        if total > limit:
+            raise InvalidArgument(
+                f"steps x paths x sub-steps per step = {steps} x {paths} x {per_step} = "
+                f"{total} integration sub-steps; the limit is {limit}",
+                reason="LIMIT_EXCEEDED",
+                field_violations=[FieldViolation("steps", "too much work with these paths")],
+                metadata={"limit": limit, "substeps": total},
+            )
 
     async def _attractors(
         self,
@@ -281,12 +327,27 @@ class FlowMixin(EngineCore):
         (2 to ``settings.max_bootstrap``; None: the server's ensemble of
         ``settings.ensemble_size``) measure each one's reproducibility.
 
-        Raises NotFound, InvalidArgument (limits), FailedPrecondition (NOT_ENOUGH_POINTS).
+        Raises NotFound, InvalidArgument (limits; LIMIT_EXCEEDED when seeds x
+        refits passes ``settings.max_attractor_work``), FailedPrecondition
+        (NOT_ENOUGH_POINTS).
         """
         v.check_range(seeds, 1, self.settings.max_seeds, "seeds")
         v.check_range(representatives, 0, 100, "representatives")
         if bootstrap is not None:
             v.check_range(bootstrap, 2, self.settings.max_bootstrap, "bootstrap")
+        # Each seed is relaxed once and each fixed point it finds is looked for in
+        # every refit: the work grows like seeds x refits.
+        work, limit = (
+            seeds * (bootstrap or self.settings.ensemble_size),
+            self.settings.max_attractor_work,
+        )
+        if work > limit:
+            raise InvalidArgument(
+                f"seeds x bootstrap = {work}; the limit is {limit}",
+                reason="LIMIT_EXCEEDED",
+                field_violations=[FieldViolation("seeds", "too much work with this bootstrap")],
+                metadata={"limit": limit, "work": work},
+            )
         coll = await self._collection(name)
         model = await self._model(coll)
         out = await self._attractors(coll, model, seeds, seed, representatives, bootstrap)
@@ -348,7 +409,12 @@ class FlowMixin(EngineCore):
     ) -> ChapterSet:
         """Chapters (regimes) of the timeline by change-point detection (ruptures PELT).
 
-        Raises NotFound, InvalidArgument (limits), FailedPrecondition (NOT_ENOUGH_POINTS).
+        The search runs in ruptures' compiled solver, which cannot stop half-way
+        (measured: 1.7 s at 5k points, 5.7 s at 20k, 17.7 s at 50k, d = 384): its
+        work is bounded up front by ``settings.max_chapter_points`` selected points.
+
+        Raises NotFound, InvalidArgument (limits; LIMIT_EXCEEDED for a selection
+        over ``settings.max_chapter_points``), FailedPrecondition (NOT_ENOUGH_POINTS).
         """
         v.check_range(min_size, 2, 10_000, "min_size")
         v.check_range(representatives, 0, 100, "representatives")
@@ -363,6 +429,15 @@ class FlowMixin(EngineCore):
         positions = snap.select(start, end, series)
         if len(positions) < 2 * min_size:
             raise _not_enough(2 * min_size, len(positions), what="points in the selection")
+        limit = self.settings.max_chapter_points
+        if len(positions) > limit:
+            raise InvalidArgument(
+                f"{len(positions)} points selected; chapters are searched in at most {limit}: "
+                "narrow time_range or series",
+                reason="LIMIT_EXCEEDED",
+                field_violations=[FieldViolation("time_range", f"at most {limit} points")],
+                metadata={"limit": limit, "selected": len(positions)},
+            )
         # np.take lets the GIL go while it copies (fancy indexing held it ~50 ms at 100k).
         X = await asyncio.to_thread(np.take, coll.loaded.vectors, snap.rows[positions], 0)
         cosine = coll.meta.distance == "cosine"

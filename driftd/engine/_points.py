@@ -16,6 +16,7 @@ from driftd.engine import validate as v
 from driftd.engine._core import EngineCore, _utc
 from driftd.engine.cache import TrajectoryCache
 from driftd.errors import (
+    DriftdError,
     FailedPrecondition,
 )
 from driftd.store.chroma import (
@@ -87,6 +88,11 @@ class PointsMixin(EngineCore):
                 )
             vectors[batch.to_embed] = embedded
         await self._loaded(coll)
+        # What the write adds to the volume, roughly: vectors, texts, payloads.
+        batch_bytes = vectors.nbytes + sum(
+            len(p.text or "") + len(repr(p.payload)) + len(p.id) for p in batch.points
+        )
+        await self._runner.check_room(batch_bytes)
         async with coll.write_lock:
             version = coll.meta.version + 1
             cols = Columns(
@@ -103,10 +109,21 @@ class PointsMixin(EngineCore):
             )
 
             def write() -> tuple[StoredCollection, SeenWrites | None]:
-                self._store.upsert(coll.meta, cols)
-                return self._store.commit(coll.meta, version, coll.seen)
+                self._store.upsert(coll.meta, cols)  # durable (verified) once it returns
+                try:
+                    return self._commit(coll, version)
+                except Exception:
+                    # The points are stored: acknowledge them; the cache reloads.
+                    log.warning(
+                        "%s: version not recorded after a durable write", name, exc_info=True
+                    )
+                    return coll.meta, None
 
-            coll.meta, seen = await self._runner.call(write)
+            try:
+                coll.meta, seen = await self._runner.call(write)
+            except DriftdError:
+                self._invalidate(coll)  # the store may hold part of what failed
+                raise
             if seen is None:
                 self._invalidate(coll)
             else:
@@ -156,7 +173,7 @@ class PointsMixin(EngineCore):
 
             def write() -> tuple[StoredCollection, SeenWrites | None]:
                 self._store.delete_points(coll.meta, present)
-                return self._store.commit(coll.meta, version, coll.seen)
+                return self._commit(coll, version)
 
             coll.meta, seen = await self._runner.call(write)
             if seen is None:

@@ -4,22 +4,37 @@ grpc.aio and Chroma's Rust core are not fork-safe (grpc/grpc#19793), so workers
 come from a forkserver that preloads the flow package and nothing else. Big
 arrays reach them through shared memory (:mod:`driftd.flow.shared`), so that
 submitting a task never stalls the event loop.
+
+Abandoned work stops: a task whose awaiting coroutine is cancelled (client
+cancel, deadline, shutdown) gets its cancel flag set and stops at the math's
+next :func:`driftd.flow.worker.checkpoint`; :meth:`MathPool.shutdown` kills a
+worker that still runs after SHUTDOWN_SECONDS.
+
+Workers never run the user's ``__main__``. multiprocessing prepares every child
+by re-running the parent's main script (``spawn.prepare`` ->
+``_fixup_main_from_path``) so that functions defined there unpickle; for a
+plain script that calls ``DriftDB(...)`` at top level that re-ran the script in
+each worker, which tried to start a pool of its own and died
+(BrokenProcessPool). Our tasks are all module-level functions of driftd, so the
+pool's processes (named WORKER_NAME-*) are launched without the main-module
+entries of their preparation data (:func:`_without_main`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import multiprocessing
-import os
+import time
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import context, spawn
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
-import threadpoolctl
 
-from driftd.flow import shared, tasks
+from driftd.flow import shared, tasks, worker
 from driftd.metrics import POOL_QUEUE_DEPTH
 
 log = logging.getLogger(__name__)
@@ -27,7 +42,15 @@ log = logging.getLogger(__name__)
 #: Array arguments of at least this many bytes travel through shared memory.
 SHARE_BYTES = 1 << 20
 #: Added to the workers' nice value (os.nice): they run below the server's threads.
-WORKER_NICENESS = 10
+WORKER_NICENESS = worker.NICENESS
+#: Name prefix of the pool's worker processes (ps, and :func:`_without_main`).
+WORKER_NAME = "driftd-math"
+#: Tasks in flight with a cancel flag each; more run without one (never seen: the
+#: pool has at most a few workers and a queue of awaited tasks).
+CANCEL_SLOTS = 4096
+#: Seconds a shutdown waits for workers to finish (cancelled tasks stop at their next
+#: checkpoint) before it kills them.
+SHUTDOWN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -42,24 +65,59 @@ class Rows:
     index: np.ndarray
 
 
-def _init_worker() -> None:
-    # One BLAS thread per worker: with several workers on few cores, OpenBLAS's
-    # spinning threads made a 20k-point fit 10x slower (48 s instead of 4.5 s).
-    threadpoolctl.threadpool_limits(1)
-    # Math is batch work; the server's event loop is latency work. With every core
-    # busy, equal-priority workers made the loop wait for time slices: health-check
-    # p99 19.7 ms instead of 6.2 ms (bench/flow/serving.py, 20k points, 2 cores).
-    os.nice(WORKER_NICENESS)
+def _without_main(get_preparation_data):
+    """``spawn.get_preparation_data`` that leaves out, for the pool's own processes
+    only, the entries telling the child to re-run the parent's main module."""
+
+    @functools.wraps(get_preparation_data)
+    def prepare(name):
+        data = get_preparation_data(name)
+        if str(name).startswith(WORKER_NAME):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    prepare.driftd = True  # type: ignore[attr-defined]
+    return prepare
+
+
+# popen_forkserver looks the function up on the module at each launch.
+if not getattr(spawn.get_preparation_data, "driftd", False):
+    spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
+
+
+class _Context(context.ForkServerContext):
+    """The forkserver context, with processes named WORKER_NAME-n and remembered, so
+    that shutdown can kill those that outlive it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: weakref.WeakSet = weakref.WeakSet()
+        self._count = 0
+
+    # A method where typeshed declares a class attribute: the executor only calls it.
+    def Process(self, *args, **kwargs):  # type: ignore[override]  # noqa: N802
+        self._count += 1
+        kwargs["name"] = f"{WORKER_NAME}-{self._count}"
+        process = context.ForkServerProcess(*args, **kwargs)
+        self.started.add(process)
+        return process
 
 
 class MathPool:
     """Runs flow tasks in worker processes, awaitable from the event loop."""
 
     def __init__(self, workers: int) -> None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["driftd.flow.tasks"])
+        self._ctx = _Context()
+        self._ctx.set_forkserver_preload(["driftd.flow.tasks"])
+        # Shared with the workers by inheritance (pickled at their start-up).
+        self._flags = self._ctx.RawArray("B", CANCEL_SLOTS)
+        self._free = list(range(CANCEL_SLOTS))
         self._executor = ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_init_worker
+            max_workers=workers,
+            mp_context=self._ctx,
+            initializer=worker.init,
+            initargs=(self._flags,),
         )
         self._pending = 0
 
@@ -78,12 +136,22 @@ class MathPool:
         try:
             if any(_shareable(a) for a in (*args, *kwargs.values())):
                 args, kwargs = await asyncio.to_thread(_share_all, fn, args, kwargs, blocks)
-            future = self._executor.submit(shared.call, fn, args, kwargs)
+            slot = self._free.pop() if self._free else -1
+            if slot >= 0:
+                self._flags[slot] = 0
             try:
+                future = self._executor.submit(worker.run, slot, fn, args, kwargs)
                 result = await asyncio.wrap_future(future, loop=loop)
             except asyncio.CancelledError:
-                future.add_done_callback(_release)  # a result nobody will take
+                if slot >= 0:
+                    self._flags[slot] = 1  # stops it at its next checkpoint
+                # The slot is reused, and the result freed, once the worker lets go.
+                future.add_done_callback(functools.partial(self._abandoned, slot))
                 raise
+            except BaseException:
+                self._free_slot(slot)
+                raise
+            self._free_slot(slot)
             if isinstance(result, shared.SharedResult):
                 return await asyncio.to_thread(shared.unpack, result)
             return result
@@ -106,13 +174,30 @@ class MathPool:
                 tasks.run, task, model.key, model.field, model.ensemble, *args, **kwargs
             )
 
+    def _free_slot(self, slot: int) -> None:
+        if slot >= 0:
+            self._free.append(slot)
+
+    def _abandoned(self, slot: int, future) -> None:
+        """Done callback (executor thread) of a task nobody awaits any more."""
+        if not future.cancelled() and future.exception() is None:
+            shared.release(future.result())
+        self._free_slot(slot)  # list.append is atomic under the GIL
+
     def shutdown(self) -> None:
+        """Cancels every task, waits up to SHUTDOWN_SECONDS for the workers to exit
+        and kills those still running (math stuck outside a checkpoint), so that the
+        process can always exit. Blocks: call it on a thread."""
+        self._flags[:] = bytes([1]) * CANCEL_SLOTS
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _release(future) -> None:
-    if not future.cancelled() and future.exception() is None:
-        shared.release(future.result())
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        for process in list(self._ctx.started):
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in list(self._ctx.started):
+            if process.is_alive():
+                log.warning("killing math worker %s: still busy at shutdown", process.pid)
+                process.kill()
+                process.join()
 
 
 def _shareable(value) -> bool:

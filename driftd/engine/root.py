@@ -74,7 +74,10 @@ class Driftd:
         """
         settings = settings or Settings.from_env()
         store = await StoreRunner.open(
-            path=settings.chroma_path, url=settings.chroma_url, token=settings.chroma_token
+            path=settings.chroma_path,
+            url=settings.chroma_url,
+            reserve_bytes=settings.storage_reserve_bytes,
+            token=settings.chroma_token,
         )
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(store.aclose)
@@ -88,6 +91,10 @@ class Driftd:
             routing = default_engine(settings, ChromaRoutingRepository(store))
             undo.pop_all()
         return cls(settings, store, db, monitor, behaviors, routing)
+
+    async def ready(self, timeout: float) -> bool:
+        """True while storage answers a heartbeat within ``timeout`` seconds."""
+        return await self._store.ready(timeout)
 
     async def stop_watches(self) -> None:
         """Ends the watch streams (UNAVAILABLE) and the monitor's background work:

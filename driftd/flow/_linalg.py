@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from driftd.flow.worker import checkpoint
+
 CHUNK = 4096
 # Above this dimension the exact d x d covariance costs more than randomised SVD.
 _MAX_EXACT_DIM = 2048
@@ -178,7 +180,12 @@ def sq_distances(A: np.ndarray, B: np.ndarray, B_sq: np.ndarray | None = None) -
 
 
 def gaussian_kernel(A: np.ndarray, B: np.ndarray, bandwidth: float, B_sq=None) -> np.ndarray:
-    """exp(-|a - b|^2 / (2 h^2)) for all row pairs: (n, m) float64."""
+    """exp(-|a - b|^2 / (2 h^2)) for all row pairs: (n, m) float64.
+
+    Every fit, velocity and support evaluation of the flow goes through here, so
+    this is where a cancelled pool task stops (:func:`driftd.flow.worker.checkpoint`).
+    """
+    checkpoint()
     if B_sq is None:
         B_sq = np.einsum("ij,ij->i", B, B)
     c = 0.5 / bandwidth**2

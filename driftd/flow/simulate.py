@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from driftd.flow._validation import check_int, check_matrix, check_positive
+from driftd.flow.worker import checkpoint
 
 _MAX_MOVE = 0.1  # bandwidths per RK4 sub-step
 
@@ -56,6 +57,7 @@ def advance(field, Z: np.ndarray, duration, max_step: float, *, velocity=None) -
     active = np.flatnonzero(remaining > 0)
     move = _MAX_MOVE * field.bandwidth_
     while active.size:
+        checkpoint()
         z = Z[active]
         k1 = velocity(z, active)
         speed = np.linalg.norm(k1, axis=1)

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 
+from driftd.flow.worker import checkpoint
+
 #: Defaults: projected dimensions, expected run length, warm-up and confirmation points.
 PROJECTION_DIM = 16
 HAZARD_LAMBDA = 100.0
@@ -209,9 +211,11 @@ def replay(
     A process-pool task: catching a detector up on a stored series costs
     ~0.1 ms per point of small numpy operations, which would hold the GIL.
     """
-    changes = [
-        c for y, key in zip(Y, keys, strict=True) if (c := detector.update_projected(y, key))
-    ]
+    changes = []
+    for y, key in zip(Y, keys, strict=True):
+        checkpoint()
+        if c := detector.update_projected(y, key):
+            changes.append(c)
     return detector, changes
 
 

@@ -42,6 +42,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from driftd.flow.worker import checkpoint
+
 #: Fewest points per window the tests accept (the classifier needs 5 per fold).
 MIN_POINTS = 10
 #: Variance share and rank cap of the reduced space.
@@ -254,6 +256,7 @@ def mmd_permutation_test(
     exceed = 0
     done = 0
     while done < permutations:
+        checkpoint()
         size = min(_PERM_BLOCK, permutations - done)
         U = np.zeros((N, size + (observed is None)), dtype=np.float32)
         col = 0

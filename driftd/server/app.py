@@ -23,6 +23,7 @@ from driftd import metrics
 from driftd.config import Settings
 from driftd.engine.root import Driftd
 from driftd.errors import Unavailable
+from driftd.server import readiness
 from driftd.server import reflection as commented_reflection
 from driftd.server.behavior_service import BehaviorServiceServicer
 from driftd.server.collection_service import CollectionServiceServicer
@@ -189,7 +190,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
 
-    root = None
+    root = probe = None
     try:
         await server.start()
         if health_only is not None:
@@ -204,12 +205,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         root = gate.root = await Driftd.open(settings)
         for service in ("", *SERVICE_NAMES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        probe = asyncio.create_task(
+            readiness.follow_storage(
+                root, health_servicer, SERVICE_NAMES, settings.readiness_interval_seconds
+            )
+        )
         logger.info("driftd ready")
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
         logger.info("driftd stopping: draining RPCs for up to %gs", settings.grace_seconds)
+        if probe is not None:
+            probe.cancel()
         await health_servicer.enter_graceful_shutdown()
         if root is not None:
             await root.stop_watches()  # watch streams would never drain

@@ -3,9 +3,10 @@
 A ``DriftdError`` becomes its own status code with an ``ErrorInfo{reason, domain
 "driftd", metadata}``, a ``BadRequest`` when it names bad fields, and a
 ``RetryInfo`` with a ``QuotaFailure`` when it is a ``QuotaExceeded``. Anything
-else is a bug: it is logged with its traceback and becomes INTERNAL with reason
-INTERNAL_ERROR. Servicer methods are wrapped with :func:`maps_errors`, so they
-contain no try/except of their own.
+else is a bug: it is logged once with its traceback under a fresh error id, and
+becomes INTERNAL with reason INTERNAL_ERROR and that id in the ErrorInfo metadata
+(``error_id``), so a client's report leads to the log line. Servicer methods
+are wrapped with :func:`maps_errors`, so they contain no try/except of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -35,15 +37,18 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
-def to_rpc_status(exc: Exception) -> status_pb2.Status:
+def to_rpc_status(exc: Exception, error_id: str = "") -> status_pb2.Status:
     """The google.rpc.Status for ``exc``: a DriftdError keeps its code, reason,
     metadata and field violations; any other exception is INTERNAL_ERROR with
-    only its message (no traceback or type leaks to the client)."""
+    only its message (no traceback or type leaks to the client). ``error_id``,
+    if given, goes into the ErrorInfo metadata as ``error_id``."""
     if isinstance(exc, DriftdError):
         code, reason, message, metadata = exc.code, exc.reason, exc.message, exc.metadata
     else:
         code, reason, metadata = "INTERNAL", "INTERNAL_ERROR", {}
         message = f"internal error: {exc}" if str(exc) else "internal error"
+    if error_id:
+        metadata = {**metadata, "error_id": error_id}
     status = status_pb2.Status(code=grpc.StatusCode[code].value[0], message=message)
     status.details.append(
         _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
@@ -91,9 +96,11 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception, where: str) -
     """
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
-    status = to_rpc_status(exc)
-    if status.code == code_pb2.INTERNAL:
-        logger.error("%s failed: %s", where, status.message, exc_info=exc)
+    bug = not isinstance(exc, DriftdError) or exc.code == "INTERNAL"
+    error_id = uuid.uuid4().hex[:16] if bug else ""
+    status = to_rpc_status(exc, error_id)
+    if bug:
+        logger.error("%s failed (error id %s): %s", where, error_id, status.message, exc_info=exc)
     else:
         logger.debug("%s: %s %r", where, code_pb2.Code.Name(status.code), exc)
     await context.abort_with_status(rpc_status.to_status(status))

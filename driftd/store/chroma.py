@@ -232,6 +232,10 @@ class ChromaStore:
         )
         self._pruned: dict[str, float] = {}  # collection uid -> last journal prune
 
+    def heartbeat(self) -> None:
+        """Raises if Chroma does not answer (the readiness probe)."""
+        self.client.heartbeat()
+
     # --- collections ---------------------------------------------------------
 
     def _chroma(self, name: str):
@@ -316,8 +320,7 @@ class ChromaStore:
         """
         col = self._chroma(meta.name)
         new = replace(meta, version=version, write_id=uuid.uuid4().hex)
-        # Keep an attached collection's own metadata beside driftd's keys.
-        col.modify(metadata={**(col.metadata or {}), **new.to_metadata()})
+        _set_metadata(col, new)
         if self._journal is None:
             return new, seen
         now = _time.time()
@@ -340,7 +343,7 @@ class ChromaStore:
             new = replace(
                 current, version=max(current.version, version) + 1, write_id=uuid.uuid4().hex
             )
-            col.modify(metadata={**(col.metadata or {}), **new.to_metadata()})
+            _set_metadata(col, new)
             return new, None
         if now - self._pruned.setdefault(meta.uid, now) > _JOURNAL_KEEP:
             self._journal.delete(where=_journal_where(meta.uid, "$lt", now - _JOURNAL_KEEP))
@@ -373,11 +376,10 @@ class ChromaStore:
                 reason="NOT_ENOUGH_POINTS",
                 metadata={"required": 1, "available": 0},
             )
-        space = (col.configuration_json or {}).get("hnsw", {}) or {}
         meta = StoredCollection(
             name=name,
             dimension=len(sample["embeddings"][0]),
-            distance=str(space.get("space", "l2")),
+            distance=_space(col),
             embed_model=embed_model,
             create_time=_time.time(),
             version=0,
@@ -386,9 +388,13 @@ class ChromaStore:
             attached=True,
             uid=str(col.id),
         )
-        # Keep the owner's collection metadata; add driftd's keys beside it.
-        col.modify(metadata={**(col.metadata or {}), **meta.to_metadata()})
+        _set_metadata(col, meta)
         return meta
+
+    def count(self, meta: StoredCollection) -> int:
+        """Records in the collection, by whoever wrote them: how the engine notices
+        another Chroma client's writes to an attached collection."""
+        return int(self._chroma(meta.name).count())
 
     # --- points --------------------------------------------------------------
 
@@ -419,11 +425,39 @@ class ChromaStore:
                     documents=cols.texts[lo:hi] if cols.texts else None,
                 )
                 written.extend(cols.ids[lo:hi])
-        except Exception:
+        except Exception as exc:
+            # An error need not mean nothing was stored (a full disk failed Chroma's
+            # compaction after the batch was logged): read it back before answering.
+            if self._stored(col, cols):
+                log.warning("a write failed (%r) but its %d points are stored", exc, len(cols.ids))
+                return
             if written:
                 log.warning("rolling back %d points of a failed batch", len(written))
-                col.delete(ids=written)
+                try:
+                    col.delete(ids=written)
+                except Exception:
+                    log.warning("rollback failed: a reload will show what is stored")
             raise
+
+    def _stored(self, col, cols: Columns) -> bool:
+        """Whether every point of ``cols`` is stored as this write left it (its
+        sequence numbers); False when that cannot be read."""
+        try:
+            for lo in range(0, len(cols.ids), self.max_batch_size):
+                ids = cols.ids[lo : lo + self.max_batch_size]
+                got = col.get(ids=ids, include=["metadatas"])
+                seqs = {
+                    i: (md or {}).get(SEQ_KEY)
+                    for i, md in zip(got["ids"], got["metadatas"], strict=True)
+                }
+                if any(
+                    seqs.get(i) != int(s)
+                    for i, s in zip(ids, cols.seqs[lo : lo + self.max_batch_size], strict=True)
+                ):
+                    return False
+        except Exception:
+            return False
+        return True
 
     def fetch(
         self, meta: StoredCollection, ids: Sequence[str], *, include_vectors: bool
@@ -502,6 +536,32 @@ class ChromaStore:
     def ids_where(self, meta: StoredCollection, where: dict) -> set[str]:
         """Ids of the records whose metadata matches a Chroma ``where`` filter."""
         return set(self._chroma(meta.name).get(where=where, include=[])["ids"])
+
+
+def _space(col) -> str:
+    """The collection's distance ("l2", "cosine" or "ip"), from its configuration
+    (where chromadb 1.x keeps it for collections made either with
+    ``configuration={"hnsw": {"space": ...}}`` or with the older
+    ``metadata={"hnsw:space": ...}``), else the legacy metadata key; Chroma's
+    default "l2" when neither says."""
+    config = col.configuration_json or {}
+    for index in ("hnsw", "spann"):
+        space = (config.get(index) or {}).get("space")
+        if space:
+            return str(space)
+    return str((col.metadata or {}).get("hnsw:space", "l2"))
+
+
+def _set_metadata(col, meta: StoredCollection) -> None:
+    """Stores driftd's keys beside the collection owner's metadata.
+
+    ``modify`` refuses ``hnsw:*`` keys, even unchanged (chromadb 1.5.9: "Changing
+    the distance function of a collection once it is created is not supported"),
+    and replaces the whole metadata: those keys are left out. The index settings
+    they made live on in the collection's configuration.
+    """
+    own = {k: v for k, v in (col.metadata or {}).items() if not k.startswith("hnsw:")}
+    col.modify(metadata={**own, **meta.to_metadata()})
 
 
 def _journal_where(uid: str, op: Literal["$lt", "$gte"], seconds: float) -> Where:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from driftd.errors import Unavailable
+from driftd.store import faults
 from driftd.store.chroma import ChromaStore
 
 T = TypeVar("T")
@@ -22,23 +23,34 @@ T = TypeVar("T")
 class StoreRunner:
     """Owns the Chroma client (:class:`ChromaStore`) and the thread it runs on.
 
+    Every call's storage failures come out as driftd errors
+    (:mod:`driftd.store.faults`): Unavailable(STORAGE_UNAVAILABLE) when the Chroma
+    server cannot be reached, ResourceExhausted(STORAGE_FULL) when the embedded
+    directory's volume is full.
+
     Create with :meth:`open`; close with :meth:`aclose` (idempotent).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, embedded_path: str | None = None, reserve_bytes: int = 0) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="driftd-chroma")
         self._store: ChromaStore | None = None
+        self._embedded_path = embedded_path
+        self._reserve = reserve_bytes
 
     @classmethod
-    async def open(cls, *, path: str, url: str = "", token: str = "") -> StoreRunner:
+    async def open(
+        cls, *, path: str, url: str = "", reserve_bytes: int = 0, token: str = ""
+    ) -> StoreRunner:
         """Opens Chroma on the store thread: the embedded directory ``path``, or
         the Chroma server at ``url`` (``http://host:port``) when given, sending
         ``token`` with Chroma's token auth.
+        ``reserve_bytes``: free bytes each write must leave on the embedded
+        directory's volume (:meth:`check_room`).
 
         Raises:
             Exception: Chroma cannot open the directory or reach the server.
         """
-        runner = cls()
+        runner = cls(None if url else path, reserve_bytes)
         runner._store = await runner.call(lambda: ChromaStore(path=path, url=url, token=token))
         return runner
 
@@ -66,11 +78,34 @@ class StoreRunner:
         """
         loop = asyncio.get_running_loop()
         try:
-            return loop.run_in_executor(self._thread, fn)
+            return loop.run_in_executor(
+                self._thread, faults.translated(fn, self._embedded_path, self._reserve)
+            )
         except RuntimeError:  # the executor is shut down
             failed: asyncio.Future[T] = loop.create_future()
             failed.set_exception(Unavailable("driftd is stopping: storage is closed"))
             return failed
+
+    def check_room(self, batch_bytes: int) -> asyncio.Future[None]:
+        """Checks, on the store thread, that a write of about ``batch_bytes``
+        bytes of data leaves the reserve free on the embedded directory's volume
+        (a no-op with a Chroma server, whose disk driftd cannot see).
+
+        Raises (when awaited) ResourceExhausted(STORAGE_FULL).
+        """
+        return self.call(lambda: faults.check_room(self._embedded_path, batch_bytes, self._reserve))
+
+    async def ready(self, timeout: float) -> bool:
+        """True while storage is open and answers a heartbeat within ``timeout``
+        seconds (the readiness probe, :mod:`driftd.server.readiness`)."""
+        if self._store is None:
+            return False
+        store = self._store
+        try:
+            await asyncio.wait_for(self.call(store.heartbeat), timeout)
+        except Exception:  # unreachable, timed out, or failing: not ready either way
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Waits for the submitted calls and releases the thread. Idempotent."""

@@ -49,7 +49,14 @@ class CollectionServiceStub:
     AttachCollection: _grpc.UnaryUnaryMultiCallable[_collection_pb2.AttachCollectionRequest, _collection_pb2.Collection]
     """Adopts an existing Chroma collection (in the same Chroma directory or
     server) as a driftd collection, without copying data: driftd reads each
-    record's time (and series) from the named metadata keys.
+    record's time (and series) from the named metadata keys. Any collection
+    chromadb makes can be attached, its space set by `configuration` or by
+    `metadata={"hnsw:space": ...}`; driftd adds its keys to the collection's
+    metadata and keeps the owner's, except `hnsw:*` keys, which Chroma does not
+    let a metadata update repeat (the configuration keeps the space). Records the
+    owner's own Chroma clients add or delete later are seen on the next call
+    (driftd compares the record count on every call); an overwrite that keeps
+    the count is seen after the next change of count or a restart.
     """
 
 @_typing.type_check_only
@@ -72,7 +79,14 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     AttachCollection: _aio.UnaryUnaryMultiCallable[_collection_pb2.AttachCollectionRequest, _collection_pb2.Collection]  # type: ignore[assignment]
     """Adopts an existing Chroma collection (in the same Chroma directory or
     server) as a driftd collection, without copying data: driftd reads each
-    record's time (and series) from the named metadata keys.
+    record's time (and series) from the named metadata keys. Any collection
+    chromadb makes can be attached, its space set by `configuration` or by
+    `metadata={"hnsw:space": ...}`; driftd adds its keys to the collection's
+    metadata and keeps the owner's, except `hnsw:*` keys, which Chroma does not
+    let a metadata update repeat (the configuration keeps the space). Records the
+    owner's own Chroma clients add or delete later are seen on the next call
+    (driftd compares the record count on every call); an overwrite that keeps
+    the count is seen after the next change of count or a restart.
     """
 
 class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -122,7 +136,14 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_collection_pb2.Collection, _abc.Awaitable[_collection_pb2.Collection]]:
         """Adopts an existing Chroma collection (in the same Chroma directory or
         server) as a driftd collection, without copying data: driftd reads each
-        record's time (and series) from the named metadata keys.
+        record's time (and series) from the named metadata keys. Any collection
+        chromadb makes can be attached, its space set by `configuration` or by
+        `metadata={"hnsw:space": ...}`; driftd adds its keys to the collection's
+        metadata and keeps the owner's, except `hnsw:*` keys, which Chroma does not
+        let a metadata update repeat (the configuration keeps the space). Records the
+        owner's own Chroma clients add or delete later are seen on the next call
+        (driftd compares the record count on every call); an overwrite that keeps
+        the count is seen after the next change of count or a restart.
         """
 
 def add_CollectionServiceServicer_to_server(servicer: CollectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -63,7 +63,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     NOT_SERVING: _ErrorReason.ValueType  # 19
     """UNAVAILABLE: the server is starting or shutting down."""
     INTERNAL_ERROR: _ErrorReason.ValueType  # 20
-    """INTERNAL: an unexpected failure; the message has details for the operator."""
+    """INTERNAL: an unexpected failure (a bug in driftd); the message has details
+    for the operator, and metadata "error_id" names the server's log entry.
+    """
+    STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 35
+    """UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
+    backoff. A write that fails this way may have been stored: upserts are
+    idempotent, so retrying it is safe.
+    """
+    STORAGE_FULL: _ErrorReason.ValueType  # 36
+    """RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
+    reserve, setting storage_reserve_bytes); nothing of the request was written.
+    Metadata has "free_bytes" and "required_bytes" when known. Also above the
+    read-only disk threshold (setting read_only_disk_percent): writes are
+    refused, reads and deletes work; with RetryInfo and QuotaFailure ("disk").
+    """
     CONVERSATION_NOT_FOUND: _ErrorReason.ValueType  # 100
     """NOT_FOUND: the conversation has no messages."""
     BRANCH_NOT_FOUND: _ErrorReason.ValueType  # 101
@@ -107,11 +121,6 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     QUOTA_EXCEEDED: _ErrorReason.ValueType  # 304
     """RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
     key, collections, points per collection); with RetryInfo and QuotaFailure.
-    """
-    STORAGE_FULL: _ErrorReason.ValueType  # 305
-    """RESOURCE_EXHAUSTED: the storage disk is fuller than the server's
-    read-only threshold; writes are refused, reads and deletes still work.
-    With RetryInfo and QuotaFailure (subject "disk").
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -161,7 +170,21 @@ SEQUENCE_OUT_OF_ORDER: ErrorReason.ValueType  # 18
 NOT_SERVING: ErrorReason.ValueType  # 19
 """UNAVAILABLE: the server is starting or shutting down."""
 INTERNAL_ERROR: ErrorReason.ValueType  # 20
-"""INTERNAL: an unexpected failure; the message has details for the operator."""
+"""INTERNAL: an unexpected failure (a bug in driftd); the message has details
+for the operator, and metadata "error_id" names the server's log entry.
+"""
+STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 35
+"""UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
+backoff. A write that fails this way may have been stored: upserts are
+idempotent, so retrying it is safe.
+"""
+STORAGE_FULL: ErrorReason.ValueType  # 36
+"""RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
+reserve, setting storage_reserve_bytes); nothing of the request was written.
+Metadata has "free_bytes" and "required_bytes" when known. Also above the
+read-only disk threshold (setting read_only_disk_percent): writes are
+refused, reads and deletes work; with RetryInfo and QuotaFailure ("disk").
+"""
 CONVERSATION_NOT_FOUND: ErrorReason.ValueType  # 100
 """NOT_FOUND: the conversation has no messages."""
 BRANCH_NOT_FOUND: ErrorReason.ValueType  # 101
@@ -205,10 +228,5 @@ names the limit.
 QUOTA_EXCEEDED: ErrorReason.ValueType  # 304
 """RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
 key, collections, points per collection); with RetryInfo and QuotaFailure.
-"""
-STORAGE_FULL: ErrorReason.ValueType  # 305
-"""RESOURCE_EXHAUSTED: the storage disk is fuller than the server's
-read-only threshold; writes are refused, reads and deletes still work.
-With RetryInfo and QuotaFailure (subject "disk").
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

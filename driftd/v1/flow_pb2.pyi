@@ -235,7 +235,13 @@ class SimulatePathsRequest(_message.Message):
     parent: _builtins.str
     """The collection, as "collections/{collection_id}"."""
     steps: _builtins.int
-    """Steps per path, 1 to the server limit (default 10,000); 0 means 100."""
+    """Steps per path, 1 to the server limit (default 10,000); 0 means 100. Each
+    step is integrated in sub-steps of at most the flow's time scale:
+    step_duration / time scale must stay within the server's
+    max_substeps_per_step (default 1,000) and steps x paths x that within
+    max_simulation_substeps (default 1,000,000), else INVALID_ARGUMENT
+    LIMIT_EXCEEDED before any work.
+    """
     paths: _builtins.int
     """Number of paths, 1 to the server limit (default 64); 0 means 1. Paths after
     the first start from the start jittered by the local noise level.
@@ -315,8 +321,9 @@ class SimulatePathsResponse(_message.Message):
     in_support: _builtins.bool
     """Whether this position is inside the data's support."""
     stop_reason: _builtins.str
-    """Why the path ended, on its last step only: "steps", "low_speed" or
-    "left_support"; empty on other steps.
+    """Why the path ended, on its last step only: "steps", "low_speed",
+    "left_support" or "time_limit" (its next step would pass
+    9999-12-31T23:59:59Z, the last time a Timestamp holds); empty on other steps.
     """
     band_radius: _builtins.float
     """Radius of the uncertainty band at this step (embedding units: Euclidean
@@ -379,7 +386,10 @@ class FindAttractorsRequest(_message.Message):
     parent: _builtins.str
     """The collection, as "collections/{collection_id}"."""
     seeds: _builtins.int
-    """Seeds to integrate, 1 to the server limit (default 1,024); 0 means 64."""
+    """Seeds to integrate, 1 to the server limit (default 1,024); 0 means 64.
+    seeds x bootstrap refits must stay within the server's max_attractor_work
+    (default 16,384), else INVALID_ARGUMENT LIMIT_EXCEEDED.
+    """
     representatives: _builtins.int
     """Representative points per attractor, 0-100; 0 means 3."""
     include_vectors: _builtins.bool

@@ -67,8 +67,19 @@ const (
 	ErrorReason_SEQUENCE_OUT_OF_ORDER ErrorReason = 18
 	// UNAVAILABLE: the server is starting or shutting down.
 	ErrorReason_NOT_SERVING ErrorReason = 19
-	// INTERNAL: an unexpected failure; the message has details for the operator.
+	// INTERNAL: an unexpected failure (a bug in driftd); the message has details
+	// for the operator, and metadata "error_id" names the server's log entry.
 	ErrorReason_INTERNAL_ERROR ErrorReason = 20
+	// UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
+	// backoff. A write that fails this way may have been stored: upserts are
+	// idempotent, so retrying it is safe.
+	ErrorReason_STORAGE_UNAVAILABLE ErrorReason = 35
+	// RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
+	// reserve, setting storage_reserve_bytes); nothing of the request was written.
+	// Metadata has "free_bytes" and "required_bytes" when known. Also above the
+	// read-only disk threshold (setting read_only_disk_percent): writes are
+	// refused, reads and deletes work; with RetryInfo and QuotaFailure ("disk").
+	ErrorReason_STORAGE_FULL ErrorReason = 36
 	// NOT_FOUND: the conversation has no messages.
 	ErrorReason_CONVERSATION_NOT_FOUND ErrorReason = 100
 	// NOT_FOUND: the conversation has no branch of this id.
@@ -106,10 +117,6 @@ const (
 	// RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
 	// key, collections, points per collection); with RetryInfo and QuotaFailure.
 	ErrorReason_QUOTA_EXCEEDED ErrorReason = 304
-	// RESOURCE_EXHAUSTED: the storage disk is fuller than the server's
-	// read-only threshold; writes are refused, reads and deletes still work.
-	// With RetryInfo and QuotaFailure (subject "disk").
-	ErrorReason_STORAGE_FULL ErrorReason = 305
 )
 
 // Enum value maps for ErrorReason.
@@ -136,6 +143,8 @@ var (
 		18:  "SEQUENCE_OUT_OF_ORDER",
 		19:  "NOT_SERVING",
 		20:  "INTERNAL_ERROR",
+		35:  "STORAGE_UNAVAILABLE",
+		36:  "STORAGE_FULL",
 		100: "CONVERSATION_NOT_FOUND",
 		101: "BRANCH_NOT_FOUND",
 		102: "INVALID_ROLE",
@@ -149,7 +158,6 @@ var (
 		302: "PERMISSION_DENIED",
 		303: "RATE_LIMITED",
 		304: "QUOTA_EXCEEDED",
-		305: "STORAGE_FULL",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":  0,
@@ -173,6 +181,8 @@ var (
 		"SEQUENCE_OUT_OF_ORDER":     18,
 		"NOT_SERVING":               19,
 		"INTERNAL_ERROR":            20,
+		"STORAGE_UNAVAILABLE":       35,
+		"STORAGE_FULL":              36,
 		"CONVERSATION_NOT_FOUND":    100,
 		"BRANCH_NOT_FOUND":          101,
 		"INVALID_ROLE":              102,
@@ -186,7 +196,6 @@ var (
 		"PERMISSION_DENIED":         302,
 		"RATE_LIMITED":              303,
 		"QUOTA_EXCEEDED":            304,
-		"STORAGE_FULL":              305,
 	}
 )
 
@@ -221,7 +230,7 @@ var File_driftd_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xab\x06\n" +
+	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xc3\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fINVALID_NAME\x10\x01\x12\x16\n" +
@@ -244,7 +253,9 @@ const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\x12INVALID_PAGE_TOKEN\x10\x11\x12\x19\n" +
 	"\x15SEQUENCE_OUT_OF_ORDER\x10\x12\x12\x0f\n" +
 	"\vNOT_SERVING\x10\x13\x12\x12\n" +
-	"\x0eINTERNAL_ERROR\x10\x14\x12\x1a\n" +
+	"\x0eINTERNAL_ERROR\x10\x14\x12\x17\n" +
+	"\x13STORAGE_UNAVAILABLE\x10#\x12\x10\n" +
+	"\fSTORAGE_FULL\x10$\x12\x1a\n" +
 	"\x16CONVERSATION_NOT_FOUND\x10d\x12\x14\n" +
 	"\x10BRANCH_NOT_FOUND\x10e\x12\x10\n" +
 	"\fINVALID_ROLE\x10f\x12\x1a\n" +
@@ -257,8 +268,7 @@ const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\x0fAPI_KEY_INVALID\x10\xad\x02\x12\x16\n" +
 	"\x11PERMISSION_DENIED\x10\xae\x02\x12\x11\n" +
 	"\fRATE_LIMITED\x10\xaf\x02\x12\x13\n" +
-	"\x0eQUOTA_EXCEEDED\x10\xb0\x02\x12\x11\n" +
-	"\fSTORAGE_FULL\x10\xb1\x02B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\x0eQUOTA_EXCEEDED\x10\xb0\x02B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_error_reason_proto_rawDescOnce sync.Once

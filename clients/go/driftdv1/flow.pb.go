@@ -416,7 +416,12 @@ type SimulatePathsRequest struct {
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
 	// Where the paths start.
 	Start *FlowStart `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
-	// Steps per path, 1 to the server limit (default 10,000); 0 means 100.
+	// Steps per path, 1 to the server limit (default 10,000); 0 means 100. Each
+	// step is integrated in sub-steps of at most the flow's time scale:
+	// step_duration / time scale must stay within the server's
+	// max_substeps_per_step (default 1,000) and steps x paths x that within
+	// max_simulation_substeps (default 1,000,000), else INVALID_ARGUMENT
+	// LIMIT_EXCEEDED before any work.
 	Steps int32 `protobuf:"varint,3,opt,name=steps,proto3" json:"steps,omitempty"`
 	// Time per step; unset means the timeline's median time gap.
 	StepDuration *durationpb.Duration `protobuf:"bytes,4,opt,name=step_duration,json=stepDuration,proto3" json:"step_duration,omitempty"`
@@ -553,8 +558,9 @@ type SimulatePathsResponse struct {
 	Support float64 `protobuf:"fixed64,8,opt,name=support,proto3" json:"support,omitempty"`
 	// Whether this position is inside the data's support.
 	InSupport bool `protobuf:"varint,9,opt,name=in_support,json=inSupport,proto3" json:"in_support,omitempty"`
-	// Why the path ended, on its last step only: "steps", "low_speed" or
-	// "left_support"; empty on other steps.
+	// Why the path ended, on its last step only: "steps", "low_speed",
+	// "left_support" or "time_limit" (its next step would pass
+	// 9999-12-31T23:59:59Z, the last time a Timestamp holds); empty on other steps.
 	StopReason string `protobuf:"bytes,10,opt,name=stop_reason,json=stopReason,proto3" json:"stop_reason,omitempty"`
 	// Mean position of the bootstrap refits' paths at this step (each refit follows
 	// its own flow from the same start), on the unit sphere for cosine collections;
@@ -690,6 +696,8 @@ type FindAttractorsRequest struct {
 	// The collection, as "collections/{collection_id}".
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
 	// Seeds to integrate, 1 to the server limit (default 1,024); 0 means 64.
+	// seeds x bootstrap refits must stay within the server's max_attractor_work
+	// (default 16,384), else INVALID_ARGUMENT LIMIT_EXCEEDED.
 	Seeds int32 `protobuf:"varint,2,opt,name=seeds,proto3" json:"seeds,omitempty"`
 	// Representative points per attractor, 0-100; 0 means 3.
 	Representatives int32 `protobuf:"varint,3,opt,name=representatives,proto3" json:"representatives,omitempty"`

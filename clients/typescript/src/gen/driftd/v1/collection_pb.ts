@@ -386,7 +386,14 @@ export const CollectionService: GenService<{
   /**
    * Adopts an existing Chroma collection (in the same Chroma directory or
    * server) as a driftd collection, without copying data: driftd reads each
-   * record's time (and series) from the named metadata keys.
+   * record's time (and series) from the named metadata keys. Any collection
+   * chromadb makes can be attached, its space set by `configuration` or by
+   * `metadata={"hnsw:space": ...}`; driftd adds its keys to the collection's
+   * metadata and keeps the owner's, except `hnsw:*` keys, which Chroma does not
+   * let a metadata update repeat (the configuration keeps the space). Records the
+   * owner's own Chroma clients add or delete later are seen on the next call
+   * (driftd compares the record count on every call); an overwrite that keeps
+   * the count is seen after the next change of count or a restart.
    *
    * @generated from rpc driftd.v1.CollectionService.AttachCollection
    */

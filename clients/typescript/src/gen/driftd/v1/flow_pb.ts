@@ -180,7 +180,12 @@ export type SimulatePathsRequest = Message<"driftd.v1.SimulatePathsRequest"> & {
   start?: FlowStart | undefined;
 
   /**
-   * Steps per path, 1 to the server limit (default 10,000); 0 means 100.
+   * Steps per path, 1 to the server limit (default 10,000); 0 means 100. Each
+   * step is integrated in sub-steps of at most the flow's time scale:
+   * step_duration / time scale must stay within the server's
+   * max_substeps_per_step (default 1,000) and steps x paths x that within
+   * max_simulation_substeps (default 1,000,000), else INVALID_ARGUMENT
+   * LIMIT_EXCEEDED before any work.
    *
    * @generated from field: int32 steps = 3;
    */
@@ -311,8 +316,9 @@ export type SimulatePathsResponse = Message<"driftd.v1.SimulatePathsResponse"> &
   inSupport: boolean;
 
   /**
-   * Why the path ended, on its last step only: "steps", "low_speed" or
-   * "left_support"; empty on other steps.
+   * Why the path ended, on its last step only: "steps", "low_speed",
+   * "left_support" or "time_limit" (its next step would pass
+   * 9999-12-31T23:59:59Z, the last time a Timestamp holds); empty on other steps.
    *
    * @generated from field: string stop_reason = 10;
    */
@@ -361,6 +367,8 @@ export type FindAttractorsRequest = Message<"driftd.v1.FindAttractorsRequest"> &
 
   /**
    * Seeds to integrate, 1 to the server limit (default 1,024); 0 means 64.
+   * seeds x bootstrap refits must stay within the server's max_attractor_work
+   * (default 16,384), else INVALID_ARGUMENT LIMIT_EXCEEDED.
    *
    * @generated from field: int32 seeds = 2;
    */

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test faults demo proto lint typecheck bench bench-drift bench-flow bench-routing bench-security clean clients clients-check buf-check release-image deploy-check grpcurl-check
+.PHONY: run test faults fuzz demo proto lint typecheck bench bench-drift bench-flow bench-routing bench-security clean clients clients-check buf-check release-image deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 ## full volume, kill -9 during writes, plain scripts); also part of `make test`
 faults: $(STAMP)
 	$(PY) -m pytest -q tests/faults tests/integration/test_crash_recovery.py tests/engine/test_plain_script.py
+
+## fuzz: the fuzz suite at length: 1000 randomised requests per RPC (make test runs 40, fixed)
+fuzz: $(STAMP)
+	DRIFTD_FUZZ_EXAMPLES=$${DRIFTD_FUZZ_EXAMPLES:-1000} DRIFTD_FUZZ_RANDOM=1 \
+		$(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 ## demo: stream the State of the Union paragraphs through the gRPC API and print the flow
 demo: $(STAMP)

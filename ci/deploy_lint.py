@@ -179,8 +179,9 @@ def lint(mode: str, docs: list[dict]) -> list[str]:
     if mode == "embedded":
         if w["kind"] != "StatefulSet" or w["spec"].get("replicas") != 1:
             out.append(f"{name(w)}: embedded Chroma has one writer: want a 1-replica StatefulSet")
-        if "DRIFTD_CHROMA_URL" in env:
-            out.append(f"{where}: embedded mode must not set DRIFTD_CHROMA_URL")
+        for key in ("DRIFTD_CHROMA_URL", "DRIFTD_PEERS"):
+            if key in env:
+                out.append(f"{where}: embedded mode must not set {key}")
         claims = {t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates", [])}
         path = env.get("DRIFTD_CHROMA_PATH", "./driftd_data")
         on_claim = [
@@ -200,6 +201,27 @@ def lint(mode: str, docs: list[dict]) -> list[str]:
             svc = [s for s in services if s["metadata"]["name"] == url.hostname.split(".")[0]]
             if not svc or url.port not in {p["port"] for p in svc[0]["spec"]["ports"]}:
                 out.append(f"{where}: DRIFTD_CHROMA_URL {url.geturl()} is no Service port here")
+        # Ownership: every ready replica from a headless Service, each one
+        # advertising its pod IP (what that Service resolves to).
+        peer_host, _, peer_port = env.get("DRIFTD_PEERS", "").rpartition(":")
+        headless = [
+            s
+            for s in services
+            if s["metadata"]["name"] == peer_host.split(".")[0]
+            and s["spec"].get("clusterIP") == "None"
+        ]
+        if not headless or int(peer_port or 0) not in {
+            p["port"] for p in headless[0]["spec"]["ports"]
+        }:
+            out.append(f"{where}: DRIFTD_PEERS must name a headless Service's gRPC port")
+        pod_ip = [
+            e
+            for e in c.get("env", [])
+            if e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP"
+        ]
+        advertise = f"$({pod_ip[0]['name']}):{grpc_port}" if pod_ip else None
+        if env.get("DRIFTD_ADVERTISE_ADDRESS") != advertise:
+            out.append(f"{where}: DRIFTD_ADVERTISE_ADDRESS must be the pod IP and gRPC port")
         chroma = [x for x in by_kind.get("StatefulSet", []) if "chroma" in x["metadata"]["name"]]
         if len(chroma) != 1 or not chroma[0]["spec"].get("volumeClaimTemplates"):
             out.append("server mode wants one Chroma StatefulSet with a volume claim")

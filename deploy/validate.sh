@@ -11,7 +11,11 @@
 #      USER, HEALTHCHECK and COPY sources against the .dockerignore;
 #   4. ci/deploy_lint.py cross-checks selectors, ports, probes, settings and
 #      each mode's invariants;
-#   5. the validators are shown to reject broken input (so a pass means
+#   5. deploycheck checks deploy/observability/ (alert rules with the parser
+#      and validation of `promtool check rules`, the Grafana dashboard's PromQL
+#      with Prometheus's parser) against a live driftd's /metrics: every
+#      metric used is exported, every driftd_*/grpc_server_* metric is used;
+#   6. the validators are shown to reject broken input (so a pass means
 #      something), and the image's health-check script runs against a live
 #      driftd (SERVING -> exit 0) and a closed port (exit 1).
 # Usage: deploy/validate.sh   (needs .venv: make test or make deploy-check)
@@ -25,7 +29,10 @@ trap '_cleanup; rm -rf "$OUT"' EXIT
 go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
 KV_BIN="$(py_tool_venv kubernetes-validate "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")"
 log "go build ci/deploycheck"
-(cd ci/deploycheck && go build -o "$TOOLS_BIN/deploycheck" .)
+# Into this run's directory: the shared tools directory may hold another
+# checkout's build (Go's build cache makes the rebuild cheap).
+(cd ci/deploycheck && go build -o "$OUT/deploycheck" .)
+deploycheck() { "$OUT/deploycheck" "$@"; }
 
 # kubernetes-validate: ERROR lines fail, and so does any WARN other than the
 # expected "no schema for the ServiceMonitor CRD" (checked by deploycheck).
@@ -90,4 +97,22 @@ DRIFTD_HEALTHCHECK_TARGET="$DRIFTD_TARGET" "$PY" deploy/healthcheck.py driftd.v1
 if DRIFTD_HEALTHCHECK_TARGET="127.0.0.1:$(free_port)" "$PY" deploy/healthcheck.py 2>/dev/null; then
     echo "healthcheck passed against a closed port" >&2; exit 1
 fi
+log "deploy/observability against the live driftd's /metrics"
+"$PY" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "$DRIFTD_METRICS" > "$OUT/metrics.txt"
+OBSERVABILITY=(deploy/observability/alerts.yaml deploy/observability/driftd-dashboard.json)
+deploycheck prometheus -metrics "$OUT/metrics.txt" -coverage driftd_,grpc_server_ "${OBSERVABILITY[@]}"
+echo "deploy/observability: rules and dashboard parse, use only exported metrics, cover driftd's"
+mutate 's/> 0.05$/> > 0.05/' deploy/observability/alerts.yaml "$OUT/bad-rule.yaml"
+rejects "a PromQL syntax error in a rule (deploycheck)" \
+    deploycheck prometheus -metrics "$OUT/metrics.txt" "$OUT/bad-rule.yaml"
+mutate 's/humanizeDuration }}"/humanizeDuration }"/' deploy/observability/alerts.yaml "$OUT/bad-template.yaml"
+rejects "a broken annotation template (deploycheck)" \
+    deploycheck prometheus -metrics "$OUT/metrics.txt" "$OUT/bad-template.yaml"
+mutate 's/driftd_pool_queue_depth{/driftd_pool_queue_dept{/' deploy/observability/driftd-dashboard.json "$OUT/bad-dashboard.json"
+rejects "a dashboard metric the server does not export (deploycheck)" \
+    deploycheck prometheus -metrics "$OUT/metrics.txt" "$OUT/bad-dashboard.json"
+grep -v 'driftd_cached_embed_models' deploy/observability/driftd-dashboard.json > "$OUT/uncovered.json" || true
+rejects "an exported driftd metric on no panel (deploycheck)" \
+    deploycheck prometheus -metrics "$OUT/metrics.txt" -coverage driftd_ "$OUT/uncovered.json"
 echo "deploy: all checks passed"

@@ -1,7 +1,8 @@
-"""The ``driftd`` command: ``serve`` (the default), ``ingest`` and ``demo``.
+"""The ``driftd`` command: ``serve`` (the default), ``ingest``, ``backup``,
+``restore`` and ``demo``.
 
-``serve`` needs the ``server`` extra; ``ingest`` needs only the client (tqdm, from
-the ``server`` extra, adds a progress bar when installed).
+``serve`` needs the ``server`` extra; ``ingest``, ``backup`` and ``restore`` need
+only the client (tqdm, from the ``server`` extra, adds progress bars when installed).
 """
 
 from __future__ import annotations
@@ -15,10 +16,22 @@ from typing import Any
 from driftd import __version__
 from driftd.config import DEFAULT_EMBED_MODEL, Settings
 from driftd.errors import AlreadyExists, DriftdError
-from driftd.ingest import count_lines, describe_error, ingest_rows, open_text, read_jsonl
+from driftd.ingest import (
+    count_lines,
+    describe_error,
+    ingest_rows,
+    open_text,
+    progress_bar,
+    read_jsonl,
+)
 
-COMMANDS = ("serve", "ingest", "demo")
+COMMANDS = ("serve", "ingest", "backup", "restore", "demo")
 DEFAULT_TARGET = "127.0.0.1:50051"
+EXIT_STATUSES = """exit status:
+  0    every row was written
+  1    a row was rejected (see the summary), or a driftd error ended the command
+  2    bad usage
+  130  interrupted (Ctrl-C)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Stream rows {id, timestamp, text | vector, series?, payload?} of a JSONL file "
             "(.gz accepted; '-' reads stdin) into a collection over StreamUpsertPoints. "
-            "Invalid rows are skipped and summarised; the exit status is 1 if any was rejected."
+            "timestamp is RFC 3339 or epoch seconds. A server restart is ridden out: "
+            "unacknowledged batches are sent again once it is back. Invalid rows are "
+            "skipped and summarised."
         ),
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ingest.add_argument("file", help="JSONL file, optionally gzip-compressed (.gz), or -")
     ingest.add_argument("--collection", required=True, help="collection id, e.g. sotu")
@@ -84,6 +101,49 @@ def _parser() -> argparse.ArgumentParser:
         "or none when --dim is given: vectors only)",
     )
     ingest.set_defaults(run=_ingest)
+
+    backup = commands.add_parser(
+        "backup",
+        help="write an online backup of collections to a file",
+        description=(
+            "Export collections (points with vectors, settings, drift rules) from a running "
+            "server into one file while writes go on; each collection is a consistent snapshot. "
+            "The format (a tar, gzip-compressed for names ending in .gz, with a manifest of "
+            "counts and SHA-256 checksums) is described in docs/operations.md."
+        ),
+    )
+    backup.add_argument("--output", "-o", required=True, help="backup file (.tar or .tar.gz)")
+    backup.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a collection to back up (repeatable; default: every collection)",
+    )
+    backup.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
+    backup.set_defaults(run=_backup)
+
+    restore = commands.add_parser(
+        "restore",
+        help="restore collections from a backup file",
+        description=(
+            "Verify a backup file's checksums and counts, then import its collections into a "
+            "server, each all or nothing. A collection id already taken fails (exit status 1)."
+        ),
+    )
+    restore.add_argument("file", help="backup file written by driftd backup")
+    restore.add_argument(
+        "--collection",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a collection to restore (repeatable; default: every collection in the file)",
+    )
+    restore.add_argument(
+        "--as", dest="rename", default="", metavar="NEW_ID", help="restore the one collection as"
+    )
+    restore.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
+    restore.set_defaults(run=_restore)
 
     demo = commands.add_parser(
         "demo",
@@ -132,6 +192,38 @@ def _serve(args: argparse.Namespace) -> int:
     from driftd.server.app import run
 
     run(Settings.from_args(args))
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from driftd import backup
+    from driftd.client import DriftClient
+
+    with DriftClient(args.target, timeout=120.0) as client:
+        saved = backup.backup(client, Path(args.output), args.collection, progress=progress_bar)
+    for s in saved:
+        print(f"{s.id}: {s.point_count} points, {s.drift_rule_count} drift rules")
+    print(f"wrote {args.output} ({len(saved)} collections)")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from driftd import backup
+    from driftd.client import DriftClient
+
+    with DriftClient(args.target, timeout=120.0) as client:
+        done = backup.restore(
+            client,
+            Path(args.file),
+            collections=args.collection,
+            rename=args.rename,
+            progress=progress_bar,
+        )
+    for r in done:
+        print(
+            f"{r.collection.name.removeprefix('collections/')}: {r.imported_point_count} points, "
+            f"{r.imported_drift_rule_count} drift rules"
+        )
     return 0
 
 

@@ -108,6 +108,31 @@ class Settings:
         default=5.0,
         metadata={"help": "seconds between storage heartbeats behind readiness health"},
     )
+    max_dimension: int = field(
+        default=8_192, metadata={"help": "dimension of a new collection (LIMIT_EXCEEDED)"}
+    )
+    max_text_bytes: int = field(
+        default=32 * 1024,
+        metadata={
+            "help": "UTF-8 bytes of one text (LIMIT_EXCEEDED); the model embeds the "
+            "first 256 tokens (about 1-2 KB of English) of a longer one"
+        },
+    )
+    max_request_text_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata={"help": "UTF-8 bytes of all texts of one request or batch (LIMIT_EXCEEDED)"},
+    )
+    max_payload_keys: int = field(
+        default=256, metadata={"help": "keys of one point's payload (LIMIT_EXCEEDED)"}
+    )
+    max_payload_value_bytes: int = field(
+        default=16 * 1024,
+        metadata={"help": "UTF-8 bytes of one payload string value (LIMIT_EXCEEDED)"},
+    )
+    max_payload_bytes: int = field(
+        default=64 * 1024,
+        metadata={"help": "UTF-8 bytes of one point's payload, keys and values (LIMIT_EXCEEDED)"},
+    )
     grace_seconds: float = field(
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )
@@ -148,6 +173,28 @@ class Settings:
         default=95.0,
         metadata={"help": "disk use (percent) above which writes are refused (0: never)"},
     )
+    log_format: str = field(
+        default="text", metadata={"help": "log lines: text, or json (one object per line)"}
+    )
+    access_log: str = field(
+        default="INFO",
+        metadata={"help": "level of the one access line per RPC (DEBUG, INFO...), or off"},
+    )
+    peers: str = field(
+        default="",
+        metadata={
+            "help": "replicas sharing a Chroma server, comma-separated host:port (a DNS name "
+            "stands for every address it resolves to, e.g. a headless Service); each key "
+            "is owned by one live replica and the others forward to it. Empty: alone"
+        },
+    )
+    advertise_address: str = field(
+        default="",
+        metadata={
+            "help": "this replica's host:port as its peers reach it (as the peers resolve, "
+            "e.g. the pod IP); empty: the listen address"
+        },
+    )
 
     def __post_init__(self) -> None:
         # A spread needs two refits; a bad value should stop the server at start-up.
@@ -158,6 +205,25 @@ class Settings:
             raise ValueError("tls_cert_file and tls_key_file must be given together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.peers and not self.chroma_url:
+            raise ValueError("peers need a shared Chroma server: set chroma_url")
+        if self.peers and self.own_address.rpartition(":")[0].strip("[]") in ("", "0.0.0.0", "::"):
+            raise ValueError(
+                f"with peers, set advertise_address: the listen address {self.address!r} "
+                "is not one the peers can reach"
+            )
+
+    @property
+    def peer_list(self) -> list[str]:
+        """``peers`` split: host:port entries."""
+        return [p.strip() for p in self.peers.split(",") if p.strip()]
+
+    @property
+    def own_address(self) -> str:
+        """This replica's address as its peers reach it."""
+        return self.advertise_address or self.address
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

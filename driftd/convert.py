@@ -6,8 +6,9 @@ client. Imports only protobuf, numpy and the generated modules.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import numpy as np
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -106,6 +107,71 @@ def dict_to_struct(payload: Mapping | None) -> struct_pb2.Struct:
     return s
 
 
+def _scalar(value: struct_pb2.Value) -> object:
+    """A google.protobuf.Value's scalar (None for null, lists and structs)."""
+    which = value.WhichOneof("kind")
+    return (
+        getattr(value, which) if which in ("string_value", "number_value", "bool_value") else None
+    )
+
+
+def conditions_from_proto(
+    conditions: Iterable[point_pb2.PayloadCondition],
+) -> list[types.PayloadCondition]:
+    """PayloadCondition messages as values; the engine validates them (an unset
+    condition comes through with no kind set, a non-scalar set value as None)."""
+    out = []
+    for c in conditions:
+        which = c.WhichOneof("condition")
+        if which == "range":
+            r = c.range
+            out.append(
+                types.PayloadCondition(
+                    c.key,
+                    **{b: getattr(r, b) for b in ("gt", "gte", "lt", "lte") if r.HasField(b)},
+                )
+            )
+        elif which in ("any_of", "none_of"):
+            # A non-scalar comes through as None, for the engine to refuse.
+            values = cast(
+                tuple[types.Scalar, ...], tuple(_scalar(x) for x in getattr(c, which).values)
+            )
+            if which == "any_of":
+                out.append(types.PayloadCondition(c.key, any_of=values))
+            else:
+                out.append(types.PayloadCondition(c.key, none_of=values))
+        else:
+            out.append(types.PayloadCondition(c.key))
+    return out
+
+
+def conditions_to_proto(
+    conditions: Iterable[types.PayloadCondition],
+) -> list[point_pb2.PayloadCondition]:
+    """Values as PayloadCondition messages (the server validates them)."""
+    out = []
+    for c in conditions:
+        msg = point_pb2.PayloadCondition(key=c.key)
+        bounds = {b: getattr(c, b) for b in ("gt", "gte", "lt", "lte")}
+        if any(x is not None for x in bounds.values()):
+            msg.range.CopyFrom(
+                point_pb2.NumberRange(**{b: x for b, x in bounds.items() if x is not None})
+            )
+        for which in ("any_of", "none_of"):
+            values = getattr(c, which)
+            if values is not None:
+                getattr(msg, which).values.extend(
+                    struct_pb2.Value(bool_value=x)
+                    if isinstance(x, bool)
+                    else struct_pb2.Value(number_value=x)
+                    if isinstance(x, int | float)
+                    else struct_pb2.Value(string_value=x)
+                    for x in values
+                )
+        out.append(msg)
+    return out
+
+
 def point_from_proto(p: point_pb2.Point) -> types.Point:
     """A Point message as a value; an unset or out-of-range time becomes None
     (the engine rejects it as INVALID_TIMESTAMP)."""
@@ -159,6 +225,7 @@ def collection_to_proto(c: types.CollectionInfo) -> collection_pb2.Collection:
         time_key=c.time_key,
         series_key=c.series_key,
         attached=c.attached,
+        owner=c.owner,
     )
     msg.create_time.CopyFrom(datetime_to_timestamp(c.create_time))
     if c.start_time is not None:
@@ -184,6 +251,7 @@ def collection_from_proto(msg: collection_pb2.Collection) -> types.CollectionInf
         time_key=msg.time_key,
         series_key=msg.series_key,
         attached=msg.attached,
+        owner=msg.owner,
     )
 
 

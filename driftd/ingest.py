@@ -11,7 +11,7 @@ import re
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,15 +123,18 @@ def ingest_rows(
     total: int | None = None,
     desc: str = "ingest",
 ) -> IngestStats:
-    """Streams ``(line number, row)`` pairs through ``client.stream_upsert`` with a
-    progress bar (tqdm, if installed) and counts what was accepted and rejected.
+    """Writes ``(line number, row)`` pairs through ``client.writer`` (the resumable
+    writer: a server restart is ridden out, unacknowledged batches are re-sent)
+    with a progress bar (tqdm, if installed), and counts what was accepted and
+    rejected.
 
     Rows are dicts ``{id, timestamp, text | vector, series?, payload?}``; a row that
     does not parse (or is an exception from the reader) is counted as rejected and
     not sent; points the server rejects are counted from its acks.
 
     Args:
-        client: a :class:`driftd.client.DriftClient`.
+        client: a :class:`driftd.client.DriftClient`; its ``timeout`` bounds how
+            long a restart may take.
         total: the number of rows, for the bar's percentage; None if unknown.
 
     Raises:
@@ -140,32 +143,29 @@ def ingest_rows(
     from driftd.client import parse_point
 
     stats = IngestStats()
-    sent_lines: deque[int] = deque()
-
-    def points():
-        for line, row in rows:
-            if isinstance(row, Exception):
-                stats.reject(line, "INVALID_JSON", str(row))
-                continue
-            try:
-                point = parse_point(row)
-            except InvalidArgument as exc:
-                stats.reject(line, exc.reason, _row_problem(exc))
-                continue
-            sent_lines.append(line)
-            yield point
-
-    bar = _progress_bar(total, desc)
+    sent_lines: list[int] = []  # the line of each point given to the writer
+    bar = progress_bar(total, desc)
     started = time.perf_counter()
     try:
-        for ack in client.stream_upsert(collection, points(), batch_size=batch_size):
-            # Batches are acked in order and all but the last are full, so the
-            # batch's lines are the next batch_size sent.
-            lines = [sent_lines.popleft() for _ in range(min(batch_size, len(sent_lines)))]
-            stats.accepted += ack.accepted
-            for err in ack.errors:
-                stats.reject(lines[err.index], err.reason, _BATCH_INDEX.sub("", err.message))
-            bar.update(stats.accepted + stats.rejected - bar.n)
+        with client.writer(
+            collection,
+            batch_size=batch_size,
+            on_ack=lambda ack: bar.update(ack.accepted + ack.rejected),
+        ) as writer:
+            for line, row in rows:
+                if isinstance(row, Exception):
+                    stats.reject(line, "INVALID_JSON", str(row))
+                    continue
+                try:
+                    point = parse_point(row)
+                except InvalidArgument as exc:
+                    stats.reject(line, exc.reason, _row_problem(exc))
+                    continue
+                sent_lines.append(line)
+                writer.add(point)
+        stats.accepted = writer.progress.accepted
+        for err in writer.progress.errors:
+            stats.reject(sent_lines[err.index], err.reason, _BATCH_INDEX.sub("", err.message))
     finally:
         stats.seconds = time.perf_counter() - started
         bar.close()
@@ -182,7 +182,9 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int | None, desc: str):
+def progress_bar(total: int | None, desc: str):
+    """A tqdm bar on stderr (``update(n)``, ``close()``), or a silent stand-in
+    when tqdm is not installed."""
     try:
         from tqdm import tqdm
     except ImportError:

@@ -32,6 +32,28 @@ class Point:
     payload: dict[str, str | float | int | bool] = field(default_factory=dict)
 
 
+Scalar = str | float | int | bool
+
+
+@dataclass(frozen=True)
+class PayloadCondition:
+    """A typed condition on one payload value (``driftd.v1.PayloadCondition``).
+
+    Set the range bounds (``gt``/``gte``/``lt``/``lte``: a number within them),
+    or ``any_of`` (the value is one of these), or ``none_of`` (none of these);
+    exactly one kind per condition. Set values hold one type (strings, numbers
+    or bools). A point without ``key`` matches only ``none_of``.
+    """
+
+    key: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+    any_of: tuple[Scalar, ...] | None = None
+    none_of: tuple[Scalar, ...] | None = None
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     """A collection's settings and live counts."""
@@ -49,6 +71,8 @@ class CollectionInfo:
     time_key: str = ""
     series_key: str = ""
     attached: bool = False
+    #: The owner replica's address (server mode with peers); "" otherwise.
+    owner: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """``python -m bench.flow [--quick] [--no-sotu] [--no-scale] [--no-serving]
-[--serving-points N]``: see bench/flow/__init__.py."""
+[--serving-points N] [--sweep N]``: see bench/flow/__init__.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 from threadpoolctl import threadpool_limits
 
-from bench.flow import scale, serving, systems
+from bench.flow import scale, serving, sweep, systems
 from bench.flow.table import render
 
 WELLS = range(3, 9)
@@ -35,6 +35,12 @@ def main(argv=None) -> int:
         default=None,
         help="points in the server measurements (default 100,000; 20,000 with --quick)",
     )
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        default=None,
+        help="systems in the attractor robustness sweep (default 60; 12 with --quick; 0: none)",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     t0 = time.perf_counter()
@@ -58,6 +64,10 @@ def main(argv=None) -> int:
         for r in checked:
             if not r.ok:
                 print(f"  missed: {r.system}: {r.metric}")
+        n_sweep = args.sweep if args.sweep is not None else (12 if args.quick else 60)
+        if n_sweep:
+            print()
+            print("\n".join(sweep.sweep_lines(n_sweep)), flush=True)
         if not args.no_scale:
             print()
             sizes_scale = (5_000, 20_000) if args.quick else scale.SIZES

@@ -14,6 +14,14 @@
 //	    strictly into the Prometheus Operator's own Go type, so an unknown or
 //	    mistyped field fails, and checks it selects something and names a port.
 //
+//	deploycheck prometheus -metrics EXPOSITION [-coverage PREFIX,...] FILE...
+//	    Rule files (YAML) through Prometheus's own rulefmt.ParseFile, the
+//	    parser and validation of `promtool check rules`; Grafana dashboards
+//	    (JSON): every target's expr parses as PromQL with Prometheus's parser.
+//	    Every metric selected must be in EXPOSITION (a scrape of the server's
+//	    /metrics) or made by Prometheus (up, ALERTS), and every exported family
+//	    whose name starts with a PREFIX must be used somewhere.
+//
 // Exit status 0 when everything passes, 1 with one line per finding otherwise.
 package main
 
@@ -39,7 +47,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: deploycheck dockerfile [-context DIR] Dockerfile | servicemonitor FILE...")
+		fmt.Fprintln(os.Stderr, "usage: deploycheck dockerfile [-context DIR] Dockerfile | servicemonitor FILE... | prometheus -metrics FILE [-coverage PREFIX,...] FILE...")
 		os.Exit(2)
 	}
 	var findings []string
@@ -56,6 +64,20 @@ func main() {
 		findings, err = checkDockerfile(fl.Arg(0), *context)
 	case "servicemonitor":
 		findings, err = checkServiceMonitors(os.Args[2:])
+	case "prometheus":
+		fl := flag.NewFlagSet("prometheus", flag.ExitOnError)
+		metrics := fl.String("metrics", "", "the server's /metrics scraped to a file")
+		coverage := fl.String("coverage", "", "comma-separated metric name prefixes every one of which must be used")
+		_ = fl.Parse(os.Args[2:])
+		if *metrics == "" || fl.NArg() == 0 {
+			fmt.Fprintln(os.Stderr, "usage: deploycheck prometheus -metrics FILE [-coverage PREFIX,...] FILE...")
+			os.Exit(2)
+		}
+		var prefixes []string
+		if *coverage != "" {
+			prefixes = strings.Split(*coverage, ",")
+		}
+		findings, err = checkPrometheus(*metrics, prefixes, fl.Args())
 	default:
 		fmt.Fprintf(os.Stderr, "deploycheck: unknown check %q\n", os.Args[1])
 		os.Exit(2)

@@ -29,11 +29,13 @@ from driftd.client._common import (
     parse_points,
 )
 from driftd.client._sync import DriftClient, UpsertWriter
+from driftd.types import PayloadCondition
 
 __all__ = [
     "AsyncDriftClient",
     "AsyncUpsertWriter",
     "DriftClient",
+    "PayloadCondition",
     "RetryPolicy",
     "TLS",
     "UpsertAck",

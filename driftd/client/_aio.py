@@ -19,7 +19,7 @@ from driftd import types
 from driftd.client import _common as common
 from driftd.client._common import PointLike, RetryPolicy, Time, UpsertAck, WriteProgress
 from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
-from driftd.v1 import behavior_pb2, monitor_pb2, point_pb2
+from driftd.v1 import behavior_pb2, collection_pb2, monitor_pb2, point_pb2
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ class AsyncDriftClient:
         api_key: str | None = None,
         tls: common.TLS | bool | None = None,
     ) -> None:
-        credentials, security_options, metadata = common.channel_security(
+        target, credentials, security_options, metadata = common.channel_security(
             target, api_key=api_key, tls=tls, credentials=credentials
         )
         opts = common.channel_options({**security_options, **dict(options or ())}, retries)
@@ -111,6 +111,26 @@ class AsyncDriftClient:
                 yield info
             if not token:
                 return
+
+    def export_collection(
+        self, name: str, *, chunk_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[collection_pb2.ExportCollectionResponse]:
+        """See :meth:`DriftClient.export_collection` (an async iterator)."""
+        responses = self._stubs.collections.ExportCollection(
+            common.export_request(name, chunk_size), timeout=timeout
+        )
+        return self._stream(responses, lambda response: (response,))
+
+    async def import_collection(
+        self,
+        requests: Iterable[collection_pb2.ImportCollectionRequest]
+        | AsyncIterable[collection_pb2.ImportCollectionRequest],
+        *,
+        timeout: float | None = None,
+    ) -> collection_pb2.ImportCollectionResponse:
+        """See :meth:`DriftClient.import_collection`; ``requests`` may be async."""
+        with common.translate_errors():
+            return await self._stubs.collections.ImportCollection(requests, timeout=timeout)
 
     async def delete_collection(self, name: str) -> None:
         """See :meth:`DriftClient.delete_collection`."""
@@ -181,10 +201,18 @@ class AsyncDriftClient:
         end: Time = None,
         series: str = "",
         include_vectors: bool = False,
+        payload_filter: Mapping[str, str | float | bool] | None = None,
+        payload_conditions: Sequence[types.PayloadCondition] = (),
     ) -> AsyncIterator[types.Point]:
         """See :meth:`DriftClient.trajectory` (an async iterator)."""
         request = common.trajectory_request(
-            name, start=start, end=end, series=series, include_vectors=include_vectors
+            name,
+            start=start,
+            end=end,
+            series=series,
+            include_vectors=include_vectors,
+            payload_filter=payload_filter,
+            payload_conditions=payload_conditions,
         )
         return self._stream(self._stubs.points.GetTrajectory(request), common.read_trajectory)
 
@@ -200,6 +228,7 @@ class AsyncDriftClient:
         series: str = "",
         payload_filter: Mapping[str, str | float | bool] | None = None,
         include_vectors: bool = False,
+        payload_conditions: Sequence[types.PayloadCondition] = (),
     ) -> list[types.ScoredPoint]:
         """See :meth:`DriftClient.search`."""
         return await self._unary(
@@ -213,6 +242,7 @@ class AsyncDriftClient:
                 series=series,
                 payload_filter=payload_filter,
                 include_vectors=include_vectors,
+                payload_conditions=payload_conditions,
             )
         )
 

@@ -14,7 +14,7 @@ from driftd import types
 from driftd.client import _common as common
 from driftd.client._common import PointLike, RetryPolicy, Time, UpsertAck, WriteProgress
 from driftd.routing.types import BranchContext, BranchInfo, FactsResult, RouteResult
-from driftd.v1 import behavior_pb2, monitor_pb2, point_pb2
+from driftd.v1 import behavior_pb2, collection_pb2, monitor_pb2, point_pb2
 
 T = TypeVar("T")
 
@@ -31,7 +31,8 @@ class DriftClient:
     RFC 3339 strings (naive means UTC); vectors are float32 numpy arrays.
 
     Args:
-        target: ``host:port`` of the server.
+        target: ``host:port`` of the server; ``http://host:port`` (plaintext) and
+            ``https://host:port`` (TLS with the system's roots) are accepted too.
         timeout: deadline of each unary RPC, in seconds (None: no deadline),
             retries and waits for the server included. Streams (trajectory,
             simulations, stream_upsert, writer) have no deadline; they stop when
@@ -66,7 +67,7 @@ class DriftClient:
         api_key: str | None = None,
         tls: common.TLS | bool | None = None,
     ) -> None:
-        credentials, security_options, metadata = common.channel_security(
+        target, credentials, security_options, metadata = common.channel_security(
             target, api_key=api_key, tls=tls, credentials=credentials
         )
         opts = common.channel_options({**security_options, **dict(options or ())}, retries)
@@ -119,7 +120,7 @@ class DriftClient:
         """Creates a collection.
 
         Args:
-            name: id (3-63 chars of ``[A-Za-z0-9._-]``) or ``"collections/{id}"``.
+            name: id (3-512 chars of ``[A-Za-z0-9._-]``) or ``"collections/{id}"``.
             dim: vector dimension; None takes the embed model's.
             distance: ``"cosine"``, ``"l2"`` or ``"ip"``.
             embed_model: fastembed model that embeds texts (e.g.
@@ -143,6 +144,36 @@ class DriftClient:
             yield from infos
             if not token:
                 return
+
+    def export_collection(
+        self, name: str, *, chunk_size: int = 0, timeout: float | None = None
+    ) -> Iterator[collection_pb2.ExportCollectionResponse]:
+        """A snapshot of collection ``name`` for a backup, streamed as the server
+        sends it: first the collection and its drift rules, then chunks of
+        ``chunk_size`` points (0: the server's 500) with vectors. ``timeout``
+        bounds the whole stream (None: no deadline). Closing the iterator cancels
+        the RPC. :mod:`driftd.backup` writes it to a file."""
+        responses = self._stubs.collections.ExportCollection(
+            common.export_request(name, chunk_size), timeout=timeout
+        )
+        return self._stream(responses, lambda response: (response,))
+
+    def import_collection(
+        self,
+        requests: Iterable[collection_pb2.ImportCollectionRequest],
+        *,
+        timeout: float | None = None,
+    ) -> collection_pb2.ImportCollectionResponse:
+        """Creates a collection from ``requests`` (the first names it and carries
+        its settings and drift rules; any may carry points): all or nothing.
+        ``timeout`` bounds the whole stream (None: no deadline).
+
+        Raises:
+            AlreadyExists: the collection id is taken.
+            InvalidArgument: bad settings, drift rules or points (nothing is kept).
+        """
+        with common.translate_errors():
+            return self._stubs.collections.ImportCollection(iter(requests), timeout=timeout)
 
     def delete_collection(self, name: str) -> None:
         """Deletes a collection and its points. Raises NotFound."""
@@ -269,11 +300,27 @@ class DriftClient:
         end: Time = None,
         series: str = "",
         include_vectors: bool = False,
+        payload_filter: Mapping[str, str | float | bool] | None = None,
+        payload_conditions: Sequence[types.PayloadCondition] = (),
     ) -> Iterator[types.Point]:
         """The points of ``[start, end)`` in time order (ties in insertion order),
-        streamed; ``series`` "" means all. Closing the iterator cancels the RPC."""
+        streamed; ``series`` "" means all. ``payload_filter`` (equalities) and
+        ``payload_conditions`` (:class:`driftd.types.PayloadCondition`: ranges,
+        sets) keep only the points matching all of them. Closing the iterator
+        cancels the RPC.
+
+        Raises:
+            InvalidArgument: INVALID_FILTER (a reserved key such as ``driftd:*``
+                or ``$or``, a non-scalar value, a malformed condition).
+        """
         request = common.trajectory_request(
-            name, start=start, end=end, series=series, include_vectors=include_vectors
+            name,
+            start=start,
+            end=end,
+            series=series,
+            include_vectors=include_vectors,
+            payload_filter=payload_filter,
+            payload_conditions=payload_conditions,
         )
         return self._stream(self._stubs.points.GetTrajectory(request), common.read_trajectory)
 
@@ -289,13 +336,17 @@ class DriftClient:
         series: str = "",
         payload_filter: Mapping[str, str | float | bool] | None = None,
         include_vectors: bool = False,
+        payload_conditions: Sequence[types.PayloadCondition] = (),
     ) -> list[types.ScoredPoint]:
         """The ``top_k`` nearest points to a ``vector`` (d,) or a ``text``, nearest
-        first, within ``[start, end)``, ``series`` and the payload equalities of
-        ``payload_filter``.
+        first, within ``[start, end)``, ``series``, the payload equalities of
+        ``payload_filter`` and every :class:`driftd.types.PayloadCondition` of
+        ``payload_conditions``, e.g. ``PayloadCondition("score", gte=0.5)`` or
+        ``PayloadCondition("lang", any_of=("en", "de"))``.
 
         Raises:
-            InvalidArgument: not exactly one of vector/text, or a bad dimension/top_k.
+            InvalidArgument: not exactly one of vector/text, or a bad dimension/top_k;
+                INVALID_FILTER for a bad filter (see :meth:`trajectory`).
         """
         return self._unary(
             common.search(
@@ -308,6 +359,7 @@ class DriftClient:
                 series=series,
                 payload_filter=payload_filter,
                 include_vectors=include_vectors,
+                payload_conditions=payload_conditions,
             )
         )
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from driftd import metrics
+from driftd.engine import memory
 from driftd.engine import validate as v
 from driftd.engine._core import EngineCore, _Collection
 from driftd.engine.cache import TrajectoryCache
@@ -38,7 +41,7 @@ class CollectionsMixin(EngineCore):
         """Creates a collection.
 
         Args:
-            name: 3-63 chars of [A-Za-z0-9._-], alphanumeric at both ends.
+            name: 3-512 chars of [A-Za-z0-9._-], alphanumeric at both ends.
             dim: vector dimension; defaults to the embed model's.
             distance: "cosine", "l2" or "ip".
             embed_model: fastembed model that embeds texts; None/"" refuses texts.
@@ -73,7 +76,7 @@ class CollectionsMixin(EngineCore):
                 "dimension is required when there is no embed model",
                 field_violations=[FieldViolation("collection.dimension", "required")],
             )
-        v.check_range(dim, 1, 65_536, "collection.dimension")
+        v.check_range(dim, 1, self.settings.max_dimension, "collection.dimension")
         meta = StoredCollection(name, int(dim), distance, embed_model, time.time(), 0)
         meta = await self._runner.call(lambda: self._store.create(meta))
         gone = self._collections.pop(name, None)
@@ -89,11 +92,17 @@ class CollectionsMixin(EngineCore):
         return self._info(coll)
 
     async def list_collections(
-        self, *, page_size: int = 100, page_token: str = ""
+        self,
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        load: Callable[[str], bool] = lambda name: True,
     ) -> tuple[list[CollectionInfo], str]:
         """A page of collections in name order and the next page token ("" at the end).
 
-        The token is the last name of the previous page.
+        The token is the last name of the previous page. A collection for which
+        ``load(name)`` is False is not read into memory (another replica owns
+        it): its counts and time span are left zero and unset.
 
         Raises:
             InvalidArgument: page_size outside 1-1000 (LIMIT_EXCEEDED) or a bad
@@ -111,8 +120,11 @@ class CollectionsMixin(EngineCore):
         page = after[:page_size]
         out = []
         for m in page:
-            coll = self._current(m)
-            await self._loaded(coll)
+            if load(m.name):
+                coll = self._current(m)
+                await self._loaded(coll)
+            else:
+                coll = _Collection(m)  # not kept: its owner holds its state
             out.append(self._info(coll))
         next_token = page[-1].name if len(after) > page_size else ""
         return out, next_token
@@ -120,6 +132,22 @@ class CollectionsMixin(EngineCore):
     async def collection_count(self) -> int:
         """How many driftd collections the store holds (for the collections quota)."""
         return len(await self._runner.call(self._store.list))
+
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Forgets every collection ``keep(name)`` rejects (in server mode with
+        peers: another replica owns it now): its trajectory cache and flow model
+        go, and its watches end with UNAVAILABLE (OWNER_MOVED) so their clients
+        resume at the new owner. A later call for it reads it from Chroma again."""
+        lost = [n for n in self._collections if not keep(n)]
+        for name in lost:
+            coll = self._collections.pop(name)
+            if coll.model is not None:
+                metrics.CACHED_MODELS.dec()
+            with contextlib.suppress(KeyError):
+                metrics.CACHED_POINTS.remove(name)
+            self.events.release(name)
+        if lost:
+            self._runner.call(memory.trim)  # the dropped caches' pages
 
     async def delete_collection(self, name: str) -> None:
         """Deletes the collection and its points. Raises NotFound."""

@@ -22,7 +22,7 @@ from typing import Self
 
 import numpy as np
 
-from driftd import metrics
+from driftd import metrics, tracing
 from driftd.config import Settings
 from driftd.engine import memory
 from driftd.engine import validate as v
@@ -160,14 +160,23 @@ class EngineCore:
             raise Unavailable("driftd is not serving: the engine is closed")
         return self._pool
 
-    async def embed(self, model: str, texts: list[str]) -> np.ndarray:
+    async def embed(self, model: str, texts: list[str], *, field: str = "text") -> np.ndarray:
         """Embeds texts on the embedding thread: (n,) str -> (n, d) float32.
 
-        Raises InvalidArgument(UNKNOWN_EMBED_MODEL).
+        The model reads the first 256 tokens of each text (all-MiniLM-L6-v2's
+        window); the rest of a longer text is not embedded.
+
+        Raises InvalidArgument(UNKNOWN_EMBED_MODEL; LIMIT_EXCEEDED: a text over
+        ``max_text_bytes`` or all over ``max_request_text_bytes``, ``field``
+        names them).
         """
-        return await asyncio.get_running_loop().run_in_executor(
-            self._embed_thread, self._embedders.embed, model, texts
-        )
+        v.check_texts(texts, self.settings, field)
+        with tracing.tracer.start_as_current_span(
+            "embed", attributes={"driftd.embed_model": model, "driftd.texts": len(texts)}
+        ):
+            return await asyncio.get_running_loop().run_in_executor(
+                self._embed_thread, self._embedders.embed, model, texts
+            )
 
     async def _collection(self, name: str) -> _Collection:
         """The collection's state. With a shared Chroma server other replicas may
@@ -323,6 +332,12 @@ class EngineCore:
                     reason="NON_FINITE_VECTOR",
                     field_violations=[FieldViolation(f"{field}.vector", "must be finite")],
                 )
+            if meta.distance == "cosine" and v.is_zero(vec):
+                raise InvalidArgument(
+                    f"{field}.vector is all zero: it has no cosine direction",
+                    reason="ZERO_VECTOR",
+                    field_violations=[FieldViolation(f"{field}.vector", "must not be all zero")],
+                )
             return vec
         if text:
             if not meta.embed_model:
@@ -331,7 +346,7 @@ class EngineCore:
                     reason="NO_EMBED_MODEL",
                     field_violations=[FieldViolation(f"{field}.text", "no embed model")],
                 )
-            return (await self.embed(meta.embed_model, [text]))[0]
+            return (await self.embed(meta.embed_model, [text], field=f"{field}.text"))[0]
         cache = await self._loaded(coll)
         row = cache.row_of(point_id)
         if row is None:

@@ -26,6 +26,7 @@ from driftd.store.chroma import (
     payload_where,
 )
 from driftd.types import (
+    PayloadCondition,
     Point,
     ScoredPoint,
     UpsertResult,
@@ -63,22 +64,29 @@ class PointsMixin(EngineCore):
         coll = await self._collection(name)
         v.check_batch_size(len(points), self.settings.max_batch_points)
         meta = coll.meta
-        reserved = frozenset(k for k in (meta.time_key, meta.series_key) if k)
         batch, errors = v.validate_points(
-            points, dimension=meta.dimension, embed_model=meta.embed_model, reserved_keys=reserved
+            points,
+            dimension=meta.dimension,
+            distance=meta.distance,
+            embed_model=meta.embed_model,
+            reserved_keys=_reserved_keys(meta),
+            limits=self.settings,
         )
         if not lenient:
             v.raise_for_errors(errors)
         n = len(batch.points)
         if n == 0:
             return UpsertResult(0, 0, meta.version, tuple(errors))
+        v.check_texts([p.text for p in batch.points if p.text], self.settings, "points")
         vectors = np.empty((n, meta.dimension), dtype=np.float32)
         for j, p in enumerate(batch.points):
             if p.vector is not None:
                 vectors[j] = p.vector
         if batch.to_embed:
             embedded = await self.embed(
-                meta.embed_model, [batch.points[j].text or "" for j in batch.to_embed]
+                meta.embed_model,
+                [batch.points[j].text or "" for j in batch.to_embed],
+                field="points",
             )
             if embedded.shape[1] != meta.dimension:
                 raise FailedPrecondition(
@@ -108,8 +116,14 @@ class PointsMixin(EngineCore):
                 payloads=[p.payload for p in batch.points],
             )
 
+            # Ids stored already (all of them when the cache was just dropped).
+            cache = coll.cache
+            replacing = (
+                cols.ids if cache is None else [i for i in cols.ids if cache.row_of(i) is not None]
+            )
+
             def write() -> tuple[StoredCollection, SeenWrites | None]:
-                self._store.upsert(coll.meta, cols)  # durable (verified) once it returns
+                self._store.upsert(coll.meta, cols, replacing)  # durable (verified) once it returns
                 try:
                     return self._commit(coll, version)
                 except Exception:
@@ -147,8 +161,10 @@ class PointsMixin(EngineCore):
         """
         coll = await self._collection(name)
         v.check_batch_size(len(ids), self.settings.max_batch_points, "ids")
+        # Chroma refuses a get with an id twice (a caller's repeat is not an error).
+        unique = list(dict.fromkeys(ids))
         records = await self._runner.call(
-            lambda: self._store.fetch(coll.meta, list(ids), include_vectors=include_vectors)
+            lambda: self._store.fetch(coll.meta, unique, include_vectors=include_vectors)
         )
         found = [self._point(records[i]) for i in ids if i in records]
         return found, [i for i in ids if i not in records]
@@ -194,17 +210,31 @@ class PointsMixin(EngineCore):
         series: str = "",
         include_vectors: bool = False,
         chunk_size: int = 500,
+        payload_filter: Mapping | None = None,
+        payload_conditions: Sequence[PayloadCondition] = (),
     ) -> AsyncGenerator[list[Point], None]:
-        """Points of a time window in time order, in chunks of ``chunk_size``.
+        """Points of a time window in time order, in chunks of ``chunk_size``;
+        only those matching ``payload_filter`` (equality) and every one of
+        ``payload_conditions`` when given.
 
         An async generator: stop iterating (or ``aclose()``) to stop the reads.
-        Raises NotFound, InvalidArgument (chunk_size outside 1-10000).
+        Raises NotFound, InvalidArgument (chunk_size outside 1-10000;
+        INVALID_FILTER, see :func:`driftd.engine.validate.check_filter`).
         """
         v.check_range(chunk_size, 1, 10_000, "chunk_size")
         coll = await self._collection(name)
+        where = payload_where(
+            v.check_filter(payload_filter, payload_conditions, _reserved_keys(coll.meta))
+        )
         cache = await self._loaded(coll)
         snap = cache.snapshot()
         positions = snap.select(start, end, series)
+        if where is not None:
+            allowed = await self._runner.call(
+                functools.partial(self._store.ids_where, coll.meta, where)
+            )
+            keep = np.fromiter((str(i) in allowed for i in snap.ids[positions]), dtype=bool)
+            positions = positions[keep]
         for lo in range(0, len(positions), chunk_size):
             pos = positions[lo : lo + chunk_size]
             ids = [str(i) for i in snap.ids[pos]]
@@ -230,15 +260,17 @@ class PointsMixin(EngineCore):
         start: datetime | None = None,
         end: datetime | None = None,
         series: str = "",
-        payload_filter: dict | None = None,
+        payload_filter: Mapping | None = None,
         include_vectors: bool = False,
+        payload_conditions: Sequence[PayloadCondition] = (),
     ) -> list[ScoredPoint]:
         """The top_k nearest points to a vector or text.
 
         Without a time/series filter this is Chroma's HNSW search (payload filter
         as a Chroma ``where``); with one, an exact scan of the cached trajectory.
 
-        Raises NotFound, InvalidArgument (query, top_k), FailedPrecondition (text
+        Raises NotFound, InvalidArgument (query, top_k; INVALID_FILTER, see
+        :func:`driftd.engine.validate.check_filter`), FailedPrecondition (text
         without an embed model).
         """
         coll = await self._collection(name)
@@ -246,7 +278,9 @@ class PointsMixin(EngineCore):
         query = await self._start_vector(
             coll, vector=vector, text=text, point_id=None, field="query"
         )
-        where = payload_where(payload_filter or {})
+        where = payload_where(
+            v.check_filter(payload_filter, payload_conditions, _reserved_keys(coll.meta))
+        )
         cache = await self._loaded(coll)
         if start is None and end is None and not series:
             hits = await self._runner.call(
@@ -266,6 +300,11 @@ class PointsMixin(EngineCore):
         )
         by_id = {p.id: p for p in found}
         return [ScoredPoint(by_id[i], d) for i, d in hits if i in by_id]
+
+
+def _reserved_keys(meta: StoredCollection) -> frozenset[str]:
+    """The collection's own metadata keys: neither a payload nor a filter may use them."""
+    return frozenset(k for k in (meta.time_key, meta.series_key) if k)
 
 
 def _exact_knn(

@@ -34,8 +34,9 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
+from driftd import tracing
 from driftd.flow import shared, tasks, worker
-from driftd.metrics import POOL_QUEUE_DEPTH
+from driftd.metrics import POOL_QUEUE_DEPTH, POOL_TASK_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -130,31 +131,38 @@ class MathPool:
         (:func:`driftd.flow.shared.call`), copied out on a thread.
         """
         loop = asyncio.get_running_loop()
+        name = args[0] if fn is tasks.run else fn.__name__
         self._pending += 1
         POOL_QUEUE_DEPTH.set(self._pending)
         blocks: list[SharedMemory] = []
         try:
-            if any(_shareable(a) for a in (*args, *kwargs.values())):
-                args, kwargs = await asyncio.to_thread(_share_all, fn, args, kwargs, blocks)
-            slot = self._free.pop() if self._free else -1
-            if slot >= 0:
-                self._flags[slot] = 0
-            try:
-                future = self._executor.submit(worker.run, slot, fn, args, kwargs)
-                result = await asyncio.wrap_future(future, loop=loop)
-            except asyncio.CancelledError:
+            with tracing.tracer.start_as_current_span(
+                f"pool {name}", attributes={"driftd.task": name}
+            ):
+                submitted = time.time_ns()
+                if any(_shareable(a) for a in (*args, *kwargs.values())):
+                    args, kwargs = await asyncio.to_thread(_share_all, fn, args, kwargs, blocks)
+                slot = self._free.pop() if self._free else -1
                 if slot >= 0:
-                    self._flags[slot] = 1  # stops it at its next checkpoint
-                # The slot is reused, and the result freed, once the worker lets go.
-                future.add_done_callback(functools.partial(self._abandoned, slot))
-                raise
-            except BaseException:
+                    self._flags[slot] = 0
+                try:
+                    future = self._executor.submit(worker.run, slot, fn, args, kwargs)
+                    ran = await asyncio.wrap_future(future, loop=loop)
+                except asyncio.CancelledError:
+                    if slot >= 0:
+                        self._flags[slot] = 1  # stops it at its next checkpoint
+                    # The slot is reused, and the result freed, once the worker lets go.
+                    future.add_done_callback(functools.partial(self._abandoned, slot))
+                    raise
+                except BaseException:
+                    self._free_slot(slot)
+                    raise
                 self._free_slot(slot)
-                raise
-            self._free_slot(slot)
-            if isinstance(result, shared.SharedResult):
-                return await asyncio.to_thread(shared.unpack, result)
-            return result
+                _observe(name, submitted, ran)
+                if isinstance(ran.result, shared.SharedResult):
+                    with tracing.tracer.start_as_current_span("pool unpack"):
+                        return await asyncio.to_thread(shared.unpack, ran.result)
+                return ran.result
         finally:
             for block in blocks:
                 block.close()
@@ -181,7 +189,7 @@ class MathPool:
     def _abandoned(self, slot: int, future) -> None:
         """Done callback (executor thread) of a task nobody awaits any more."""
         if not future.cancelled() and future.exception() is None:
-            shared.release(future.result())
+            shared.release(future.result().result)
         self._free_slot(slot)  # list.append is atomic under the GIL
 
     def shutdown(self) -> None:
@@ -198,6 +206,17 @@ class MathPool:
                 log.warning("killing math worker %s: still busy at shutdown", process.pid)
                 process.kill()
                 process.join()
+
+
+def _observe(task: str, submitted_ns: int, ran: shared.Ran) -> None:
+    """Records a finished task's queue wait (submission, including the copy to
+    shared memory, to a worker's start) and run time as child spans and metrics."""
+    attributes = {"driftd.task": task}
+    tracing.interval("pool queue", submitted_ns, ran.started_ns, attributes)
+    tracing.interval("pool run", ran.started_ns, ran.ended_ns, attributes)
+    queued = max(0, ran.started_ns - submitted_ns) / 1e9
+    POOL_TASK_SECONDS.labels(task=task, phase="queue").observe(queued)
+    POOL_TASK_SECONDS.labels(task=task, phase="run").observe((ran.ended_ns - ran.started_ns) / 1e9)
 
 
 def _shareable(value) -> bool:

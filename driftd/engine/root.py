@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 from driftd.behaviors.store import BehaviorStore
 from driftd.config import Settings
@@ -95,6 +96,16 @@ class Driftd:
     async def ready(self, timeout: float) -> bool:
         """True while storage answers a heartbeat within ``timeout`` seconds."""
         return await self._store.ready(timeout)
+
+    def retain(
+        self, *, collections: Callable[[str], bool], conversations: Callable[[str], bool]
+    ) -> None:
+        """Drops the in-memory state of the collections and conversations this
+        replica no longer owns (server mode with peers); each capability reads a
+        key's state from Chroma again when it gets the key back."""
+        self.db.retain(collections)
+        self.monitor.retain(collections)
+        self.routing.retain(conversations)
 
     async def stop_watches(self) -> None:
         """Ends the watch streams (UNAVAILABLE) and the monitor's background work:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 import numpy as np
 
@@ -101,12 +103,30 @@ class SharedResult:
     sizes: tuple[int, ...]
 
 
-def call(fn, args: tuple, kwargs: dict):
+@dataclass(frozen=True)
+class Ran:
+    """What :func:`call` returns: the task's result (or its :class:`SharedResult`)
+    and when the worker started and finished it (``time.time_ns()``, one clock for
+    every process of the host), so the server can tell queue wait from run time."""
+
+    result: Any
+    started_ns: int
+    ended_ns: int
+
+
+def call(fn, args: tuple, kwargs: dict) -> Ran:
     """Runs ``fn(*args, **kwargs)`` (in a worker) with every :class:`SharedArray`
     argument replaced by a private copy of its array. Returns the result, or a
     :class:`SharedResult` when its buffers reach RESULT_BYTES and shared memory has
-    room for them; the caller passes it to :func:`unpack` (or :func:`release`)."""
+    room for them (the caller passes it to :func:`unpack` or :func:`release`), in a
+    :class:`Ran` with the worker's start and end times."""
+    started = time.time_ns()
     result = fn(*(_load(a) for a in args), **{k: _load(v) for k, v in kwargs.items()})
+    return Ran(_pack(result), started, time.time_ns())
+
+
+def _pack(result: Any) -> Any:
+    """``result``, or a :class:`SharedResult` holding its big buffers."""
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(result, protocol=5, buffer_callback=buffers.append)
     raws = [b.raw() for b in buffers]

@@ -161,6 +161,7 @@ class Watcher:
         self._types = types
         self.lost = asyncio.Event()  # set when an unread event was evicted (or the watch ends)
         self.deleted = False  # the collection was deleted
+        self.moved = False  # the collection moved to another replica
 
     async def __aenter__(self) -> Watcher:
         return self
@@ -174,6 +175,11 @@ class Watcher:
     def _check(self) -> None:
         if self.deleted:
             raise NotFound(f"collection {self._collection!r} was deleted; the watch has ended")
+        if self.moved:
+            raise Unavailable(
+                f"collection {self._collection!r} moved to another replica; resume the watch",
+                reason="OWNER_MOVED",
+            )
         if self._hub.closed:
             raise Unavailable(
                 "driftd is shutting down; resume from the last sequence seen when it is back"
@@ -299,6 +305,21 @@ class EventHub:
             ch.changed = asyncio.Event()
         for fn in self._drop_listeners:
             fn(collection, uid)
+
+    def release(self, collection: str) -> None:
+        """Another replica owns the collection now: ends its watches (their next
+        read raises Unavailable(OWNER_MOVED)) and forgets its buffered events.
+        Sequence numbers go on from the last one, as after :meth:`drop`."""
+        ch = self._channels.get(collection)
+        if ch is not None:
+            for w in ch.watchers:
+                w.moved = True
+                w.lost.set()
+            ch.watchers.clear()
+            ch.events.clear()
+            ch.weight = 0
+            ch.changed.set()
+            ch.changed = asyncio.Event()
 
     def publish(
         self,

@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -153,6 +153,8 @@ class _Watched:
     """Everything the monitor keeps for one collection (dropped with it)."""
 
     rules: dict[str, DriftRule] = field(default_factory=dict)
+    #: ``rules`` were read from Chroma (on the collection's first use here).
+    loaded: bool = False
     #: Upsert events waiting for the live worker, and the worker.
     queue: asyncio.Queue[Event] = field(default_factory=lambda: asyncio.Queue(LIVE_QUEUE))
     worker: asyncio.Task[None] | None = None
@@ -199,8 +201,9 @@ def _utc(seconds: float) -> datetime:
 class Monitor:
     """Monitoring over the points engine (``AsyncDriftDB``).
 
-    Call :meth:`open` once the engine is open (it loads the drift rules and
-    subscribes to the engine's events) and :meth:`aclose` before closing it.
+    Call :meth:`open` once the engine is open (it subscribes to the engine's
+    events; each collection's drift rules are read from Chroma on its first use
+    here) and :meth:`aclose` before closing it.
     """
 
     def __init__(self, db: PointsEngine, rules: RuleRepository) -> None:
@@ -211,9 +214,7 @@ class Monitor:
         self._projections: dict[int, np.ndarray] = {}
 
     async def open(self) -> None:
-        """Loads the drift rules and starts listening to the engine's events."""
-        for rule in await self._load_rules():
-            self._state(rule.collection).rules[rule.rule_id] = rule
+        """Starts listening to the engine's events."""
         self._opened = True
         self._db.events.add_listener(self._on_event)
         self._db.events.add_drop_listener(self._on_drop)
@@ -238,9 +239,17 @@ class Monitor:
         return state
 
     def _rules_of(self, collection: str) -> dict[str, DriftRule]:
+        """The collection's rules; call after :meth:`_cached`, which reads them."""
         if not self._opened:
             raise Unavailable("driftd is not serving: the monitor has not started")
         return self._state(collection).rules
+
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Forgets the rules and live work of every collection ``keep(name)``
+        rejects (another replica owns it now); its rules stay in Chroma, where
+        the new owner reads them, and are read again if it comes back here."""
+        for name in [n for n in self._watched if not keep(n)]:
+            self._forget(name)
 
     # --- windows -------------------------------------------------------------
 
@@ -248,9 +257,16 @@ class Monitor:
         """(stored collection settings, trajectory cache) of a collection.
 
         Uses the engine's in-memory cache: reading windows back from Chroma would
-        cost seconds per 20k points. Raises NotFound.
+        cost seconds per 20k points. Reads the collection's drift rules on its
+        first use here. Raises NotFound.
         """
-        return await self._db.trajectory_cache(name)
+        meta, cache = await self._db.trajectory_cache(name)
+        state = self._state(name)
+        if not state.loaded:
+            rules = await self._load_rules(name, meta.uid)
+            if not state.loaded:
+                state.rules, state.loaded = {r.rule_id: r for r in rules}, True
+        return meta, cache
 
     @staticmethod
     def _check_window(w: Window, field: str) -> None:
@@ -469,16 +485,14 @@ class Monitor:
 
     # --- rule storage --------------------------------------------------------
 
-    async def _load_rules(self) -> list[DriftRule]:
-        """The rules of the existing collections. Rules left by a deleted collection
-        (e.g. deleted through another replica) are deleted; rules stored before
+    async def _load_rules(self, name: str, uid: str) -> list[DriftRule]:
+        """The rules of collection ``name`` (Chroma id ``uid``). Rules left by an
+        earlier collection of the same name are deleted; rules stored before
         they carried their collection's id are given it."""
-        uids = await self._repo.collection_uids()
         rules, orphans = [], []
-        for record in await self._repo.load():
+        for record in await self._repo.load(name):
             rule = _rule_from_metadata(record.metadata)
-            uid = uids.get(rule.collection)
-            if uid is None or rule.collection_uid not in ("", uid):
+            if rule.collection_uid not in ("", uid):
                 orphans.append(record.id)
             elif not rule.collection_uid:
                 rule = replace(rule, collection_uid=uid)
@@ -487,7 +501,7 @@ class Monitor:
             else:
                 rules.append(rule)
         if orphans:
-            log.info("deleting %d drift rules of deleted collections", len(orphans))
+            log.info("deleting %d drift rules of an earlier collection %s", len(orphans), name)
             await self._repo.delete(orphans)
         return rules
 
@@ -500,13 +514,17 @@ class Monitor:
         """Hub drop listener: the collection was deleted, so its rules (in memory
         and, submitted now so before any later store call, in Chroma) and its
         live work go; a collection created again under the name starts afresh."""
-        state = self._watched.pop(name, None)
 
         def logged(done: asyncio.Future) -> None:
             if not done.cancelled() and done.exception() is not None:
                 log.error("deleting the drift rules of %s failed", name, exc_info=done.exception())
 
         self._repo.delete_of_collection(name, uid).add_done_callback(logged)
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """Drops the collection's rules from memory and stops its live work."""
+        state = self._watched.pop(name, None)
         if state is None:
             return
         if state.worker is not None:
@@ -758,6 +776,7 @@ class Monitor:
         return state
 
     async def _check_rules(self, event: Event, data: PointsUpserted) -> None:
+        await self._cached(event.collection)  # reads the rules
         for rule in list(self._rules_of(event.collection).values()):
             times = [
                 t

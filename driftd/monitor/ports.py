@@ -21,12 +21,8 @@ from driftd.types import ChapterSet, Point
 class RuleRepository(Protocol):
     """Drift rules by ``{collection}/{rule_id}``; a record's metadata is the rule."""
 
-    async def collection_uids(self) -> dict[str, str]:
-        """Chroma's id of every existing collection, by name."""
-        ...
-
-    async def load(self) -> list[StoredRecord]:
-        """Every stored rule."""
+    async def load(self, collection: str) -> list[StoredRecord]:
+        """The stored rules of one collection (any incarnation)."""
         ...
 
     async def save(self, rule_id: str, metadata: Metadata) -> None:

@@ -90,7 +90,6 @@ T = TypeVar("T")
 MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # Server-assigned message ids; clients may not use this form.
 _SERVER_MESSAGE_ID = re.compile(r"^m[0-9]+$")
-MAX_CONTENT_CHARS = 100_000
 DEFAULT_PAGE_SIZE = 100
 WAL_FILE = "driftd-routing.wal"
 # The mover writes logged messages to Chroma once no message has been logged for
@@ -254,6 +253,8 @@ class RoutingEngine:
         # conversation's first message needs no read. (Another replica may add
         # conversations to a Chroma server at any time: there, always read.)
         self._known: set[str] = set()
+        # Bumped by retain: state read or built before it is not cached after it.
+        self._epoch = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._setup_lock = asyncio.Lock()
         self._model = ""
@@ -356,6 +357,14 @@ class RoutingEngine:
                 await asyncio.sleep(_RETRY_SECONDS)
                 self._kick.set()
 
+    def retain(self, keep: Callable[[str], bool]) -> None:
+        """Drops the in-memory state of every conversation ``keep(id)`` rejects
+        (in server mode with peers: another replica owns it now); if it comes
+        back here, it is read from Chroma again, with what the other owner wrote."""
+        self._epoch += 1
+        for cid in [c for c in self._cache if not keep(c)]:
+            del self._cache[cid]
+
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
 
@@ -379,6 +388,7 @@ class RoutingEngine:
             return conv
         if self._wal is not None and cid not in self._known:
             return _Conversation(cid)
+        epoch = self._epoch
         await self._drain()
         got = await self._repo.messages(cid, embeddings=True)
         facts = await self._repo.facts(cid)
@@ -403,7 +413,7 @@ class RoutingEngine:
                 str(md["extractor"]),
                 int(md["message_count"]),
             )
-        if got:
+        if got and epoch == self._epoch:
             self._cache[cid] = conv
             self._evict()
         return conv
@@ -464,7 +474,7 @@ class RoutingEngine:
                 reason="MISSING_CONTENT",
                 field_violations=[FieldViolation("content", "required (or vector)")],
             )
-        v.check_range(len(content), 0, MAX_CONTENT_CHARS, "content")
+        v.check_texts([content], self._settings, "content")
         if message_id and (
             not MESSAGE_ID.match(message_id) or _SERVER_MESSAGE_ID.match(message_id)
         ):
@@ -512,6 +522,7 @@ class RoutingEngine:
         """
         x = unit(stored)
         async with self._lock(cid):
+            epoch = self._epoch
             conv = await self._conversation(cid)
             if message_id and message_id in conv.message_ids:
                 return await self._stored_result(conv, conv.message_ids[message_id])
@@ -542,9 +553,10 @@ class RoutingEngine:
             branch = self._router.apply(state, cfg, decision, x, content, when)
             conv.message_ids[mid] = record.id
             conv.last_key = key
-            self._cache[cid] = conv
-            self._cache.move_to_end(cid)
-            self._evict()
+            if epoch == self._epoch:  # else the conversation may have moved: reread it
+                self._cache[cid] = conv
+                self._cache.move_to_end(cid)
+                self._evict()
             return _result(cid, decision, branch.words.topic(), mid)
 
     def _checked_vector(self, vector) -> np.ndarray:

@@ -19,18 +19,21 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from driftd import metrics
+from driftd import metrics, tracing
 from driftd.config import Settings
 from driftd.engine.root import Driftd
 from driftd.errors import Unavailable
-from driftd.server import readiness
+from driftd.server import logs, readiness
 from driftd.server import reflection as commented_reflection
 from driftd.server.behavior_service import BehaviorServiceServicer
+from driftd.server.cluster import Cluster
 from driftd.server.collection_service import CollectionServiceServicer
 from driftd.server.flow_service import FlowServiceServicer
+from driftd.server.forwarding import ForwardingInterceptor
 from driftd.server.interceptors import MetricsInterceptor
 from driftd.server.monitor_service import MonitorServiceServicer
 from driftd.server.point_service import PointServiceServicer
+from driftd.server.requests import RequestCheckInterceptor
 from driftd.server.routing_service import RoutingServiceServicer
 from driftd.server.security import ConfigError
 from driftd.server.security import build as build_security
@@ -134,11 +137,28 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     security = build_security(settings, db, _host(settings.address))
     metrics.configure(collection_labels=settings.metrics_collection_labels)
     health_servicer = health.aio.HealthServicer()
+    # Keys owned by other replicas are forwarded after metrics (counted here too),
+    # the security checks (the owner checks the forwarded credentials again) and the
+    # request checks (a malformed request is refused where it lands).
+    cluster = Cluster(
+        settings.own_address,
+        settings.peer_list,
+        channel_options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(), security.interceptor], options=server_options(settings)
+        interceptors=[
+            MetricsInterceptor(logs.access_level(settings.access_log)),
+            security.interceptor,
+            RequestCheckInterceptor(),
+            ForwardingInterceptor(cluster),
+        ],
+        options=server_options(settings),
     )
     collection_pb2_grpc.add_CollectionServiceServicer_to_server(
-        CollectionServiceServicer(db), server
+        CollectionServiceServicer(db, monitor, cluster), server
     )
     point_pb2_grpc.add_PointServiceServicer_to_server(PointServiceServicer(db), server)
     # The monitor runs the online chapter detectors that DetectChapters(ONLINE) reads.
@@ -203,6 +223,15 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             f"port {settings.metrics_port}" if metrics_http else "off",
         )
         root = gate.root = await Driftd.open(settings)
+        if cluster.enabled:
+            opened = root
+            cluster.add_listener(  # each capability drops the keys it no longer owns
+                lambda: opened.retain(
+                    collections=lambda c: cluster.owns("collections/" + c),
+                    conversations=lambda c: cluster.owns("conversations/" + c),
+                )
+            )
+            await cluster.start()
         for service in ("", *SERVICE_NAMES):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         probe = asyncio.create_task(
@@ -224,6 +253,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         await server.stop(settings.grace_seconds)
         if health_only is not None:
             await health_only.stop(None)
+        await cluster.stop()
         gate.root = None
         if root is not None:
             await root.aclose()
@@ -237,18 +267,22 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
 
 
 def run(settings: Settings) -> None:
-    """Configures logging and runs :func:`serve` until SIGTERM/SIGINT; returns
-    normally (exit status 0) after a graceful stop.
+    """Configures logging and tracing (:mod:`driftd.server.logs`,
+    :func:`driftd.tracing.configure`) and runs :func:`serve` until SIGTERM/SIGINT;
+    returns normally (exit status 0) after a graceful stop, with the spans and
+    log lines flushed.
 
     Raises:
         SystemExit: with a one-line message when the address or port is taken or
             the security settings are refused.
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    stop_logging = logs.configure(settings.log_level, settings.log_format)
+    stop_tracing = tracing.configure()
     try:
         asyncio.run(serve(settings))
     except (BindError, ConfigError) as exc:
         raise SystemExit(f"driftd: {exc}") from None
+    finally:
+        if stop_tracing is not None:
+            stop_tracing()
+        stop_logging()

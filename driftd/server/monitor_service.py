@@ -95,6 +95,35 @@ def report_to_proto(r: drift.DriftResult, count_a: int, count_b: int) -> monitor
     )
 
 
+async def create_rule(
+    monitor: Monitor,
+    name: str,
+    rule_id: str,
+    spec: monitor_pb2.DriftRule,
+    field: str = "drift_rule",
+) -> DriftRule:
+    """Creates the rule ``spec`` (its window, threshold, series and min_points;
+    unset ones take the defaults) on collection ``name`` under ``rule_id``.
+
+    Raises:
+        InvalidArgument: no window (violation on ``{field}.window``), or what
+            :meth:`Monitor.create_rule` raises.
+    """
+    if not spec.HasField("window"):
+        raise InvalidArgument(
+            f"{field}.window is required",
+            field_violations=[FieldViolation(f"{field}.window", "required")],
+        )
+    return await monitor.create_rule(
+        name,
+        rule_id=rule_id,
+        window_seconds=spec.window.ToTimedelta().total_seconds(),
+        p_value_threshold=spec.p_value_threshold or DEFAULT_P_VALUE_THRESHOLD,
+        series=spec.series,
+        min_points=spec.min_points or DEFAULT_MIN_POINTS,
+    )
+
+
 def rule_to_proto(rule: DriftRule) -> monitor_pb2.DriftRule:
     msg = monitor_pb2.DriftRule(
         name=f"collections/{rule.collection}/driftRules/{rule.rule_id}",
@@ -256,20 +285,7 @@ class MonitorServiceServicer(monitor_pb2_grpc.MonitorServiceServicer):
     @maps_errors
     async def CreateDriftRule(self, request, context) -> monitor_pb2.DriftRule:
         name = parse_collection_name(request.parent)
-        spec = request.drift_rule
-        if not spec.HasField("window"):
-            raise InvalidArgument(
-                "drift_rule.window is required",
-                field_violations=[FieldViolation("drift_rule.window", "required")],
-            )
-        rule = await self._monitor.create_rule(
-            name,
-            rule_id=request.drift_rule_id,
-            window_seconds=spec.window.ToTimedelta().total_seconds(),
-            p_value_threshold=spec.p_value_threshold or DEFAULT_P_VALUE_THRESHOLD,
-            series=spec.series,
-            min_points=spec.min_points or DEFAULT_MIN_POINTS,
-        )
+        rule = await create_rule(self._monitor, name, request.drift_rule_id, request.drift_rule)
         return rule_to_proto(rule)
 
     @maps_errors

@@ -111,6 +111,8 @@ class PointServiceServicer(point_pb2_grpc.PointServiceServicer):
             series=request.series,
             include_vectors=request.include_vectors,
             chunk_size=request.chunk_size or DEFAULT_CHUNK_SIZE,
+            payload_filter=_payload_filter(request),
+            payload_conditions=convert.conditions_from_proto(request.payload_conditions),
         )
         try:
             async for chunk in chunks:
@@ -134,11 +136,8 @@ class PointServiceServicer(point_pb2_grpc.PointServiceServicer):
             start=start,
             end=end,
             series=request.series,
-            payload_filter=(
-                convert.payload_to_dict(request.payload_filter)
-                if request.HasField("payload_filter")
-                else None
-            ),
+            payload_filter=_payload_filter(request),
+            payload_conditions=convert.conditions_from_proto(request.payload_conditions),
             include_vectors=request.include_vectors,
         )
         return point_pb2.SearchPointsResponse(
@@ -147,3 +146,10 @@ class PointServiceServicer(point_pb2_grpc.PointServiceServicer):
                 for h in hits
             ]
         )
+
+
+def _payload_filter(request) -> dict | None:
+    """The request's ``payload_filter`` Struct as a dict; None when unset."""
+    if not request.HasField("payload_filter"):
+        return None
+    return convert.payload_to_dict(request.payload_filter)

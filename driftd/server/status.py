@@ -37,53 +37,100 @@ def _pack(message) -> any_pb2.Any:
     return packed
 
 
+#: What one error may put in its trailers (the percent-encoded grpc-message
+#: plus the base64 grpc-status-details-bin): gRPC refuses received metadata
+#: over 8 KB by default (16 KB hard), and then the client sees RESOURCE_EXHAUSTED
+#: instead of the error.
+MAX_DETAILS_BYTES = 6 * 1024
+#: Field violations listed per error; the rest are counted in ErrorInfo
+#: metadata ``field_violation_count`` (the total).
+MAX_FIELD_VIOLATIONS = 20
+#: UTF-8 bytes kept of the message, of a violation's field and description,
+#: and of an ErrorInfo metadata value (echoed ids and names can be any length).
+_MAX_MESSAGE_BYTES = 512
+_MAX_FIELD_BYTES = 128
+_MAX_DESCRIPTION_BYTES = 256
+_MAX_METADATA_BYTES = 128
+_MAX_METADATA_ITEMS = 16
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary),
+    marked with an ellipsis when cut."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _trailer_bytes(status: status_pb2.Status) -> int:
+    """The size of ``status`` on the wire as trailers: grpc-message is
+    percent-encoded (RFC 3986 style, every byte outside printable ASCII and '%'
+    takes 3), grpc-status-details-bin is base64."""
+    message = status.message.encode("utf-8")
+    pct = sum(3 if b < 0x20 or b > 0x7E or b == 0x25 else 1 for b in message)
+    return pct + 4 * ((status.ByteSize() + 2) // 3)
+
+
 def to_rpc_status(exc: Exception, error_id: str = "") -> status_pb2.Status:
     """The google.rpc.Status for ``exc``: a DriftdError keeps its code, reason,
     metadata and field violations; any other exception is INTERNAL_ERROR with
     only its message (no traceback or type leaks to the client). ``error_id``,
-    if given, goes into the ErrorInfo metadata as ``error_id``."""
+    if given, goes into the ErrorInfo metadata as ``error_id`` (never clipped away).
+
+    The result always fits in :data:`MAX_DETAILS_BYTES`: the message, metadata
+    and violation texts are clipped, at most :data:`MAX_FIELD_VIOLATIONS`
+    violations are kept (fewer if they are long), and when any is left out
+    ErrorInfo metadata ``field_violation_count`` has the total.
+    """
     if isinstance(exc, DriftdError):
         code, reason, message, metadata = exc.code, exc.reason, exc.message, exc.metadata
     else:
         code, reason, metadata = "INTERNAL", "INTERNAL_ERROR", {}
         message = f"internal error: {exc}" if str(exc) else "internal error"
     if error_id:
-        metadata = {**metadata, "error_id": error_id}
-    status = status_pb2.Status(code=grpc.StatusCode[code].value[0], message=message)
-    status.details.append(
-        _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+        metadata = {"error_id": error_id, **metadata}
+    metadata = {
+        _clip(k, _MAX_FIELD_BYTES): _clip(v, _MAX_METADATA_BYTES)
+        for k, v in list(metadata.items())[:_MAX_METADATA_ITEMS]
+    }
+    violations = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=_clip(v.field, _MAX_FIELD_BYTES),
+            description=_clip(v.description, _MAX_DESCRIPTION_BYTES),
+        )
+        for v in getattr(exc, "field_violations", ())[:MAX_FIELD_VIOLATIONS]
+    ]
+    total = len(getattr(exc, "field_violations", ()))
+    while True:
+        if len(violations) < total:
+            metadata["field_violation_count"] = str(total)
+        status = status_pb2.Status(
+            code=grpc.StatusCode[code].value[0], message=_clip(message, _MAX_MESSAGE_BYTES)
+        )
+        status.details.append(
+            _pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+        )
+        if violations:
+            status.details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+        if isinstance(exc, QuotaExceeded):
+            status.details.extend(_quota_details(exc))
+        if not violations or _trailer_bytes(status) <= MAX_DETAILS_BYTES:
+            return status
+        violations.pop()
+
+
+def _quota_details(exc: QuotaExceeded) -> list[any_pb2.Any]:
+    """RetryInfo (when to retry) and QuotaFailure (which limit) of a quota error."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(0, round(exc.retry_delay * 1e9)))
+    failure = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=v.subject, description=v.description)
+            for v in exc.quota_violations
+        ]
     )
-    violations = getattr(exc, "field_violations", ())
-    if violations:
-        status.details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in violations
-                    ]
-                )
-            )
-        )
-    if isinstance(exc, QuotaExceeded):
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(max(0, round(exc.retry_delay * 1e9)))
-        status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        status.details.append(
-            _pack(
-                error_details_pb2.QuotaFailure(
-                    violations=[
-                        error_details_pb2.QuotaFailure.Violation(
-                            subject=v.subject, description=v.description
-                        )
-                        for v in exc.quota_violations
-                    ]
-                )
-            )
-        )
-    return status
+    return [_pack(error_details_pb2.RetryInfo(retry_delay=delay)), _pack(failure)]
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: Exception, where: str) -> NoReturn:

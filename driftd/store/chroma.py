@@ -35,7 +35,7 @@ import numpy as np
 from chromadb.api.collection_configuration import CreateCollectionConfiguration
 from chromadb.base_types import LiteralValue, LogicalOperator, Where, WhereOperator
 
-from driftd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from driftd.errors import AlreadyExists, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -398,8 +398,13 @@ class ChromaStore:
 
     # --- points --------------------------------------------------------------
 
-    def upsert(self, meta: StoredCollection, cols: Columns) -> None:
+    def upsert(self, meta: StoredCollection, cols: Columns, replacing: Sequence[str] = ()) -> None:
         """Writes the points in Chroma-sized chunks; durable when it returns.
+
+        ``replacing`` are the ids that exist already. Chroma's upsert merges
+        metadata and keeps a document it is not given, so for those the keys
+        the new point lacks are deleted (set to None) and a missing text
+        becomes "" (read back as None): an upsert replaces the whole point.
 
         The batch was validated whole before; should a later chunk still fail,
         the earlier chunks of this batch are deleted again so nothing is half-written.
@@ -413,6 +418,24 @@ class ChromaStore:
             if cols.series[i]:
                 md[meta.series_key] = cols.series[i]
             metadatas.append(md)
+        texts: builtins.list[str | None] = (
+            builtins.list(cols.texts) if cols.texts else [None] * len(cols.ids)
+        )
+        if replacing:
+            at = {pid: i for i, pid in enumerate(cols.ids)}
+            for lo in range(0, len(replacing), self.max_batch_size):
+                old = col.get(
+                    ids=list(replacing[lo : lo + self.max_batch_size]),
+                    include=["metadatas", "documents"],
+                )
+                for pid, old_md, old_doc in zip(
+                    old["ids"], old["metadatas"], old["documents"], strict=True
+                ):
+                    i = at[pid]
+                    for key in (old_md or {}).keys() - metadatas[i].keys():
+                        metadatas[i][key] = None
+                    if old_doc and texts[i] is None:
+                        texts[i] = ""
         written: builtins.list[str] = []
         step = self.max_batch_size
         try:
@@ -422,7 +445,7 @@ class ChromaStore:
                     ids=cols.ids[lo:hi],
                     embeddings=cols.vectors[lo:hi],
                     metadatas=metadatas[lo:hi],
-                    documents=cols.texts[lo:hi] if cols.texts else None,
+                    documents=texts[lo:hi] if any(t is not None for t in texts) else None,
                 )
                 written.extend(cols.ids[lo:hi])
         except Exception as exc:
@@ -480,7 +503,7 @@ class ChromaStore:
                     pid,
                     t if t is not None else float("nan"),
                     series,
-                    got["documents"][j],
+                    got["documents"][j] or None,
                     payload,
                     vec,
                 )
@@ -572,20 +595,11 @@ def _journal_where(uid: str, op: Literal["$lt", "$gte"], seconds: float) -> Wher
     return {"$and": [of_collection, in_time]}
 
 
-def payload_where(payload_filter: dict) -> dict | None:
-    """Equality on every key as a Chroma ``where`` filter.
-
-    Raises:
-        InvalidArgument: a value is not a scalar.
-    """
-    clauses = []
-    for key, value in payload_filter.items():
-        if not isinstance(value, str | int | float | bool):
-            raise InvalidArgument(
-                f"payload_filter[{key!r}] must be a string, number or bool",
-                reason="INVALID_PAYLOAD",
-            )
-        clauses.append({key: {"$eq": value}})
-    if not clauses:
+def payload_where(clauses: Sequence[tuple[str, str, object]]) -> dict | None:
+    """Validated ``(key, operator, operand)`` clauses
+    (:func:`driftd.engine.validate.check_filter`) as one Chroma ``where`` (AND);
+    None when there are none."""
+    where = [{key: {op: operand}} for key, op, operand in clauses]
+    if not where:
         return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    return where[0] if len(where) == 1 else {"$and": where}

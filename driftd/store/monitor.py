@@ -31,15 +31,11 @@ class ChromaRuleRepository:
             RULES_COLLECTION, embedding_function=None
         )
 
-    async def collection_uids(self) -> dict[str, str]:
-        """Chroma's id of every existing collection, by name."""
-        return await self._runner.call(
-            lambda: {c.name: str(c.id) for c in self._runner.store.client.list_collections()}
+    async def load(self, collection: str) -> list[StoredRecord]:
+        """The stored rules of one collection, any incarnation (metadata only)."""
+        got = await self._runner.call(
+            lambda: self._rules().get(where={"collection": collection}, include=["metadatas"])
         )
-
-    async def load(self) -> list[StoredRecord]:
-        """Every stored rule (metadata only)."""
-        got = await self._runner.call(lambda: self._rules().get(include=["metadatas"]))
         return system.records(got)
 
     async def save(self, rule_id: str, metadata: Metadata) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from driftd import tracing
 from driftd.errors import Unavailable
 from driftd.store import faults
 from driftd.store.chroma import ChromaStore
@@ -74,17 +75,27 @@ class StoreRunner:
         so calls run in the order they are made, even one started from a
         synchronous callback.
 
+        Traced as a ``chroma <caller>`` span (the function that made the call),
+        from submission to result, with a ``run`` event when the thread takes it.
+
         Raises (when awaited) Unavailable once the runner is closed.
         """
         loop = asyncio.get_running_loop()
+        span = tracing.start_span(f"chroma {_caller(fn)}", {"db.system.name": "chroma"})
+
+        def run() -> T:
+            span.add_event("run")
+            return fn()
+
         try:
-            return loop.run_in_executor(
-                self._thread, faults.translated(fn, self._embedded_path, self._reserve)
+            future = loop.run_in_executor(
+                self._thread, faults.translated(run, self._embedded_path, self._reserve)
             )
         except RuntimeError:  # the executor is shut down
-            failed: asyncio.Future[T] = loop.create_future()
-            failed.set_exception(Unavailable("driftd is stopping: storage is closed"))
-            return failed
+            future = loop.create_future()
+            future.set_exception(Unavailable("driftd is stopping: storage is closed"))
+        future.add_done_callback(lambda f: _end_span(span, f))
+        return future
 
     def check_room(self, batch_bytes: int) -> asyncio.Future[None]:
         """Checks, on the store thread, that a write of about ``batch_bytes``
@@ -113,3 +124,17 @@ class StoreRunner:
             None, lambda: self._thread.shutdown(wait=True)
         )
         self._store = None
+
+
+def _caller(fn: Callable[[], object]) -> str:
+    """Who submitted ``fn``: ``PointsMixin.upsert`` for a lambda or local function
+    defined there, else ``fn``'s own qualified name."""
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    return name.split(".<locals>", 1)[0]
+
+
+def _end_span(span, future: asyncio.Future) -> None:
+    error = None if future.cancelled() else future.exception()
+    if error is not None:
+        tracing.record_error(span, error)
+    span.end()

@@ -22,11 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from driftd.v1 import monitor_pb2 as driftd_dot_v1_dot_monitor__pb2
+from driftd.v1 import point_pb2 as driftd_dot_v1_dot_point__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64riftd/v1/collection.proto\x12\tdriftd.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x02\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12%\n\x08\x64istance\x18\x03 \x01(\x0e\x32\x13.driftd.v1.Distance\x12\x13\n\x0b\x65mbed_model\x18\x04 \x01(\t\x12\x13\n\x0bpoint_count\x18\x05 \x01(\x03\x12\x14\n\x0cseries_count\x18\x06 \x01(\x03\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\n \x01(\x03\x12\x10\n\x08time_key\x18\x0b \x01(\t\x12\x12\n\nseries_key\x18\x0c \x01(\t\x12\x10\n\x08\x61ttached\x18\r \x01(\x08\"[\n\x17\x43reateCollectionRequest\x12\x15\n\rcollection_id\x18\x01 \x01(\t\x12)\n\ncollection\x18\x02 \x01(\x0b\x32\x15.driftd.v1.Collection\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x17ListCollectionsResponse\x12*\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x15.driftd.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x17\x41ttachCollectionRequest\x12\x19\n\x11\x63hroma_collection\x18\x01 \x01(\t\x12\x10\n\x08time_key\x18\x02 \x01(\t\x12\x12\n\nseries_key\x18\x03 \x01(\t\x12\x13\n\x0b\x65mbed_model\x18\x04 \x01(\t*f\n\x08\x44istance\x12\x18\n\x14\x44ISTANCE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44ISTANCE_COSINE\x10\x01\x12\x0f\n\x0b\x44ISTANCE_L2\x10\x02\x12\x1a\n\x16\x44ISTANCE_INNER_PRODUCT\x10\x03\x32\xa4\x03\n\x11\x43ollectionService\x12M\n\x10\x43reateCollection\x12\".driftd.v1.CreateCollectionRequest\x1a\x15.driftd.v1.Collection\x12G\n\rGetCollection\x12\x1f.driftd.v1.GetCollectionRequest\x1a\x15.driftd.v1.Collection\x12X\n\x0fListCollections\x12!.driftd.v1.ListCollectionsRequest\x1a\".driftd.v1.ListCollectionsResponse\x12N\n\x10\x44\x65leteCollection\x12\".driftd.v1.DeleteCollectionRequest\x1a\x16.google.protobuf.Empty\x12M\n\x10\x41ttachCollection\x12\".driftd.v1.AttachCollectionRequest\x1a\x15.driftd.v1.CollectionB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64riftd/v1/collection.proto\x12\tdriftd.v1\x1a\x17\x64riftd/v1/monitor.proto\x1a\x15\x64riftd/v1/point.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x02\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12%\n\x08\x64istance\x18\x03 \x01(\x0e\x32\x13.driftd.v1.Distance\x12\x13\n\x0b\x65mbed_model\x18\x04 \x01(\t\x12\x13\n\x0bpoint_count\x18\x05 \x01(\x03\x12\x14\n\x0cseries_count\x18\x06 \x01(\x03\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\n \x01(\x03\x12\x10\n\x08time_key\x18\x0b \x01(\t\x12\x12\n\nseries_key\x18\x0c \x01(\t\x12\x10\n\x08\x61ttached\x18\r \x01(\x08\x12\r\n\x05owner\x18\x0e \x01(\t\"[\n\x17\x43reateCollectionRequest\x12\x15\n\rcollection_id\x18\x01 \x01(\t\x12)\n\ncollection\x18\x02 \x01(\x0b\x32\x15.driftd.v1.Collection\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x17ListCollectionsResponse\x12*\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x15.driftd.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"o\n\x17\x41ttachCollectionRequest\x12\x19\n\x11\x63hroma_collection\x18\x01 \x01(\t\x12\x10\n\x08time_key\x18\x02 \x01(\t\x12\x12\n\nseries_key\x18\x03 \x01(\t\x12\x13\n\x0b\x65mbed_model\x18\x04 \x01(\t\";\n\x17\x45xportCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\x05\"\x92\x01\n\x18\x45xportCollectionResponse\x12)\n\ncollection\x18\x01 \x01(\x0b\x32\x15.driftd.v1.Collection\x12)\n\x0b\x64rift_rules\x18\x02 \x03(\x0b\x32\x14.driftd.v1.DriftRule\x12 \n\x06points\x18\x03 \x03(\x0b\x32\x10.driftd.v1.Point\"\xa8\x01\n\x17ImportCollectionRequest\x12\x15\n\rcollection_id\x18\x01 \x01(\t\x12)\n\ncollection\x18\x02 \x01(\x0b\x32\x15.driftd.v1.Collection\x12)\n\x0b\x64rift_rules\x18\x03 \x03(\x0b\x32\x14.driftd.v1.DriftRule\x12 \n\x06points\x18\x04 \x03(\x0b\x32\x10.driftd.v1.Point\"\x86\x01\n\x18ImportCollectionResponse\x12)\n\ncollection\x18\x01 \x01(\x0b\x32\x15.driftd.v1.Collection\x12\x1c\n\x14imported_point_count\x18\x02 \x01(\x03\x12!\n\x19imported_drift_rule_count\x18\x03 \x01(\x05*f\n\x08\x44istance\x12\x18\n\x14\x44ISTANCE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44ISTANCE_COSINE\x10\x01\x12\x0f\n\x0b\x44ISTANCE_L2\x10\x02\x12\x1a\n\x16\x44ISTANCE_INNER_PRODUCT\x10\x03\x32\xe2\x04\n\x11\x43ollectionService\x12M\n\x10\x43reateCollection\x12\".driftd.v1.CreateCollectionRequest\x1a\x15.driftd.v1.Collection\x12G\n\rGetCollection\x12\x1f.driftd.v1.GetCollectionRequest\x1a\x15.driftd.v1.Collection\x12X\n\x0fListCollections\x12!.driftd.v1.ListCollectionsRequest\x1a\".driftd.v1.ListCollectionsResponse\x12N\n\x10\x44\x65leteCollection\x12\".driftd.v1.DeleteCollectionRequest\x1a\x16.google.protobuf.Empty\x12M\n\x10\x41ttachCollection\x12\".driftd.v1.AttachCollectionRequest\x1a\x15.driftd.v1.Collection\x12]\n\x10\x45xportCollection\x12\".driftd.v1.ExportCollectionRequest\x1a#.driftd.v1.ExportCollectionResponse0\x01\x12]\n\x10ImportCollection\x12\".driftd.v1.ImportCollectionRequest\x1a#.driftd.v1.ImportCollectionResponse(\x01\x42\x37Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +36,30 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftd.v1.collection_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1'
-  _globals['_DISTANCE']._serialized_start=916
-  _globals['_DISTANCE']._serialized_end=1018
-  _globals['_COLLECTION']._serialized_start=104
-  _globals['_COLLECTION']._serialized_end=468
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=470
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=561
-  _globals['_GETCOLLECTIONREQUEST']._serialized_start=563
-  _globals['_GETCOLLECTIONREQUEST']._serialized_end=599
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=601
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=664
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=666
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=760
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=762
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=801
-  _globals['_ATTACHCOLLECTIONREQUEST']._serialized_start=803
-  _globals['_ATTACHCOLLECTIONREQUEST']._serialized_end=914
-  _globals['_COLLECTIONSERVICE']._serialized_start=1021
-  _globals['_COLLECTIONSERVICE']._serialized_end=1441
+  _globals['_DISTANCE']._serialized_start=1497
+  _globals['_DISTANCE']._serialized_end=1599
+  _globals['_COLLECTION']._serialized_start=152
+  _globals['_COLLECTION']._serialized_end=531
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=533
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=624
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=626
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=662
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=664
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=727
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=729
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=823
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=825
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=864
+  _globals['_ATTACHCOLLECTIONREQUEST']._serialized_start=866
+  _globals['_ATTACHCOLLECTIONREQUEST']._serialized_end=977
+  _globals['_EXPORTCOLLECTIONREQUEST']._serialized_start=979
+  _globals['_EXPORTCOLLECTIONREQUEST']._serialized_end=1038
+  _globals['_EXPORTCOLLECTIONRESPONSE']._serialized_start=1041
+  _globals['_EXPORTCOLLECTIONRESPONSE']._serialized_end=1187
+  _globals['_IMPORTCOLLECTIONREQUEST']._serialized_start=1190
+  _globals['_IMPORTCOLLECTIONREQUEST']._serialized_end=1358
+  _globals['_IMPORTCOLLECTIONRESPONSE']._serialized_start=1361
+  _globals['_IMPORTCOLLECTIONRESPONSE']._serialized_end=1495
+  _globals['_COLLECTIONSERVICE']._serialized_start=1602
+  _globals['_COLLECTIONSERVICE']._serialized_end=2212
 # @@protoc_insertion_point(module_scope)

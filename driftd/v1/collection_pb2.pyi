@@ -4,6 +4,8 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from driftd.v1 import monitor_pb2 as _monitor_pb2
+from driftd.v1 import point_pb2 as _point_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -67,8 +69,9 @@ class Collection(_message.Message):
     TIME_KEY_FIELD_NUMBER: _builtins.int
     SERIES_KEY_FIELD_NUMBER: _builtins.int
     ATTACHED_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name: "collections/{collection_id}". The id is 3-63 characters of
+    """Resource name: "collections/{collection_id}". The id is 3-512 characters of
     [a-zA-Z0-9._-], starting and ending with a letter or digit.
     """
     dimension: _builtins.int
@@ -92,6 +95,12 @@ class Collection(_message.Message):
     """Output only. For attached collections, the metadata key holding each record's series."""
     attached: _builtins.bool
     """Output only. True when the collection was adopted by AttachCollection."""
+    owner: _builtins.str
+    """Output only. The address (host:port) of the replica that owns the
+    collection: it holds the collection's cache and flow model, publishes its
+    watch events and evaluates its drift rules; other replicas forward to it.
+    Empty when driftd runs without peers.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. Time of the earliest point; unset when empty."""
@@ -120,10 +129,11 @@ class Collection(_message.Message):
         time_key: _builtins.str = ...,
         series_key: _builtins.str = ...,
         attached: _builtins.bool = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "create_time", b"create_time", "dimension", b"dimension", "distance", b"distance", "embed_model", b"embed_model", "end_time", b"end_time", "name", b"name", "point_count", b"point_count", "series_count", b"series_count", "series_key", b"series_key", "start_time", b"start_time", "time_key", b"time_key", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached", b"attached", "create_time", b"create_time", "dimension", b"dimension", "distance", b"distance", "embed_model", b"embed_model", "end_time", b"end_time", "name", b"name", "owner", b"owner", "point_count", b"point_count", "series_count", b"series_count", "series_key", b"series_key", "start_time", b"start_time", "time_key", b"time_key", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,3 +305,153 @@ class AttachCollectionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AttachCollectionRequest: _TypeAlias = AttachCollectionRequest  # noqa: Y015
+
+@_typing.final
+class ExportCollectionRequest(_message.Message):
+    """Which collection ExportCollection streams."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name: "collections/{collection_id}"."""
+    chunk_size: _builtins.int
+    """Points per response message; 0 means 500. At most 10,000."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        chunk_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCollectionRequest: _TypeAlias = ExportCollectionRequest  # noqa: Y015
+
+@_typing.final
+class ExportCollectionResponse(_message.Message):
+    """One message of an export: the first carries the collection and its drift
+    rules and no points, every later one a chunk of points.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    DRIFT_RULES_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def collection(self) -> Global___Collection:
+        """First message only: the collection (settings, counts and version as the
+        export starts).
+        """
+
+    @_builtins.property
+    def drift_rules(self) -> _containers.RepeatedCompositeFieldContainer[_monitor_pb2.DriftRule]:
+        """First message only: the collection's drift rules (alarm counts and last
+        evaluations are informational: an import starts them afresh).
+        """
+
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[_point_pb2.Point]:
+        """Points in time order, each with id, time, series, vector, text and payload."""
+
+    def __init__(
+        self,
+        *,
+        collection: Global___Collection | None = ...,
+        drift_rules: _abc.Iterable[_monitor_pb2.DriftRule] | None = ...,
+        points: _abc.Iterable[_point_pb2.Point] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "drift_rules", b"drift_rules", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCollectionResponse: _TypeAlias = ExportCollectionResponse  # noqa: Y015
+
+@_typing.final
+class ImportCollectionRequest(_message.Message):
+    """One message of an import: the first names the new collection and carries
+    its settings and drift rules; any message may carry points.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_ID_FIELD_NUMBER: _builtins.int
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    DRIFT_RULES_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    collection_id: _builtins.str
+    """First message only: the id of the collection to create (3-63 characters
+    of [a-zA-Z0-9._-], starting and ending with a letter or digit).
+    """
+    @_builtins.property
+    def collection(self) -> Global___Collection:
+        """First message only: its settings: dimension, distance and embed_model.
+        Output-only fields are ignored.
+        """
+
+    @_builtins.property
+    def drift_rules(self) -> _containers.RepeatedCompositeFieldContainer[_monitor_pb2.DriftRule]:
+        """First message only: drift rules to create, each under the rule id of its
+        name; output-only fields are ignored.
+        """
+
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[_point_pb2.Point]:
+        """Points to write, each with its vector (a point with only a text is
+        embedded, as in UpsertPoints).
+        """
+
+    def __init__(
+        self,
+        *,
+        collection_id: _builtins.str = ...,
+        collection: Global___Collection | None = ...,
+        drift_rules: _abc.Iterable[_monitor_pb2.DriftRule] | None = ...,
+        points: _abc.Iterable[_point_pb2.Point] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "collection_id", b"collection_id", "drift_rules", b"drift_rules", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportCollectionRequest: _TypeAlias = ImportCollectionRequest  # noqa: Y015
+
+@_typing.final
+class ImportCollectionResponse(_message.Message):
+    """What ImportCollection created."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    IMPORTED_POINT_COUNT_FIELD_NUMBER: _builtins.int
+    IMPORTED_DRIFT_RULE_COUNT_FIELD_NUMBER: _builtins.int
+    imported_point_count: _builtins.int
+    """Points written."""
+    imported_drift_rule_count: _builtins.int
+    """Drift rules created."""
+    @_builtins.property
+    def collection(self) -> Global___Collection:
+        """The new collection, after the last point."""
+
+    def __init__(
+        self,
+        *,
+        collection: Global___Collection | None = ...,
+        imported_point_count: _builtins.int = ...,
+        imported_drift_rule_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "imported_drift_rule_count", b"imported_drift_rule_count", "imported_point_count", b"imported_point_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportCollectionResponse: _TypeAlias = ImportCollectionResponse  # noqa: Y015

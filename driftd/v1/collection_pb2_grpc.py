@@ -62,6 +62,16 @@ class CollectionServiceStub:
                 request_serializer=driftd_dot_v1_dot_collection__pb2.AttachCollectionRequest.SerializeToString,
                 response_deserializer=driftd_dot_v1_dot_collection__pb2.Collection.FromString,
                 _registered_method=True)
+        self.ExportCollection = channel.unary_stream(
+                '/driftd.v1.CollectionService/ExportCollection',
+                request_serializer=driftd_dot_v1_dot_collection__pb2.ExportCollectionRequest.SerializeToString,
+                response_deserializer=driftd_dot_v1_dot_collection__pb2.ExportCollectionResponse.FromString,
+                _registered_method=True)
+        self.ImportCollection = channel.stream_unary(
+                '/driftd.v1.CollectionService/ImportCollection',
+                request_serializer=driftd_dot_v1_dot_collection__pb2.ImportCollectionRequest.SerializeToString,
+                response_deserializer=driftd_dot_v1_dot_collection__pb2.ImportCollectionResponse.FromString,
+                _registered_method=True)
 
 
 class CollectionServiceServicer:
@@ -114,6 +124,30 @@ class CollectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportCollection(self, request, context):
+        """Streams a snapshot of one collection for an online backup while writes go
+        on: the first message carries the collection's settings and drift rules,
+        the following ones its points in time order, vectors included. The points
+        are those of the collection version current when the snapshot is taken
+        (after the first message); later writes are not included, and a point
+        deleted or overwritten while the stream runs comes out absent or in its new
+        text and payload. NOT_FOUND if absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportCollection(self, request_iterator, context):
+        """Creates a collection from an export (a restore): the first message names
+        the new collection and carries its settings and drift rules; any message
+        may carry points. All or nothing: if any message is rejected (the points
+        are validated as UpsertPoints validates them), the new collection is
+        deleted again. ALREADY_EXISTS if the id is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +175,16 @@ def add_CollectionServiceServicer_to_server(servicer, server):
                     servicer.AttachCollection,
                     request_deserializer=driftd_dot_v1_dot_collection__pb2.AttachCollectionRequest.FromString,
                     response_serializer=driftd_dot_v1_dot_collection__pb2.Collection.SerializeToString,
+            ),
+            'ExportCollection': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCollection,
+                    request_deserializer=driftd_dot_v1_dot_collection__pb2.ExportCollectionRequest.FromString,
+                    response_serializer=driftd_dot_v1_dot_collection__pb2.ExportCollectionResponse.SerializeToString,
+            ),
+            'ImportCollection': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportCollection,
+                    request_deserializer=driftd_dot_v1_dot_collection__pb2.ImportCollectionRequest.FromString,
+                    response_serializer=driftd_dot_v1_dot_collection__pb2.ImportCollectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -280,6 +324,60 @@ class CollectionService:
             '/driftd.v1.CollectionService/AttachCollection',
             driftd_dot_v1_dot_collection__pb2.AttachCollectionRequest.SerializeToString,
             driftd_dot_v1_dot_collection__pb2.Collection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/driftd.v1.CollectionService/ExportCollection',
+            driftd_dot_v1_dot_collection__pb2.ExportCollectionRequest.SerializeToString,
+            driftd_dot_v1_dot_collection__pb2.ExportCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportCollection(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/driftd.v1.CollectionService/ImportCollection',
+            driftd_dot_v1_dot_collection__pb2.ImportCollectionRequest.SerializeToString,
+            driftd_dot_v1_dot_collection__pb2.ImportCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

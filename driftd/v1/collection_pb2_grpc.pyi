@@ -58,6 +58,22 @@ class CollectionServiceStub:
     (driftd compares the record count on every call); an overwrite that keeps
     the count is seen after the next change of count or a restart.
     """
+    ExportCollection: _grpc.UnaryStreamMultiCallable[_collection_pb2.ExportCollectionRequest, _collection_pb2.ExportCollectionResponse]
+    """Streams a snapshot of one collection for an online backup while writes go
+    on: the first message carries the collection's settings and drift rules,
+    the following ones its points in time order, vectors included. The points
+    are those of the collection version current when the snapshot is taken
+    (after the first message); later writes are not included, and a point
+    deleted or overwritten while the stream runs comes out absent or in its new
+    text and payload. NOT_FOUND if absent.
+    """
+    ImportCollection: _grpc.StreamUnaryMultiCallable[_collection_pb2.ImportCollectionRequest, _collection_pb2.ImportCollectionResponse]
+    """Creates a collection from an export (a restore): the first message names
+    the new collection and carries its settings and drift rules; any message
+    may carry points. All or nothing: if any message is rejected (the points
+    are validated as UpsertPoints validates them), the new collection is
+    deleted again. ALREADY_EXISTS if the id is taken.
+    """
 
 @_typing.type_check_only
 class CollectionServiceAsyncStub(CollectionServiceStub):
@@ -87,6 +103,22 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     owner's own Chroma clients add or delete later are seen on the next call
     (driftd compares the record count on every call); an overwrite that keeps
     the count is seen after the next change of count or a restart.
+    """
+    ExportCollection: _aio.UnaryStreamMultiCallable[_collection_pb2.ExportCollectionRequest, _collection_pb2.ExportCollectionResponse]  # type: ignore[assignment]
+    """Streams a snapshot of one collection for an online backup while writes go
+    on: the first message carries the collection's settings and drift rules,
+    the following ones its points in time order, vectors included. The points
+    are those of the collection version current when the snapshot is taken
+    (after the first message); later writes are not included, and a point
+    deleted or overwritten while the stream runs comes out absent or in its new
+    text and payload. NOT_FOUND if absent.
+    """
+    ImportCollection: _aio.StreamUnaryMultiCallable[_collection_pb2.ImportCollectionRequest, _collection_pb2.ImportCollectionResponse]  # type: ignore[assignment]
+    """Creates a collection from an export (a restore): the first message names
+    the new collection and carries its settings and drift rules; any message
+    may carry points. All or nothing: if any message is rejected (the points
+    are validated as UpsertPoints validates them), the new collection is
+    deleted again. ALREADY_EXISTS if the id is taken.
     """
 
 class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -144,6 +176,34 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
         owner's own Chroma clients add or delete later are seen on the next call
         (driftd compares the record count on every call); an overwrite that keeps
         the count is seen after the next change of count or a restart.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportCollection(
+        self,
+        request: _collection_pb2.ExportCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_collection_pb2.ExportCollectionResponse], _abc.AsyncIterator[_collection_pb2.ExportCollectionResponse]]:
+        """Streams a snapshot of one collection for an online backup while writes go
+        on: the first message carries the collection's settings and drift rules,
+        the following ones its points in time order, vectors included. The points
+        are those of the collection version current when the snapshot is taken
+        (after the first message); later writes are not included, and a point
+        deleted or overwritten while the stream runs comes out absent or in its new
+        text and payload. NOT_FOUND if absent.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportCollection(
+        self,
+        request_iterator: _MaybeAsyncIterator[_collection_pb2.ImportCollectionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_collection_pb2.ImportCollectionResponse, _abc.Awaitable[_collection_pb2.ImportCollectionResponse]]:
+        """Creates a collection from an export (a restore): the first message names
+        the new collection and carries its settings and drift rules; any message
+        may carry points. All or nothing: if any message is rejected (the points
+        are validated as UpsertPoints validates them), the new collection is
+        deleted again. ALREADY_EXISTS if the id is taken.
         """
 
 def add_CollectionServiceServicer_to_server(servicer: CollectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

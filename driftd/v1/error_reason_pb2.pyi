@@ -66,6 +66,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INTERNAL: an unexpected failure (a bug in driftd); the message has details
     for the operator, and metadata "error_id" names the server's log entry.
     """
+    ZERO_VECTOR: _ErrorReason.ValueType  # 21
+    """INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+    direction) or as a query/start of one.
+    """
+    MALFORMED_REQUEST: _ErrorReason.ValueType  # 22
+    """INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+    holds invalid UTF-8).
+    """
+    INVALID_FILTER: _ErrorReason.ValueType  # 23
+    """INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+    starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+    condition that is empty or mixes value types.
+    """
     STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 35
     """UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
     backoff. A write that fails this way may have been stored: upserts are
@@ -122,6 +135,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
     key, collections, points per collection); with RetryInfo and QuotaFailure.
     """
+    OWNER_UNAVAILABLE: _ErrorReason.ValueType  # 410
+    """UNAVAILABLE: the replica that owns the request's collection, conversation
+    or user could not be reached (it is failing or leaving); metadata has
+    "owner", its address. Retry: within a few seconds its keys move to another
+    replica.
+    """
+    OWNER_MOVED: _ErrorReason.ValueType  # 411
+    """UNAVAILABLE: the watched collection moved to another replica (one joined
+    or came back); resume the watch, which reaches the new owner. Its sequence
+    numbers differ: a resume point from the old owner is reported expired.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `reason` of the google.rpc.ErrorInfo that accompanies every driftd error
@@ -172,6 +196,19 @@ NOT_SERVING: ErrorReason.ValueType  # 19
 INTERNAL_ERROR: ErrorReason.ValueType  # 20
 """INTERNAL: an unexpected failure (a bug in driftd); the message has details
 for the operator, and metadata "error_id" names the server's log entry.
+"""
+ZERO_VECTOR: ErrorReason.ValueType  # 21
+"""INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+direction) or as a query/start of one.
+"""
+MALFORMED_REQUEST: ErrorReason.ValueType  # 22
+"""INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+holds invalid UTF-8).
+"""
+INVALID_FILTER: ErrorReason.ValueType  # 23
+"""INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+condition that is empty or mixes value types.
 """
 STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 35
 """UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
@@ -228,5 +265,16 @@ names the limit.
 QUOTA_EXCEEDED: ErrorReason.ValueType  # 304
 """RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
 key, collections, points per collection); with RetryInfo and QuotaFailure.
+"""
+OWNER_UNAVAILABLE: ErrorReason.ValueType  # 410
+"""UNAVAILABLE: the replica that owns the request's collection, conversation
+or user could not be reached (it is failing or leaving); metadata has
+"owner", its address. Retry: within a few seconds its keys move to another
+replica.
+"""
+OWNER_MOVED: ErrorReason.ValueType  # 411
+"""UNAVAILABLE: the watched collection moved to another replica (one joined
+or came back); resume the watch, which reaches the new owner. Its sequence
+numbers differ: a resume point from the old owner is reported expired.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

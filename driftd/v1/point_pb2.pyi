@@ -43,7 +43,9 @@ class Point(_message.Message):
     """
     text: _builtins.str
     """The text of the point. On input without a vector, it is embedded with the
-    collection's embed model.
+    collection's embed model, which reads its first 256 tokens (the rest is
+    stored, not embedded). At most the server's max_text_bytes (default
+    32 KiB of UTF-8; LIMIT_EXCEEDED).
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
@@ -60,7 +62,10 @@ class Point(_message.Message):
     @_builtins.property
     def payload(self) -> _struct_pb2.Struct:
         """Flat metadata: string, number or bool values only (numbers are stored as
-        double). Keys starting with "driftd:" are reserved.
+        double). Keys are 1-256 characters, printable, and may not start with
+        "driftd:", "chroma:", "$" or "#" (reserved). The server bounds the number
+        of keys, the bytes of a string value and the payload's total bytes
+        (INVALID_PAYLOAD / LIMIT_EXCEEDED; see the README's Configuration).
         """
 
     def __init__(
@@ -408,6 +413,8 @@ class GetTrajectoryRequest(_message.Message):
     SERIES_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FILTER_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CONDITIONS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The collection, as "collections/{collection_id}"."""
     series: _builtins.str
@@ -420,6 +427,18 @@ class GetTrajectoryRequest(_message.Message):
     def time_range(self) -> Global___TimeRange:
         """The time window; unset means the whole timeline."""
 
+    @_builtins.property
+    def payload_filter(self) -> _struct_pb2.Struct:
+        """Only points whose payload equals every key/value given here (string,
+        number or bool values; reserved keys refused with INVALID_FILTER).
+        """
+
+    @_builtins.property
+    def payload_conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PayloadCondition]:
+        """Only points whose payload meets every condition (AND, together with
+        `payload_filter`).
+        """
+
     def __init__(
         self,
         *,
@@ -428,10 +447,12 @@ class GetTrajectoryRequest(_message.Message):
         series: _builtins.str = ...,
         include_vectors: _builtins.bool = ...,
         chunk_size: _builtins.int = ...,
+        payload_filter: _struct_pb2.Struct | None = ...,
+        payload_conditions: _abc.Iterable[Global___PayloadCondition] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time_range", b"time_range"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload_filter", b"payload_filter", "time_range", b"time_range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "include_vectors", b"include_vectors", "parent", b"parent", "series", b"series", "time_range", b"time_range"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "include_vectors", b"include_vectors", "parent", b"parent", "payload_conditions", b"payload_conditions", "payload_filter", b"payload_filter", "series", b"series", "time_range", b"time_range"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -475,6 +496,7 @@ class SearchPointsRequest(_message.Message):
     SERIES_FIELD_NUMBER: _builtins.int
     PAYLOAD_FILTER_FIELD_NUMBER: _builtins.int
     INCLUDE_VECTORS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CONDITIONS_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """The collection, as "collections/{collection_id}"."""
     text: _builtins.str
@@ -495,7 +517,15 @@ class SearchPointsRequest(_message.Message):
 
     @_builtins.property
     def payload_filter(self) -> _struct_pb2.Struct:
-        """Only points whose payload equals every key/value given here."""
+        """Only points whose payload equals every key/value given here (string,
+        number or bool values; reserved keys refused with INVALID_FILTER).
+        """
+
+    @_builtins.property
+    def payload_conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PayloadCondition]:
+        """Only points whose payload meets every condition (AND, together with
+        `payload_filter`).
+        """
 
     def __init__(
         self,
@@ -508,16 +538,138 @@ class SearchPointsRequest(_message.Message):
         series: _builtins.str = ...,
         payload_filter: _struct_pb2.Struct | None = ...,
         include_vectors: _builtins.bool = ...,
+        payload_conditions: _abc.Iterable[Global___PayloadCondition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload_filter", b"payload_filter", "query", b"query", "text", b"text", "time_range", b"time_range", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_vectors", b"include_vectors", "parent", b"parent", "payload_filter", b"payload_filter", "query", b"query", "series", b"series", "text", b"text", "time_range", b"time_range", "top_k", b"top_k", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_vectors", b"include_vectors", "parent", b"parent", "payload_conditions", b"payload_conditions", "payload_filter", b"payload_filter", "query", b"query", "series", b"series", "text", b"text", "time_range", b"time_range", "top_k", b"top_k", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["vector", "text"]  # noqa: Y015
     _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
 
 Global___SearchPointsRequest: _TypeAlias = SearchPointsRequest  # noqa: Y015
+
+@_typing.final
+class PayloadCondition(_message.Message):
+    """A typed condition on one payload value, as Chroma's `where` and Qdrant's
+    range/match filters offer. A point without the key matches only `none_of`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    ANY_OF_FIELD_NUMBER: _builtins.int
+    NONE_OF_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The payload key (the same rules as Point.payload keys)."""
+    @_builtins.property
+    def range(self) -> Global___NumberRange:
+        """The value is a number inside this range."""
+
+    @_builtins.property
+    def any_of(self) -> Global___ValueSet:
+        """The value is one of these (SQL IN; Chroma $in)."""
+
+    @_builtins.property
+    def none_of(self) -> Global___ValueSet:
+        """The value is none of these (Chroma $nin); points without the key
+        match too.
+        """
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        range: Global___NumberRange | None = ...,
+        any_of: Global___ValueSet | None = ...,
+        none_of: Global___ValueSet | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "condition", b"condition", "none_of", b"none_of", "range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_of", b"any_of", "condition", b"condition", "key", b"key", "none_of", b"none_of", "range", b"range"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_condition: _TypeAlias = _typing.Literal["range", "any_of", "none_of"]  # noqa: Y015
+    _WhichOneofArgType_condition: _TypeAlias = _typing.Literal["condition", b"condition"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_condition) -> _WhichOneofReturnType_condition | None: ...
+
+Global___PayloadCondition: _TypeAlias = PayloadCondition  # noqa: Y015
+
+@_typing.final
+class NumberRange(_message.Message):
+    """Bounds on a number; unset bounds are open, at least one is required."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GT_FIELD_NUMBER: _builtins.int
+    GTE_FIELD_NUMBER: _builtins.int
+    LT_FIELD_NUMBER: _builtins.int
+    LTE_FIELD_NUMBER: _builtins.int
+    gt: _builtins.float
+    """Greater than (Chroma $gt)."""
+    gte: _builtins.float
+    """Greater than or equal (Chroma $gte)."""
+    lt: _builtins.float
+    """Less than (Chroma $lt)."""
+    lte: _builtins.float
+    """Less than or equal (Chroma $lte)."""
+    def __init__(
+        self,
+        *,
+        gt: _builtins.float | None = ...,
+        gte: _builtins.float | None = ...,
+        lt: _builtins.float | None = ...,
+        lte: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gt", b"_gt", "_gte", b"_gte", "_lt", b"_lt", "_lte", b"_lte", "gt", b"gt", "gte", b"gte", "lt", b"lt", "lte", b"lte"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gt", b"_gt", "_gte", b"_gte", "_lt", b"_lt", "_lte", b"_lte", "gt", b"gt", "gte", b"gte", "lt", b"lt", "lte", b"lte"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gt: _TypeAlias = _typing.Literal["gt"]  # noqa: Y015
+    _WhichOneofArgType__gt: _TypeAlias = _typing.Literal["_gt", b"_gt"]  # noqa: Y015
+    _WhichOneofReturnType__gte: _TypeAlias = _typing.Literal["gte"]  # noqa: Y015
+    _WhichOneofArgType__gte: _TypeAlias = _typing.Literal["_gte", b"_gte"]  # noqa: Y015
+    _WhichOneofReturnType__lt: _TypeAlias = _typing.Literal["lt"]  # noqa: Y015
+    _WhichOneofArgType__lt: _TypeAlias = _typing.Literal["_lt", b"_lt"]  # noqa: Y015
+    _WhichOneofReturnType__lte: _TypeAlias = _typing.Literal["lte"]  # noqa: Y015
+    _WhichOneofArgType__lte: _TypeAlias = _typing.Literal["_lte", b"_lte"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gt) -> _WhichOneofReturnType__gt | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gte) -> _WhichOneofReturnType__gte | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lt) -> _WhichOneofReturnType__lt | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lte) -> _WhichOneofReturnType__lte | None: ...
+
+Global___NumberRange: _TypeAlias = NumberRange  # noqa: Y015
+
+@_typing.final
+class ValueSet(_message.Message):
+    """A set of payload values of one type: all strings, all numbers or all bools;
+    1-100 values.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]:
+        """The values (google.protobuf.Value string, number or bool)."""
+
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_struct_pb2.Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueSet: _TypeAlias = ValueSet  # noqa: Y015
 
 @_typing.final
 class FloatVector(_message.Message):

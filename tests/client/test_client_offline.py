@@ -16,6 +16,8 @@ import pytest
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from hypothesis import given
+from hypothesis import strategies as st
 
 from driftd import convert, types
 from driftd.client import AsyncDriftClient, DriftClient, UpsertAck, parse_point, parse_points
@@ -538,12 +540,32 @@ def test_parse_point_full_row():
         "2024-05-01T09:00:00",
         datetime(2024, 5, 1, 9),
         datetime(2024, 5, 1, 11, tzinfo=timezone(timedelta(hours=2))),
+        1714554000,  # epoch seconds
+        1714554000.0,
     ],
 )
 def test_parse_point_times_become_aware_utc(stamp):
     p = parse_point({"id": "a", "timestamp": stamp, "text": "hello"})
     assert p.time == T0 and p.time.utcoffset() == timedelta(0)
     assert p.vector is None and p.text == "hello"
+
+
+@given(st.floats(min_value=-1e10, max_value=2.5e11, allow_nan=False))
+def test_epoch_seconds_round_trip_to_the_microsecond(seconds):
+    p = parse_point({"id": "a", "timestamp": seconds, "text": "x"})
+    assert p.time.utcoffset() == timedelta(0)
+    assert abs(p.time.timestamp() - seconds) <= 1e-6 * max(1.0, abs(seconds) / 1e9)
+
+
+def test_python_m_driftd_is_the_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "driftd", "ingest", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "exit status:" in out.stdout and "130" in out.stdout
 
 
 def test_parse_point_passes_points_through():
@@ -555,11 +577,13 @@ def test_parse_point_passes_points_through():
     ("row", "reason", "fields"),
     [
         ({"id": "a", "text": "x"}, "INVALID_TIMESTAMP", ["points[7].time"]),
+        ({"id": "a", "timestamp": True, "text": "x"}, "INVALID_TIMESTAMP", ["points[7].time"]),
         (
-            {"id": "a", "timestamp": 1714554000, "text": "x"},
+            {"id": "a", "timestamp": float("nan"), "text": "x"},
             "INVALID_TIMESTAMP",
             ["points[7].time"],
         ),
+        ({"id": "a", "timestamp": 1e20, "text": "x"}, "INVALID_TIMESTAMP", ["points[7].time"]),
         ({"id": "a", "timestamp": "2024x"}, "INVALID_TIMESTAMP", ["points[7].time", "points[7]"]),
         ({"timestamp": "2024-05-01T09:00:00Z", "text": "x"}, "INVALID_FIELD", ["points[7].id"]),
         ({"id": "a", "timestamp": "2024-05-01T09:00:00Z"}, "MISSING_CONTENT", ["points[7]"]),

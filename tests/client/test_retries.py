@@ -163,6 +163,7 @@ def test_every_rpc_is_classified():
         "CreateDriftRule",
         "DeleteCollection",
         "DeleteDriftRule",
+        "ImportCollection",
         "ProcessBehaviors",
         "RouteMessage",
         "StreamUpsertPoints",

@@ -174,7 +174,7 @@ def test_create_existing_and_invalid_names(client, stubs, vec_coll):
         "COLLECTION_ALREADY_EXISTS",
     )
     assert client.get_collection("bad-vec").dimension == DIM
-    for bad in ("x", "-leading", "has space", "a" * 64, "dots..twice", "ünïcode"):
+    for bad in ("x", "-leading", "has space", "a" * 513, "dots..twice", "ünïcode"):
         create = collection_pb2.CreateCollectionRequest(
             collection_id=bad, collection=collection_pb2.Collection(dimension=DIM)
         )

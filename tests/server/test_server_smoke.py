@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from driftd import convert
 from driftd.config import Settings
 from driftd.engine.root import Driftd
 from driftd.server.app import SERVICE_NAMES, BindError, serve
+from driftd.server.interceptors import GRPC_CODE_NAMES
 from driftd.v1 import (
     collection_pb2,
     collection_pb2_grpc,
@@ -313,7 +315,7 @@ async def wells(live, stubs):
 
 async def test_upsert_rejects_whole_batch_with_field_violations(ready, wells):
     parent, points = wells
-    good = point_pb2.Point(id="new-good", vector=[0.0] * DIM)
+    good = point_pb2.Point(id="new-good", vector=[1.0] + [0.0] * (DIM - 1))
     good.time.CopyFrom(convert.datetime_to_timestamp(T0))
     bad = point_pb2.Point(id="new-bad", vector=[0.0] * (DIM + 1))
     bad.time.CopyFrom(convert.datetime_to_timestamp(T0))
@@ -517,7 +519,7 @@ async def test_cancelled_simulation_stops(live, ready, wells):
         await metrics_text(live),
         "grpc_server_handled_total",
         grpc_method="SimulatePaths",
-        grpc_code="CANCELLED",
+        grpc_code="Canceled",
     )
     call = ready.flow.SimulatePaths(
         flow_pb2.SimulatePathsRequest(
@@ -530,7 +532,7 @@ async def test_cancelled_simulation_stops(live, ready, wells):
     for _ in range(50):  # the server notices the cancel asynchronously
         text = await metrics_text(live)
         cancelled = metric_value(
-            text, "grpc_server_handled_total", grpc_method="SimulatePaths", grpc_code="CANCELLED"
+            text, "grpc_server_handled_total", grpc_method="SimulatePaths", grpc_code="Canceled"
         )
         if cancelled > before and metric_value(text, "driftd_pool_queue_depth") == 0:
             break
@@ -606,22 +608,58 @@ async def test_metrics_endpoint(live, ready):
     )
     text = await metrics_text(live)
     labels = {"grpc_service": "driftd.v1.CollectionService", "grpc_method": "GetCollection"}
-    assert metric_value(text, "grpc_server_started_total", grpc_type="UNARY", **labels) >= 1
-    assert metric_value(text, "grpc_server_handled_total", grpc_code="NOT_FOUND", **labels) >= 1
+    # Label values as go-grpc-prometheus writes them, for its community dashboards.
+    assert metric_value(text, "grpc_server_started_total", grpc_type="unary", **labels) >= 1
+    assert metric_value(text, "grpc_server_handled_total", grpc_code="NotFound", **labels) >= 1
     assert metric_value(text, "grpc_server_handling_seconds_count", **labels) >= 1
-    stream = {"grpc_type": "BIDI_STREAM", "grpc_method": "StreamUpsertPoints"}
+    stream = {"grpc_type": "bidi_stream", "grpc_method": "StreamUpsertPoints"}
     assert metric_value(text, "grpc_server_msg_received_total", **stream) >= 3
     assert metric_value(text, "grpc_server_msg_sent_total", **stream) >= 3
     assert (
         metric_value(
             text,
             "grpc_server_msg_sent_total",
-            grpc_type="SERVER_STREAM",
+            grpc_type="server_stream",
             grpc_method="GetTrajectory",
         )
         >= 3
     )
     assert metric_value(text, "driftd_points_ingested_total", collection="smoke-wells") >= 360
+    for line in text.splitlines():
+        if line.startswith("grpc_server_handled_total{"):
+            code = line.split('grpc_code="', 1)[1].split('"', 1)[0]
+            assert code in GRPC_CODE_NAMES.values() and "_" not in code, line
+    assert (
+        metric_value(text, "driftd_build_info", version=importlib.metadata.version("driftd")) == 1
+    )
+
+
+async def test_deleting_a_collection_drops_its_series(live, ready, wells):
+    _, points = wells
+    name = "smoke-forgotten"
+    await ready.collections.CreateCollection(
+        collection_pb2.CreateCollectionRequest(
+            collection_id=name, collection=collection_pb2.Collection(dimension=DIM)
+        )
+    )
+    await ready.points.UpsertPoints(
+        point_pb2.UpsertPointsRequest(parent=f"collections/{name}", points=points[:120])
+    )
+    await ready.flow.ProbeFlow(
+        flow_pb2.ProbeFlowRequest(
+            parent=f"collections/{name}", start=flow_pb2.FlowStart(point_id=points[60].id)
+        )
+    )
+    text = await metrics_text(live)
+    assert metric_value(text, "driftd_points_ingested_total", collection=name) == 120
+    assert metric_value(text, "driftd_cached_points", collection=name) == 120
+    assert metric_value(text, "driftd_flow_fits_total", collection=name) >= 1
+    await ready.collections.DeleteCollection(
+        collection_pb2.DeleteCollectionRequest(name=f"collections/{name}")
+    )
+    text = await metrics_text(live)
+    assert f'collection="{name}"' not in text
+    assert 'collection="smoke-wells"' in text  # other collections keep theirs
 
 
 # --- process lifecycle -----------------------------------------------------

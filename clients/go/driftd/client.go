@@ -104,7 +104,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 //
 // Every other RPC fails at the first UNAVAILABLE, because a connection lost
 // after the server did the work would repeat it: CreateCollection,
-// AttachCollection, CreateDriftRule (a repeat fails with ALREADY_EXISTS or
+// AttachCollection, ImportCollection, CreateDriftRule (a repeat fails with ALREADY_EXISTS or
 // creates a second rule), DeleteCollection, DeleteDriftRule (a repeat fails
 // with NOT_FOUND), ProcessBehaviors (a repeat applies the candidates twice),
 // RouteMessage (safe only with a message_id, which a per-method policy cannot
@@ -117,6 +117,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 var retryableMethods = []string{
 	"/driftd.v1.CollectionService/GetCollection",
 	"/driftd.v1.CollectionService/ListCollections",
+	"/driftd.v1.CollectionService/ExportCollection",
 	"/driftd.v1.PointService/UpsertPoints",
 	"/driftd.v1.PointService/GetPoints",
 	"/driftd.v1.PointService/DeletePoints",

@@ -83,7 +83,7 @@ func (Distance) EnumDescriptor() ([]byte, []int) {
 // A collection of timestamped points.
 type Collection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Resource name: "collections/{collection_id}". The id is 3-63 characters of
+	// Resource name: "collections/{collection_id}". The id is 3-512 characters of
 	// [a-zA-Z0-9._-], starting and ending with a letter or digit.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Vector dimension (e.g. 384). Immutable.
@@ -111,7 +111,12 @@ type Collection struct {
 	// Output only. For attached collections, the metadata key holding each record's series.
 	SeriesKey string `protobuf:"bytes,12,opt,name=series_key,json=seriesKey,proto3" json:"series_key,omitempty"`
 	// Output only. True when the collection was adopted by AttachCollection.
-	Attached      bool `protobuf:"varint,13,opt,name=attached,proto3" json:"attached,omitempty"`
+	Attached bool `protobuf:"varint,13,opt,name=attached,proto3" json:"attached,omitempty"`
+	// Output only. The address (host:port) of the replica that owns the
+	// collection: it holds the collection's cache and flow model, publishes its
+	// watch events and evaluates its drift rules; other replicas forward to it.
+	// Empty when driftd runs without peers.
+	Owner         string `protobuf:"bytes,14,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -235,6 +240,13 @@ func (x *Collection) GetAttached() bool {
 		return x.Attached
 	}
 	return false
+}
+
+func (x *Collection) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
 }
 
 // Request for CollectionService.CreateCollection.
@@ -571,11 +583,275 @@ func (x *AttachCollectionRequest) GetEmbedModel() string {
 	return ""
 }
 
+// Which collection ExportCollection streams.
+type ExportCollectionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resource name: "collections/{collection_id}".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Points per response message; 0 means 500. At most 10,000.
+	ChunkSize     int32 `protobuf:"varint,2,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportCollectionRequest) Reset() {
+	*x = ExportCollectionRequest{}
+	mi := &file_driftd_v1_collection_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportCollectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportCollectionRequest) ProtoMessage() {}
+
+func (x *ExportCollectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_driftd_v1_collection_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportCollectionRequest.ProtoReflect.Descriptor instead.
+func (*ExportCollectionRequest) Descriptor() ([]byte, []int) {
+	return file_driftd_v1_collection_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ExportCollectionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExportCollectionRequest) GetChunkSize() int32 {
+	if x != nil {
+		return x.ChunkSize
+	}
+	return 0
+}
+
+// One message of an export: the first carries the collection and its drift
+// rules and no points, every later one a chunk of points.
+type ExportCollectionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First message only: the collection (settings, counts and version as the
+	// export starts).
+	Collection *Collection `protobuf:"bytes,1,opt,name=collection,proto3" json:"collection,omitempty"`
+	// First message only: the collection's drift rules (alarm counts and last
+	// evaluations are informational: an import starts them afresh).
+	DriftRules []*DriftRule `protobuf:"bytes,2,rep,name=drift_rules,json=driftRules,proto3" json:"drift_rules,omitempty"`
+	// Points in time order, each with id, time, series, vector, text and payload.
+	Points        []*Point `protobuf:"bytes,3,rep,name=points,proto3" json:"points,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportCollectionResponse) Reset() {
+	*x = ExportCollectionResponse{}
+	mi := &file_driftd_v1_collection_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportCollectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportCollectionResponse) ProtoMessage() {}
+
+func (x *ExportCollectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_driftd_v1_collection_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportCollectionResponse.ProtoReflect.Descriptor instead.
+func (*ExportCollectionResponse) Descriptor() ([]byte, []int) {
+	return file_driftd_v1_collection_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ExportCollectionResponse) GetCollection() *Collection {
+	if x != nil {
+		return x.Collection
+	}
+	return nil
+}
+
+func (x *ExportCollectionResponse) GetDriftRules() []*DriftRule {
+	if x != nil {
+		return x.DriftRules
+	}
+	return nil
+}
+
+func (x *ExportCollectionResponse) GetPoints() []*Point {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
+// One message of an import: the first names the new collection and carries
+// its settings and drift rules; any message may carry points.
+type ImportCollectionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First message only: the id of the collection to create (3-63 characters
+	// of [a-zA-Z0-9._-], starting and ending with a letter or digit).
+	CollectionId string `protobuf:"bytes,1,opt,name=collection_id,json=collectionId,proto3" json:"collection_id,omitempty"`
+	// First message only: its settings: dimension, distance and embed_model.
+	// Output-only fields are ignored.
+	Collection *Collection `protobuf:"bytes,2,opt,name=collection,proto3" json:"collection,omitempty"`
+	// First message only: drift rules to create, each under the rule id of its
+	// name; output-only fields are ignored.
+	DriftRules []*DriftRule `protobuf:"bytes,3,rep,name=drift_rules,json=driftRules,proto3" json:"drift_rules,omitempty"`
+	// Points to write, each with its vector (a point with only a text is
+	// embedded, as in UpsertPoints).
+	Points        []*Point `protobuf:"bytes,4,rep,name=points,proto3" json:"points,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportCollectionRequest) Reset() {
+	*x = ImportCollectionRequest{}
+	mi := &file_driftd_v1_collection_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCollectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCollectionRequest) ProtoMessage() {}
+
+func (x *ImportCollectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_driftd_v1_collection_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCollectionRequest.ProtoReflect.Descriptor instead.
+func (*ImportCollectionRequest) Descriptor() ([]byte, []int) {
+	return file_driftd_v1_collection_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ImportCollectionRequest) GetCollectionId() string {
+	if x != nil {
+		return x.CollectionId
+	}
+	return ""
+}
+
+func (x *ImportCollectionRequest) GetCollection() *Collection {
+	if x != nil {
+		return x.Collection
+	}
+	return nil
+}
+
+func (x *ImportCollectionRequest) GetDriftRules() []*DriftRule {
+	if x != nil {
+		return x.DriftRules
+	}
+	return nil
+}
+
+func (x *ImportCollectionRequest) GetPoints() []*Point {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
+// What ImportCollection created.
+type ImportCollectionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new collection, after the last point.
+	Collection *Collection `protobuf:"bytes,1,opt,name=collection,proto3" json:"collection,omitempty"`
+	// Points written.
+	ImportedPointCount int64 `protobuf:"varint,2,opt,name=imported_point_count,json=importedPointCount,proto3" json:"imported_point_count,omitempty"`
+	// Drift rules created.
+	ImportedDriftRuleCount int32 `protobuf:"varint,3,opt,name=imported_drift_rule_count,json=importedDriftRuleCount,proto3" json:"imported_drift_rule_count,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *ImportCollectionResponse) Reset() {
+	*x = ImportCollectionResponse{}
+	mi := &file_driftd_v1_collection_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportCollectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportCollectionResponse) ProtoMessage() {}
+
+func (x *ImportCollectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_driftd_v1_collection_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportCollectionResponse.ProtoReflect.Descriptor instead.
+func (*ImportCollectionResponse) Descriptor() ([]byte, []int) {
+	return file_driftd_v1_collection_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ImportCollectionResponse) GetCollection() *Collection {
+	if x != nil {
+		return x.Collection
+	}
+	return nil
+}
+
+func (x *ImportCollectionResponse) GetImportedPointCount() int64 {
+	if x != nil {
+		return x.ImportedPointCount
+	}
+	return 0
+}
+
+func (x *ImportCollectionResponse) GetImportedDriftRuleCount() int32 {
+	if x != nil {
+		return x.ImportedDriftRuleCount
+	}
+	return 0
+}
+
 var File_driftd_v1_collection_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_collection_proto_rawDesc = "" +
 	"\n" +
-	"\x1adriftd/v1/collection.proto\x12\tdriftd.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x03\n" +
+	"\x1adriftd/v1/collection.proto\x12\tdriftd.v1\x1a\x17driftd/v1/monitor.proto\x1a\x15driftd/v1/point.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x04\n" +
 	"\n" +
 	"Collection\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
@@ -596,7 +872,8 @@ const file_driftd_v1_collection_proto_rawDesc = "" +
 	"\btime_key\x18\v \x01(\tR\atimeKey\x12\x1d\n" +
 	"\n" +
 	"series_key\x18\f \x01(\tR\tseriesKey\x12\x1a\n" +
-	"\battached\x18\r \x01(\bR\battached\"u\n" +
+	"\battached\x18\r \x01(\bR\battached\x12\x14\n" +
+	"\x05owner\x18\x0e \x01(\tR\x05owner\"u\n" +
 	"\x17CreateCollectionRequest\x12#\n" +
 	"\rcollection_id\x18\x01 \x01(\tR\fcollectionId\x125\n" +
 	"\n" +
@@ -619,18 +896,45 @@ const file_driftd_v1_collection_proto_rawDesc = "" +
 	"\n" +
 	"series_key\x18\x03 \x01(\tR\tseriesKey\x12\x1f\n" +
 	"\vembed_model\x18\x04 \x01(\tR\n" +
-	"embedModel*f\n" +
+	"embedModel\"L\n" +
+	"\x17ExportCollectionRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"chunk_size\x18\x02 \x01(\x05R\tchunkSize\"\xb2\x01\n" +
+	"\x18ExportCollectionResponse\x125\n" +
+	"\n" +
+	"collection\x18\x01 \x01(\v2\x15.driftd.v1.CollectionR\n" +
+	"collection\x125\n" +
+	"\vdrift_rules\x18\x02 \x03(\v2\x14.driftd.v1.DriftRuleR\n" +
+	"driftRules\x12(\n" +
+	"\x06points\x18\x03 \x03(\v2\x10.driftd.v1.PointR\x06points\"\xd6\x01\n" +
+	"\x17ImportCollectionRequest\x12#\n" +
+	"\rcollection_id\x18\x01 \x01(\tR\fcollectionId\x125\n" +
+	"\n" +
+	"collection\x18\x02 \x01(\v2\x15.driftd.v1.CollectionR\n" +
+	"collection\x125\n" +
+	"\vdrift_rules\x18\x03 \x03(\v2\x14.driftd.v1.DriftRuleR\n" +
+	"driftRules\x12(\n" +
+	"\x06points\x18\x04 \x03(\v2\x10.driftd.v1.PointR\x06points\"\xbe\x01\n" +
+	"\x18ImportCollectionResponse\x125\n" +
+	"\n" +
+	"collection\x18\x01 \x01(\v2\x15.driftd.v1.CollectionR\n" +
+	"collection\x120\n" +
+	"\x14imported_point_count\x18\x02 \x01(\x03R\x12importedPointCount\x129\n" +
+	"\x19imported_drift_rule_count\x18\x03 \x01(\x05R\x16importedDriftRuleCount*f\n" +
 	"\bDistance\x12\x18\n" +
 	"\x14DISTANCE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDISTANCE_COSINE\x10\x01\x12\x0f\n" +
 	"\vDISTANCE_L2\x10\x02\x12\x1a\n" +
-	"\x16DISTANCE_INNER_PRODUCT\x10\x032\xa4\x03\n" +
+	"\x16DISTANCE_INNER_PRODUCT\x10\x032\xe2\x04\n" +
 	"\x11CollectionService\x12M\n" +
 	"\x10CreateCollection\x12\".driftd.v1.CreateCollectionRequest\x1a\x15.driftd.v1.Collection\x12G\n" +
 	"\rGetCollection\x12\x1f.driftd.v1.GetCollectionRequest\x1a\x15.driftd.v1.Collection\x12X\n" +
 	"\x0fListCollections\x12!.driftd.v1.ListCollectionsRequest\x1a\".driftd.v1.ListCollectionsResponse\x12N\n" +
 	"\x10DeleteCollection\x12\".driftd.v1.DeleteCollectionRequest\x1a\x16.google.protobuf.Empty\x12M\n" +
-	"\x10AttachCollection\x12\".driftd.v1.AttachCollectionRequest\x1a\x15.driftd.v1.CollectionB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\x10AttachCollection\x12\".driftd.v1.AttachCollectionRequest\x1a\x15.driftd.v1.Collection\x12]\n" +
+	"\x10ExportCollection\x12\".driftd.v1.ExportCollectionRequest\x1a#.driftd.v1.ExportCollectionResponse0\x01\x12]\n" +
+	"\x10ImportCollection\x12\".driftd.v1.ImportCollectionRequest\x1a#.driftd.v1.ImportCollectionResponse(\x01B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_collection_proto_rawDescOnce sync.Once
@@ -645,41 +949,58 @@ func file_driftd_v1_collection_proto_rawDescGZIP() []byte {
 }
 
 var file_driftd_v1_collection_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_driftd_v1_collection_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_driftd_v1_collection_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_driftd_v1_collection_proto_goTypes = []any{
-	(Distance)(0),                   // 0: driftd.v1.Distance
-	(*Collection)(nil),              // 1: driftd.v1.Collection
-	(*CreateCollectionRequest)(nil), // 2: driftd.v1.CreateCollectionRequest
-	(*GetCollectionRequest)(nil),    // 3: driftd.v1.GetCollectionRequest
-	(*ListCollectionsRequest)(nil),  // 4: driftd.v1.ListCollectionsRequest
-	(*ListCollectionsResponse)(nil), // 5: driftd.v1.ListCollectionsResponse
-	(*DeleteCollectionRequest)(nil), // 6: driftd.v1.DeleteCollectionRequest
-	(*AttachCollectionRequest)(nil), // 7: driftd.v1.AttachCollectionRequest
-	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),           // 9: google.protobuf.Empty
+	(Distance)(0),                    // 0: driftd.v1.Distance
+	(*Collection)(nil),               // 1: driftd.v1.Collection
+	(*CreateCollectionRequest)(nil),  // 2: driftd.v1.CreateCollectionRequest
+	(*GetCollectionRequest)(nil),     // 3: driftd.v1.GetCollectionRequest
+	(*ListCollectionsRequest)(nil),   // 4: driftd.v1.ListCollectionsRequest
+	(*ListCollectionsResponse)(nil),  // 5: driftd.v1.ListCollectionsResponse
+	(*DeleteCollectionRequest)(nil),  // 6: driftd.v1.DeleteCollectionRequest
+	(*AttachCollectionRequest)(nil),  // 7: driftd.v1.AttachCollectionRequest
+	(*ExportCollectionRequest)(nil),  // 8: driftd.v1.ExportCollectionRequest
+	(*ExportCollectionResponse)(nil), // 9: driftd.v1.ExportCollectionResponse
+	(*ImportCollectionRequest)(nil),  // 10: driftd.v1.ImportCollectionRequest
+	(*ImportCollectionResponse)(nil), // 11: driftd.v1.ImportCollectionResponse
+	(*timestamppb.Timestamp)(nil),    // 12: google.protobuf.Timestamp
+	(*DriftRule)(nil),                // 13: driftd.v1.DriftRule
+	(*Point)(nil),                    // 14: driftd.v1.Point
+	(*emptypb.Empty)(nil),            // 15: google.protobuf.Empty
 }
 var file_driftd_v1_collection_proto_depIdxs = []int32{
 	0,  // 0: driftd.v1.Collection.distance:type_name -> driftd.v1.Distance
-	8,  // 1: driftd.v1.Collection.start_time:type_name -> google.protobuf.Timestamp
-	8,  // 2: driftd.v1.Collection.end_time:type_name -> google.protobuf.Timestamp
-	8,  // 3: driftd.v1.Collection.create_time:type_name -> google.protobuf.Timestamp
+	12, // 1: driftd.v1.Collection.start_time:type_name -> google.protobuf.Timestamp
+	12, // 2: driftd.v1.Collection.end_time:type_name -> google.protobuf.Timestamp
+	12, // 3: driftd.v1.Collection.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 4: driftd.v1.CreateCollectionRequest.collection:type_name -> driftd.v1.Collection
 	1,  // 5: driftd.v1.ListCollectionsResponse.collections:type_name -> driftd.v1.Collection
-	2,  // 6: driftd.v1.CollectionService.CreateCollection:input_type -> driftd.v1.CreateCollectionRequest
-	3,  // 7: driftd.v1.CollectionService.GetCollection:input_type -> driftd.v1.GetCollectionRequest
-	4,  // 8: driftd.v1.CollectionService.ListCollections:input_type -> driftd.v1.ListCollectionsRequest
-	6,  // 9: driftd.v1.CollectionService.DeleteCollection:input_type -> driftd.v1.DeleteCollectionRequest
-	7,  // 10: driftd.v1.CollectionService.AttachCollection:input_type -> driftd.v1.AttachCollectionRequest
-	1,  // 11: driftd.v1.CollectionService.CreateCollection:output_type -> driftd.v1.Collection
-	1,  // 12: driftd.v1.CollectionService.GetCollection:output_type -> driftd.v1.Collection
-	5,  // 13: driftd.v1.CollectionService.ListCollections:output_type -> driftd.v1.ListCollectionsResponse
-	9,  // 14: driftd.v1.CollectionService.DeleteCollection:output_type -> google.protobuf.Empty
-	1,  // 15: driftd.v1.CollectionService.AttachCollection:output_type -> driftd.v1.Collection
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	1,  // 6: driftd.v1.ExportCollectionResponse.collection:type_name -> driftd.v1.Collection
+	13, // 7: driftd.v1.ExportCollectionResponse.drift_rules:type_name -> driftd.v1.DriftRule
+	14, // 8: driftd.v1.ExportCollectionResponse.points:type_name -> driftd.v1.Point
+	1,  // 9: driftd.v1.ImportCollectionRequest.collection:type_name -> driftd.v1.Collection
+	13, // 10: driftd.v1.ImportCollectionRequest.drift_rules:type_name -> driftd.v1.DriftRule
+	14, // 11: driftd.v1.ImportCollectionRequest.points:type_name -> driftd.v1.Point
+	1,  // 12: driftd.v1.ImportCollectionResponse.collection:type_name -> driftd.v1.Collection
+	2,  // 13: driftd.v1.CollectionService.CreateCollection:input_type -> driftd.v1.CreateCollectionRequest
+	3,  // 14: driftd.v1.CollectionService.GetCollection:input_type -> driftd.v1.GetCollectionRequest
+	4,  // 15: driftd.v1.CollectionService.ListCollections:input_type -> driftd.v1.ListCollectionsRequest
+	6,  // 16: driftd.v1.CollectionService.DeleteCollection:input_type -> driftd.v1.DeleteCollectionRequest
+	7,  // 17: driftd.v1.CollectionService.AttachCollection:input_type -> driftd.v1.AttachCollectionRequest
+	8,  // 18: driftd.v1.CollectionService.ExportCollection:input_type -> driftd.v1.ExportCollectionRequest
+	10, // 19: driftd.v1.CollectionService.ImportCollection:input_type -> driftd.v1.ImportCollectionRequest
+	1,  // 20: driftd.v1.CollectionService.CreateCollection:output_type -> driftd.v1.Collection
+	1,  // 21: driftd.v1.CollectionService.GetCollection:output_type -> driftd.v1.Collection
+	5,  // 22: driftd.v1.CollectionService.ListCollections:output_type -> driftd.v1.ListCollectionsResponse
+	15, // 23: driftd.v1.CollectionService.DeleteCollection:output_type -> google.protobuf.Empty
+	1,  // 24: driftd.v1.CollectionService.AttachCollection:output_type -> driftd.v1.Collection
+	9,  // 25: driftd.v1.CollectionService.ExportCollection:output_type -> driftd.v1.ExportCollectionResponse
+	11, // 26: driftd.v1.CollectionService.ImportCollection:output_type -> driftd.v1.ImportCollectionResponse
+	20, // [20:27] is the sub-list for method output_type
+	13, // [13:20] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_driftd_v1_collection_proto_init() }
@@ -687,13 +1008,15 @@ func file_driftd_v1_collection_proto_init() {
 	if File_driftd_v1_collection_proto != nil {
 		return
 	}
+	file_driftd_v1_monitor_proto_init()
+	file_driftd_v1_point_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driftd_v1_collection_proto_rawDesc), len(file_driftd_v1_collection_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

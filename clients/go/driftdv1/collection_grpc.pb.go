@@ -25,6 +25,8 @@ const (
 	CollectionService_ListCollections_FullMethodName  = "/driftd.v1.CollectionService/ListCollections"
 	CollectionService_DeleteCollection_FullMethodName = "/driftd.v1.CollectionService/DeleteCollection"
 	CollectionService_AttachCollection_FullMethodName = "/driftd.v1.CollectionService/AttachCollection"
+	CollectionService_ExportCollection_FullMethodName = "/driftd.v1.CollectionService/ExportCollection"
+	CollectionService_ImportCollection_FullMethodName = "/driftd.v1.CollectionService/ImportCollection"
 )
 
 // CollectionServiceClient is the client API for CollectionService service.
@@ -54,6 +56,20 @@ type CollectionServiceClient interface {
 	// (driftd compares the record count on every call); an overwrite that keeps
 	// the count is seen after the next change of count or a restart.
 	AttachCollection(ctx context.Context, in *AttachCollectionRequest, opts ...grpc.CallOption) (*Collection, error)
+	// Streams a snapshot of one collection for an online backup while writes go
+	// on: the first message carries the collection's settings and drift rules,
+	// the following ones its points in time order, vectors included. The points
+	// are those of the collection version current when the snapshot is taken
+	// (after the first message); later writes are not included, and a point
+	// deleted or overwritten while the stream runs comes out absent or in its new
+	// text and payload. NOT_FOUND if absent.
+	ExportCollection(ctx context.Context, in *ExportCollectionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportCollectionResponse], error)
+	// Creates a collection from an export (a restore): the first message names
+	// the new collection and carries its settings and drift rules; any message
+	// may carry points. All or nothing: if any message is rejected (the points
+	// are validated as UpsertPoints validates them), the new collection is
+	// deleted again. ALREADY_EXISTS if the id is taken.
+	ImportCollection(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportCollectionRequest, ImportCollectionResponse], error)
 }
 
 type collectionServiceClient struct {
@@ -114,6 +130,38 @@ func (c *collectionServiceClient) AttachCollection(ctx context.Context, in *Atta
 	return out, nil
 }
 
+func (c *collectionServiceClient) ExportCollection(ctx context.Context, in *ExportCollectionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportCollectionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CollectionService_ServiceDesc.Streams[0], CollectionService_ExportCollection_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportCollectionRequest, ExportCollectionResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CollectionService_ExportCollectionClient = grpc.ServerStreamingClient[ExportCollectionResponse]
+
+func (c *collectionServiceClient) ImportCollection(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportCollectionRequest, ImportCollectionResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CollectionService_ServiceDesc.Streams[1], CollectionService_ImportCollection_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ImportCollectionRequest, ImportCollectionResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CollectionService_ImportCollectionClient = grpc.ClientStreamingClient[ImportCollectionRequest, ImportCollectionResponse]
+
 // CollectionServiceServer is the server API for CollectionService service.
 // All implementations must embed UnimplementedCollectionServiceServer
 // for forward compatibility.
@@ -141,6 +189,20 @@ type CollectionServiceServer interface {
 	// (driftd compares the record count on every call); an overwrite that keeps
 	// the count is seen after the next change of count or a restart.
 	AttachCollection(context.Context, *AttachCollectionRequest) (*Collection, error)
+	// Streams a snapshot of one collection for an online backup while writes go
+	// on: the first message carries the collection's settings and drift rules,
+	// the following ones its points in time order, vectors included. The points
+	// are those of the collection version current when the snapshot is taken
+	// (after the first message); later writes are not included, and a point
+	// deleted or overwritten while the stream runs comes out absent or in its new
+	// text and payload. NOT_FOUND if absent.
+	ExportCollection(*ExportCollectionRequest, grpc.ServerStreamingServer[ExportCollectionResponse]) error
+	// Creates a collection from an export (a restore): the first message names
+	// the new collection and carries its settings and drift rules; any message
+	// may carry points. All or nothing: if any message is rejected (the points
+	// are validated as UpsertPoints validates them), the new collection is
+	// deleted again. ALREADY_EXISTS if the id is taken.
+	ImportCollection(grpc.ClientStreamingServer[ImportCollectionRequest, ImportCollectionResponse]) error
 	mustEmbedUnimplementedCollectionServiceServer()
 }
 
@@ -165,6 +227,12 @@ func (UnimplementedCollectionServiceServer) DeleteCollection(context.Context, *D
 }
 func (UnimplementedCollectionServiceServer) AttachCollection(context.Context, *AttachCollectionRequest) (*Collection, error) {
 	return nil, status.Error(codes.Unimplemented, "method AttachCollection not implemented")
+}
+func (UnimplementedCollectionServiceServer) ExportCollection(*ExportCollectionRequest, grpc.ServerStreamingServer[ExportCollectionResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportCollection not implemented")
+}
+func (UnimplementedCollectionServiceServer) ImportCollection(grpc.ClientStreamingServer[ImportCollectionRequest, ImportCollectionResponse]) error {
+	return status.Error(codes.Unimplemented, "method ImportCollection not implemented")
 }
 func (UnimplementedCollectionServiceServer) mustEmbedUnimplementedCollectionServiceServer() {}
 func (UnimplementedCollectionServiceServer) testEmbeddedByValue()                           {}
@@ -277,6 +345,24 @@ func _CollectionService_AttachCollection_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CollectionService_ExportCollection_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportCollectionRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CollectionServiceServer).ExportCollection(m, &grpc.GenericServerStream[ExportCollectionRequest, ExportCollectionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CollectionService_ExportCollectionServer = grpc.ServerStreamingServer[ExportCollectionResponse]
+
+func _CollectionService_ImportCollection_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(CollectionServiceServer).ImportCollection(&grpc.GenericServerStream[ImportCollectionRequest, ImportCollectionResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CollectionService_ImportCollectionServer = grpc.ClientStreamingServer[ImportCollectionRequest, ImportCollectionResponse]
+
 // CollectionService_ServiceDesc is the grpc.ServiceDesc for CollectionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -305,6 +391,17 @@ var CollectionService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _CollectionService_AttachCollection_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportCollection",
+			Handler:       _CollectionService_ExportCollection_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ImportCollection",
+			Handler:       _CollectionService_ImportCollection_Handler,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "driftd/v1/collection.proto",
 }

@@ -70,6 +70,16 @@ const (
 	// INTERNAL: an unexpected failure (a bug in driftd); the message has details
 	// for the operator, and metadata "error_id" names the server's log entry.
 	ErrorReason_INTERNAL_ERROR ErrorReason = 20
+	// INVALID_ARGUMENT: an all-zero vector in a cosine collection (it has no
+	// direction) or as a query/start of one.
+	ErrorReason_ZERO_VECTOR ErrorReason = 21
+	// INVALID_ARGUMENT: the request message does not parse (e.g. a string field
+	// holds invalid UTF-8).
+	ErrorReason_MALFORMED_REQUEST ErrorReason = 22
+	// INVALID_ARGUMENT: a payload filter names a reserved key ("driftd:*", one
+	// starting with "$" or "#", "chroma:*", ""), has a non-scalar value, or a
+	// condition that is empty or mixes value types.
+	ErrorReason_INVALID_FILTER ErrorReason = 23
 	// UNAVAILABLE: the storage (the Chroma server) cannot be reached; retry with
 	// backoff. A write that fails this way may have been stored: upserts are
 	// idempotent, so retrying it is safe.
@@ -117,6 +127,15 @@ const (
 	// RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
 	// key, collections, points per collection); with RetryInfo and QuotaFailure.
 	ErrorReason_QUOTA_EXCEEDED ErrorReason = 304
+	// UNAVAILABLE: the replica that owns the request's collection, conversation
+	// or user could not be reached (it is failing or leaving); metadata has
+	// "owner", its address. Retry: within a few seconds its keys move to another
+	// replica.
+	ErrorReason_OWNER_UNAVAILABLE ErrorReason = 410
+	// UNAVAILABLE: the watched collection moved to another replica (one joined
+	// or came back); resume the watch, which reaches the new owner. Its sequence
+	// numbers differ: a resume point from the old owner is reported expired.
+	ErrorReason_OWNER_MOVED ErrorReason = 411
 )
 
 // Enum value maps for ErrorReason.
@@ -143,6 +162,9 @@ var (
 		18:  "SEQUENCE_OUT_OF_ORDER",
 		19:  "NOT_SERVING",
 		20:  "INTERNAL_ERROR",
+		21:  "ZERO_VECTOR",
+		22:  "MALFORMED_REQUEST",
+		23:  "INVALID_FILTER",
 		35:  "STORAGE_UNAVAILABLE",
 		36:  "STORAGE_FULL",
 		100: "CONVERSATION_NOT_FOUND",
@@ -158,6 +180,8 @@ var (
 		302: "PERMISSION_DENIED",
 		303: "RATE_LIMITED",
 		304: "QUOTA_EXCEEDED",
+		410: "OWNER_UNAVAILABLE",
+		411: "OWNER_MOVED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":  0,
@@ -181,6 +205,9 @@ var (
 		"SEQUENCE_OUT_OF_ORDER":     18,
 		"NOT_SERVING":               19,
 		"INTERNAL_ERROR":            20,
+		"ZERO_VECTOR":               21,
+		"MALFORMED_REQUEST":         22,
+		"INVALID_FILTER":            23,
 		"STORAGE_UNAVAILABLE":       35,
 		"STORAGE_FULL":              36,
 		"CONVERSATION_NOT_FOUND":    100,
@@ -196,6 +223,8 @@ var (
 		"PERMISSION_DENIED":         302,
 		"RATE_LIMITED":              303,
 		"QUOTA_EXCEEDED":            304,
+		"OWNER_UNAVAILABLE":         410,
+		"OWNER_MOVED":               411,
 	}
 )
 
@@ -230,7 +259,7 @@ var File_driftd_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xc3\x06\n" +
+	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xa9\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fINVALID_NAME\x10\x01\x12\x16\n" +
@@ -253,7 +282,10 @@ const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\x12INVALID_PAGE_TOKEN\x10\x11\x12\x19\n" +
 	"\x15SEQUENCE_OUT_OF_ORDER\x10\x12\x12\x0f\n" +
 	"\vNOT_SERVING\x10\x13\x12\x12\n" +
-	"\x0eINTERNAL_ERROR\x10\x14\x12\x17\n" +
+	"\x0eINTERNAL_ERROR\x10\x14\x12\x0f\n" +
+	"\vZERO_VECTOR\x10\x15\x12\x15\n" +
+	"\x11MALFORMED_REQUEST\x10\x16\x12\x12\n" +
+	"\x0eINVALID_FILTER\x10\x17\x12\x17\n" +
 	"\x13STORAGE_UNAVAILABLE\x10#\x12\x10\n" +
 	"\fSTORAGE_FULL\x10$\x12\x1a\n" +
 	"\x16CONVERSATION_NOT_FOUND\x10d\x12\x14\n" +
@@ -268,7 +300,9 @@ const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\x0fAPI_KEY_INVALID\x10\xad\x02\x12\x16\n" +
 	"\x11PERMISSION_DENIED\x10\xae\x02\x12\x11\n" +
 	"\fRATE_LIMITED\x10\xaf\x02\x12\x13\n" +
-	"\x0eQUOTA_EXCEEDED\x10\xb0\x02B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\x0eQUOTA_EXCEEDED\x10\xb0\x02\x12\x16\n" +
+	"\x11OWNER_UNAVAILABLE\x10\x9a\x03\x12\x10\n" +
+	"\vOWNER_MOVED\x10\x9b\x03B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_error_reason_proto_rawDescOnce sync.Once

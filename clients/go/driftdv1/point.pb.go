@@ -41,10 +41,15 @@ type Point struct {
 	// when the request asked for vectors.
 	Vector []float32 `protobuf:"fixed32,4,rep,packed,name=vector,proto3" json:"vector,omitempty"`
 	// The text of the point. On input without a vector, it is embedded with the
-	// collection's embed model.
+	// collection's embed model, which reads its first 256 tokens (the rest is
+	// stored, not embedded). At most the server's max_text_bytes (default
+	// 32 KiB of UTF-8; LIMIT_EXCEEDED).
 	Text string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
 	// Flat metadata: string, number or bool values only (numbers are stored as
-	// double). Keys starting with "driftd:" are reserved.
+	// double). Keys are 1-256 characters, printable, and may not start with
+	// "driftd:", "chroma:", "$" or "#" (reserved). The server bounds the number
+	// of keys, the bytes of a string value and the payload's total bytes
+	// (INVALID_PAYLOAD / LIMIT_EXCEEDED; see the README's Configuration).
 	Payload       *structpb.Struct `protobuf:"bytes,6,opt,name=payload,proto3" json:"payload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -760,9 +765,15 @@ type GetTrajectoryRequest struct {
 	// Whether to return the vectors.
 	IncludeVectors bool `protobuf:"varint,4,opt,name=include_vectors,json=includeVectors,proto3" json:"include_vectors,omitempty"`
 	// Points per streamed message; 0 means the server default (500).
-	ChunkSize     int32 `protobuf:"varint,5,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ChunkSize int32 `protobuf:"varint,5,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	// Only points whose payload equals every key/value given here (string,
+	// number or bool values; reserved keys refused with INVALID_FILTER).
+	PayloadFilter *structpb.Struct `protobuf:"bytes,6,opt,name=payload_filter,json=payloadFilter,proto3" json:"payload_filter,omitempty"`
+	// Only points whose payload meets every condition (AND, together with
+	// `payload_filter`).
+	PayloadConditions []*PayloadCondition `protobuf:"bytes,7,rep,name=payload_conditions,json=payloadConditions,proto3" json:"payload_conditions,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetTrajectoryRequest) Reset() {
@@ -830,6 +841,20 @@ func (x *GetTrajectoryRequest) GetChunkSize() int32 {
 	return 0
 }
 
+func (x *GetTrajectoryRequest) GetPayloadFilter() *structpb.Struct {
+	if x != nil {
+		return x.PayloadFilter
+	}
+	return nil
+}
+
+func (x *GetTrajectoryRequest) GetPayloadConditions() []*PayloadCondition {
+	if x != nil {
+		return x.PayloadConditions
+	}
+	return nil
+}
+
 // One chunk of a trajectory.
 type GetTrajectoryResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -895,12 +920,16 @@ type SearchPointsRequest struct {
 	TimeRange *TimeRange `protobuf:"bytes,5,opt,name=time_range,json=timeRange,proto3" json:"time_range,omitempty"`
 	// Only points of this series; empty means all.
 	Series string `protobuf:"bytes,6,opt,name=series,proto3" json:"series,omitempty"`
-	// Only points whose payload equals every key/value given here.
+	// Only points whose payload equals every key/value given here (string,
+	// number or bool values; reserved keys refused with INVALID_FILTER).
 	PayloadFilter *structpb.Struct `protobuf:"bytes,7,opt,name=payload_filter,json=payloadFilter,proto3" json:"payload_filter,omitempty"`
 	// Whether to return the vectors.
 	IncludeVectors bool `protobuf:"varint,8,opt,name=include_vectors,json=includeVectors,proto3" json:"include_vectors,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Only points whose payload meets every condition (AND, together with
+	// `payload_filter`).
+	PayloadConditions []*PayloadCondition `protobuf:"bytes,9,rep,name=payload_conditions,json=payloadConditions,proto3" json:"payload_conditions,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SearchPointsRequest) Reset() {
@@ -1000,6 +1029,13 @@ func (x *SearchPointsRequest) GetIncludeVectors() bool {
 	return false
 }
 
+func (x *SearchPointsRequest) GetPayloadConditions() []*PayloadCondition {
+	if x != nil {
+		return x.PayloadConditions
+	}
+	return nil
+}
+
 type isSearchPointsRequest_Query interface {
 	isSearchPointsRequest_Query()
 }
@@ -1018,6 +1054,241 @@ func (*SearchPointsRequest_Vector) isSearchPointsRequest_Query() {}
 
 func (*SearchPointsRequest_Text) isSearchPointsRequest_Query() {}
 
+// A typed condition on one payload value, as Chroma's `where` and Qdrant's
+// range/match filters offer. A point without the key matches only `none_of`.
+type PayloadCondition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The payload key (the same rules as Point.payload keys).
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// What the value must satisfy; exactly one is required.
+	//
+	// Types that are valid to be assigned to Condition:
+	//
+	//	*PayloadCondition_Range
+	//	*PayloadCondition_AnyOf
+	//	*PayloadCondition_NoneOf
+	Condition     isPayloadCondition_Condition `protobuf_oneof:"condition"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PayloadCondition) Reset() {
+	*x = PayloadCondition{}
+	mi := &file_driftd_v1_point_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PayloadCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PayloadCondition) ProtoMessage() {}
+
+func (x *PayloadCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_driftd_v1_point_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PayloadCondition.ProtoReflect.Descriptor instead.
+func (*PayloadCondition) Descriptor() ([]byte, []int) {
+	return file_driftd_v1_point_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PayloadCondition) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *PayloadCondition) GetCondition() isPayloadCondition_Condition {
+	if x != nil {
+		return x.Condition
+	}
+	return nil
+}
+
+func (x *PayloadCondition) GetRange() *NumberRange {
+	if x != nil {
+		if x, ok := x.Condition.(*PayloadCondition_Range); ok {
+			return x.Range
+		}
+	}
+	return nil
+}
+
+func (x *PayloadCondition) GetAnyOf() *ValueSet {
+	if x != nil {
+		if x, ok := x.Condition.(*PayloadCondition_AnyOf); ok {
+			return x.AnyOf
+		}
+	}
+	return nil
+}
+
+func (x *PayloadCondition) GetNoneOf() *ValueSet {
+	if x != nil {
+		if x, ok := x.Condition.(*PayloadCondition_NoneOf); ok {
+			return x.NoneOf
+		}
+	}
+	return nil
+}
+
+type isPayloadCondition_Condition interface {
+	isPayloadCondition_Condition()
+}
+
+type PayloadCondition_Range struct {
+	// The value is a number inside this range.
+	Range *NumberRange `protobuf:"bytes,2,opt,name=range,proto3,oneof"`
+}
+
+type PayloadCondition_AnyOf struct {
+	// The value is one of these (SQL IN; Chroma $in).
+	AnyOf *ValueSet `protobuf:"bytes,3,opt,name=any_of,json=anyOf,proto3,oneof"`
+}
+
+type PayloadCondition_NoneOf struct {
+	// The value is none of these (Chroma $nin); points without the key
+	// match too.
+	NoneOf *ValueSet `protobuf:"bytes,4,opt,name=none_of,json=noneOf,proto3,oneof"`
+}
+
+func (*PayloadCondition_Range) isPayloadCondition_Condition() {}
+
+func (*PayloadCondition_AnyOf) isPayloadCondition_Condition() {}
+
+func (*PayloadCondition_NoneOf) isPayloadCondition_Condition() {}
+
+// Bounds on a number; unset bounds are open, at least one is required.
+type NumberRange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Greater than (Chroma $gt).
+	Gt *float64 `protobuf:"fixed64,1,opt,name=gt,proto3,oneof" json:"gt,omitempty"`
+	// Greater than or equal (Chroma $gte).
+	Gte *float64 `protobuf:"fixed64,2,opt,name=gte,proto3,oneof" json:"gte,omitempty"`
+	// Less than (Chroma $lt).
+	Lt *float64 `protobuf:"fixed64,3,opt,name=lt,proto3,oneof" json:"lt,omitempty"`
+	// Less than or equal (Chroma $lte).
+	Lte           *float64 `protobuf:"fixed64,4,opt,name=lte,proto3,oneof" json:"lte,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NumberRange) Reset() {
+	*x = NumberRange{}
+	mi := &file_driftd_v1_point_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NumberRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NumberRange) ProtoMessage() {}
+
+func (x *NumberRange) ProtoReflect() protoreflect.Message {
+	mi := &file_driftd_v1_point_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NumberRange.ProtoReflect.Descriptor instead.
+func (*NumberRange) Descriptor() ([]byte, []int) {
+	return file_driftd_v1_point_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *NumberRange) GetGt() float64 {
+	if x != nil && x.Gt != nil {
+		return *x.Gt
+	}
+	return 0
+}
+
+func (x *NumberRange) GetGte() float64 {
+	if x != nil && x.Gte != nil {
+		return *x.Gte
+	}
+	return 0
+}
+
+func (x *NumberRange) GetLt() float64 {
+	if x != nil && x.Lt != nil {
+		return *x.Lt
+	}
+	return 0
+}
+
+func (x *NumberRange) GetLte() float64 {
+	if x != nil && x.Lte != nil {
+		return *x.Lte
+	}
+	return 0
+}
+
+// A set of payload values of one type: all strings, all numbers or all bools;
+// 1-100 values.
+type ValueSet struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The values (google.protobuf.Value string, number or bool).
+	Values        []*structpb.Value `protobuf:"bytes,1,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValueSet) Reset() {
+	*x = ValueSet{}
+	mi := &file_driftd_v1_point_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValueSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValueSet) ProtoMessage() {}
+
+func (x *ValueSet) ProtoReflect() protoreflect.Message {
+	mi := &file_driftd_v1_point_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValueSet.ProtoReflect.Descriptor instead.
+func (*ValueSet) Descriptor() ([]byte, []int) {
+	return file_driftd_v1_point_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ValueSet) GetValues() []*structpb.Value {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
 // A dense float32 vector.
 type FloatVector struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1029,7 +1300,7 @@ type FloatVector struct {
 
 func (x *FloatVector) Reset() {
 	*x = FloatVector{}
-	mi := &file_driftd_v1_point_proto_msgTypes[14]
+	mi := &file_driftd_v1_point_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1312,7 @@ func (x *FloatVector) String() string {
 func (*FloatVector) ProtoMessage() {}
 
 func (x *FloatVector) ProtoReflect() protoreflect.Message {
-	mi := &file_driftd_v1_point_proto_msgTypes[14]
+	mi := &file_driftd_v1_point_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1325,7 @@ func (x *FloatVector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FloatVector.ProtoReflect.Descriptor instead.
 func (*FloatVector) Descriptor() ([]byte, []int) {
-	return file_driftd_v1_point_proto_rawDescGZIP(), []int{14}
+	return file_driftd_v1_point_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FloatVector) GetValues() []float32 {
@@ -1078,7 +1349,7 @@ type ScoredPoint struct {
 
 func (x *ScoredPoint) Reset() {
 	*x = ScoredPoint{}
-	mi := &file_driftd_v1_point_proto_msgTypes[15]
+	mi := &file_driftd_v1_point_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1361,7 @@ func (x *ScoredPoint) String() string {
 func (*ScoredPoint) ProtoMessage() {}
 
 func (x *ScoredPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_driftd_v1_point_proto_msgTypes[15]
+	mi := &file_driftd_v1_point_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1374,7 @@ func (x *ScoredPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScoredPoint.ProtoReflect.Descriptor instead.
 func (*ScoredPoint) Descriptor() ([]byte, []int) {
-	return file_driftd_v1_point_proto_rawDescGZIP(), []int{15}
+	return file_driftd_v1_point_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ScoredPoint) GetPoint() *Point {
@@ -1131,7 +1402,7 @@ type SearchPointsResponse struct {
 
 func (x *SearchPointsResponse) Reset() {
 	*x = SearchPointsResponse{}
-	mi := &file_driftd_v1_point_proto_msgTypes[16]
+	mi := &file_driftd_v1_point_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1414,7 @@ func (x *SearchPointsResponse) String() string {
 func (*SearchPointsResponse) ProtoMessage() {}
 
 func (x *SearchPointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_driftd_v1_point_proto_msgTypes[16]
+	mi := &file_driftd_v1_point_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1427,7 @@ func (x *SearchPointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SearchPointsResponse.ProtoReflect.Descriptor instead.
 func (*SearchPointsResponse) Descriptor() ([]byte, []int) {
-	return file_driftd_v1_point_proto_rawDescGZIP(), []int{16}
+	return file_driftd_v1_point_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SearchPointsResponse) GetResults() []*ScoredPoint {
@@ -1218,7 +1489,7 @@ const file_driftd_v1_point_proto_rawDesc = "" +
 	"\x03ids\x18\x02 \x03(\tR\x03ids\"j\n" +
 	"\x14DeletePointsResponse\x12#\n" +
 	"\rdeleted_count\x18\x01 \x01(\x05R\fdeletedCount\x12-\n" +
-	"\x12collection_version\x18\x02 \x01(\x03R\x11collectionVersion\"\xc3\x01\n" +
+	"\x12collection_version\x18\x02 \x01(\x03R\x11collectionVersion\"\xcf\x02\n" +
 	"\x14GetTrajectoryRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x123\n" +
 	"\n" +
@@ -1226,9 +1497,11 @@ const file_driftd_v1_point_proto_rawDesc = "" +
 	"\x06series\x18\x03 \x01(\tR\x06series\x12'\n" +
 	"\x0finclude_vectors\x18\x04 \x01(\bR\x0eincludeVectors\x12\x1d\n" +
 	"\n" +
-	"chunk_size\x18\x05 \x01(\x05R\tchunkSize\"A\n" +
+	"chunk_size\x18\x05 \x01(\x05R\tchunkSize\x12>\n" +
+	"\x0epayload_filter\x18\x06 \x01(\v2\x17.google.protobuf.StructR\rpayloadFilter\x12J\n" +
+	"\x12payload_conditions\x18\a \x03(\v2\x1b.driftd.v1.PayloadConditionR\x11payloadConditions\"A\n" +
 	"\x15GetTrajectoryResponse\x12(\n" +
-	"\x06points\x18\x01 \x03(\v2\x10.driftd.v1.PointR\x06points\"\xc9\x02\n" +
+	"\x06points\x18\x01 \x03(\v2\x10.driftd.v1.PointR\x06points\"\x95\x03\n" +
 	"\x13SearchPointsRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x120\n" +
 	"\x06vector\x18\x02 \x01(\v2\x16.driftd.v1.FloatVectorH\x00R\x06vector\x12\x14\n" +
@@ -1238,8 +1511,26 @@ const file_driftd_v1_point_proto_rawDesc = "" +
 	"time_range\x18\x05 \x01(\v2\x14.driftd.v1.TimeRangeR\ttimeRange\x12\x16\n" +
 	"\x06series\x18\x06 \x01(\tR\x06series\x12>\n" +
 	"\x0epayload_filter\x18\a \x01(\v2\x17.google.protobuf.StructR\rpayloadFilter\x12'\n" +
-	"\x0finclude_vectors\x18\b \x01(\bR\x0eincludeVectorsB\a\n" +
-	"\x05query\"%\n" +
+	"\x0finclude_vectors\x18\b \x01(\bR\x0eincludeVectors\x12J\n" +
+	"\x12payload_conditions\x18\t \x03(\v2\x1b.driftd.v1.PayloadConditionR\x11payloadConditionsB\a\n" +
+	"\x05query\"\xbf\x01\n" +
+	"\x10PayloadCondition\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
+	"\x05range\x18\x02 \x01(\v2\x16.driftd.v1.NumberRangeH\x00R\x05range\x12,\n" +
+	"\x06any_of\x18\x03 \x01(\v2\x13.driftd.v1.ValueSetH\x00R\x05anyOf\x12.\n" +
+	"\anone_of\x18\x04 \x01(\v2\x13.driftd.v1.ValueSetH\x00R\x06noneOfB\v\n" +
+	"\tcondition\"\x83\x01\n" +
+	"\vNumberRange\x12\x13\n" +
+	"\x02gt\x18\x01 \x01(\x01H\x00R\x02gt\x88\x01\x01\x12\x15\n" +
+	"\x03gte\x18\x02 \x01(\x01H\x01R\x03gte\x88\x01\x01\x12\x13\n" +
+	"\x02lt\x18\x03 \x01(\x01H\x02R\x02lt\x88\x01\x01\x12\x15\n" +
+	"\x03lte\x18\x04 \x01(\x01H\x03R\x03lte\x88\x01\x01B\x05\n" +
+	"\x03_gtB\x06\n" +
+	"\x04_gteB\x05\n" +
+	"\x03_ltB\x06\n" +
+	"\x04_lte\":\n" +
+	"\bValueSet\x12.\n" +
+	"\x06values\x18\x01 \x03(\v2\x16.google.protobuf.ValueR\x06values\"%\n" +
 	"\vFloatVector\x12\x16\n" +
 	"\x06values\x18\x01 \x03(\x02R\x06values\"Q\n" +
 	"\vScoredPoint\x12&\n" +
@@ -1267,7 +1558,7 @@ func file_driftd_v1_point_proto_rawDescGZIP() []byte {
 	return file_driftd_v1_point_proto_rawDescData
 }
 
-var file_driftd_v1_point_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_driftd_v1_point_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_driftd_v1_point_proto_goTypes = []any{
 	(*Point)(nil),                      // 0: driftd.v1.Point
 	(*TimeRange)(nil),                  // 1: driftd.v1.TimeRange
@@ -1283,45 +1574,56 @@ var file_driftd_v1_point_proto_goTypes = []any{
 	(*GetTrajectoryRequest)(nil),       // 11: driftd.v1.GetTrajectoryRequest
 	(*GetTrajectoryResponse)(nil),      // 12: driftd.v1.GetTrajectoryResponse
 	(*SearchPointsRequest)(nil),        // 13: driftd.v1.SearchPointsRequest
-	(*FloatVector)(nil),                // 14: driftd.v1.FloatVector
-	(*ScoredPoint)(nil),                // 15: driftd.v1.ScoredPoint
-	(*SearchPointsResponse)(nil),       // 16: driftd.v1.SearchPointsResponse
-	(*timestamppb.Timestamp)(nil),      // 17: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),            // 18: google.protobuf.Struct
+	(*PayloadCondition)(nil),           // 14: driftd.v1.PayloadCondition
+	(*NumberRange)(nil),                // 15: driftd.v1.NumberRange
+	(*ValueSet)(nil),                   // 16: driftd.v1.ValueSet
+	(*FloatVector)(nil),                // 17: driftd.v1.FloatVector
+	(*ScoredPoint)(nil),                // 18: driftd.v1.ScoredPoint
+	(*SearchPointsResponse)(nil),       // 19: driftd.v1.SearchPointsResponse
+	(*timestamppb.Timestamp)(nil),      // 20: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),            // 21: google.protobuf.Struct
+	(*structpb.Value)(nil),             // 22: google.protobuf.Value
 }
 var file_driftd_v1_point_proto_depIdxs = []int32{
-	17, // 0: driftd.v1.Point.time:type_name -> google.protobuf.Timestamp
-	18, // 1: driftd.v1.Point.payload:type_name -> google.protobuf.Struct
-	17, // 2: driftd.v1.TimeRange.start_time:type_name -> google.protobuf.Timestamp
-	17, // 3: driftd.v1.TimeRange.end_time:type_name -> google.protobuf.Timestamp
+	20, // 0: driftd.v1.Point.time:type_name -> google.protobuf.Timestamp
+	21, // 1: driftd.v1.Point.payload:type_name -> google.protobuf.Struct
+	20, // 2: driftd.v1.TimeRange.start_time:type_name -> google.protobuf.Timestamp
+	20, // 3: driftd.v1.TimeRange.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: driftd.v1.UpsertPointsRequest.points:type_name -> driftd.v1.Point
 	0,  // 5: driftd.v1.StreamUpsertPointsRequest.points:type_name -> driftd.v1.Point
 	2,  // 6: driftd.v1.StreamUpsertPointsResponse.errors:type_name -> driftd.v1.PointError
 	0,  // 7: driftd.v1.GetPointsResponse.points:type_name -> driftd.v1.Point
 	1,  // 8: driftd.v1.GetTrajectoryRequest.time_range:type_name -> driftd.v1.TimeRange
-	0,  // 9: driftd.v1.GetTrajectoryResponse.points:type_name -> driftd.v1.Point
-	14, // 10: driftd.v1.SearchPointsRequest.vector:type_name -> driftd.v1.FloatVector
-	1,  // 11: driftd.v1.SearchPointsRequest.time_range:type_name -> driftd.v1.TimeRange
-	18, // 12: driftd.v1.SearchPointsRequest.payload_filter:type_name -> google.protobuf.Struct
-	0,  // 13: driftd.v1.ScoredPoint.point:type_name -> driftd.v1.Point
-	15, // 14: driftd.v1.SearchPointsResponse.results:type_name -> driftd.v1.ScoredPoint
-	3,  // 15: driftd.v1.PointService.UpsertPoints:input_type -> driftd.v1.UpsertPointsRequest
-	5,  // 16: driftd.v1.PointService.StreamUpsertPoints:input_type -> driftd.v1.StreamUpsertPointsRequest
-	7,  // 17: driftd.v1.PointService.GetPoints:input_type -> driftd.v1.GetPointsRequest
-	9,  // 18: driftd.v1.PointService.DeletePoints:input_type -> driftd.v1.DeletePointsRequest
-	11, // 19: driftd.v1.PointService.GetTrajectory:input_type -> driftd.v1.GetTrajectoryRequest
-	13, // 20: driftd.v1.PointService.SearchPoints:input_type -> driftd.v1.SearchPointsRequest
-	4,  // 21: driftd.v1.PointService.UpsertPoints:output_type -> driftd.v1.UpsertPointsResponse
-	6,  // 22: driftd.v1.PointService.StreamUpsertPoints:output_type -> driftd.v1.StreamUpsertPointsResponse
-	8,  // 23: driftd.v1.PointService.GetPoints:output_type -> driftd.v1.GetPointsResponse
-	10, // 24: driftd.v1.PointService.DeletePoints:output_type -> driftd.v1.DeletePointsResponse
-	12, // 25: driftd.v1.PointService.GetTrajectory:output_type -> driftd.v1.GetTrajectoryResponse
-	16, // 26: driftd.v1.PointService.SearchPoints:output_type -> driftd.v1.SearchPointsResponse
-	21, // [21:27] is the sub-list for method output_type
-	15, // [15:21] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	21, // 9: driftd.v1.GetTrajectoryRequest.payload_filter:type_name -> google.protobuf.Struct
+	14, // 10: driftd.v1.GetTrajectoryRequest.payload_conditions:type_name -> driftd.v1.PayloadCondition
+	0,  // 11: driftd.v1.GetTrajectoryResponse.points:type_name -> driftd.v1.Point
+	17, // 12: driftd.v1.SearchPointsRequest.vector:type_name -> driftd.v1.FloatVector
+	1,  // 13: driftd.v1.SearchPointsRequest.time_range:type_name -> driftd.v1.TimeRange
+	21, // 14: driftd.v1.SearchPointsRequest.payload_filter:type_name -> google.protobuf.Struct
+	14, // 15: driftd.v1.SearchPointsRequest.payload_conditions:type_name -> driftd.v1.PayloadCondition
+	15, // 16: driftd.v1.PayloadCondition.range:type_name -> driftd.v1.NumberRange
+	16, // 17: driftd.v1.PayloadCondition.any_of:type_name -> driftd.v1.ValueSet
+	16, // 18: driftd.v1.PayloadCondition.none_of:type_name -> driftd.v1.ValueSet
+	22, // 19: driftd.v1.ValueSet.values:type_name -> google.protobuf.Value
+	0,  // 20: driftd.v1.ScoredPoint.point:type_name -> driftd.v1.Point
+	18, // 21: driftd.v1.SearchPointsResponse.results:type_name -> driftd.v1.ScoredPoint
+	3,  // 22: driftd.v1.PointService.UpsertPoints:input_type -> driftd.v1.UpsertPointsRequest
+	5,  // 23: driftd.v1.PointService.StreamUpsertPoints:input_type -> driftd.v1.StreamUpsertPointsRequest
+	7,  // 24: driftd.v1.PointService.GetPoints:input_type -> driftd.v1.GetPointsRequest
+	9,  // 25: driftd.v1.PointService.DeletePoints:input_type -> driftd.v1.DeletePointsRequest
+	11, // 26: driftd.v1.PointService.GetTrajectory:input_type -> driftd.v1.GetTrajectoryRequest
+	13, // 27: driftd.v1.PointService.SearchPoints:input_type -> driftd.v1.SearchPointsRequest
+	4,  // 28: driftd.v1.PointService.UpsertPoints:output_type -> driftd.v1.UpsertPointsResponse
+	6,  // 29: driftd.v1.PointService.StreamUpsertPoints:output_type -> driftd.v1.StreamUpsertPointsResponse
+	8,  // 30: driftd.v1.PointService.GetPoints:output_type -> driftd.v1.GetPointsResponse
+	10, // 31: driftd.v1.PointService.DeletePoints:output_type -> driftd.v1.DeletePointsResponse
+	12, // 32: driftd.v1.PointService.GetTrajectory:output_type -> driftd.v1.GetTrajectoryResponse
+	19, // 33: driftd.v1.PointService.SearchPoints:output_type -> driftd.v1.SearchPointsResponse
+	28, // [28:34] is the sub-list for method output_type
+	22, // [22:28] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_driftd_v1_point_proto_init() }
@@ -1333,13 +1635,19 @@ func file_driftd_v1_point_proto_init() {
 		(*SearchPointsRequest_Vector)(nil),
 		(*SearchPointsRequest_Text)(nil),
 	}
+	file_driftd_v1_point_proto_msgTypes[14].OneofWrappers = []any{
+		(*PayloadCondition_Range)(nil),
+		(*PayloadCondition_AnyOf)(nil),
+		(*PayloadCondition_NoneOf)(nil),
+	}
+	file_driftd_v1_point_proto_msgTypes[15].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_driftd_v1_point_proto_rawDesc), len(file_driftd_v1_point_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const NOT_RETRIED = [
   "/driftd.v1.CollectionService/CreateCollection",
   "/driftd.v1.CollectionService/AttachCollection",
   "/driftd.v1.CollectionService/DeleteCollection",
+  "/driftd.v1.CollectionService/ImportCollection",
   "/driftd.v1.MonitorService/CreateDriftRule",
   "/driftd.v1.MonitorService/DeleteDriftRule",
   "/driftd.v1.BehaviorService/ProcessBehaviors",

@@ -35,6 +35,9 @@ from driftd.client._common.calls import (
     detect_chapters as detect_chapters,
 )
 from driftd.client._common.calls import (
+    export_request as export_request,
+)
+from driftd.client._common.calls import (
     find_attractors as find_attractors,
 )
 from driftd.client._common.calls import (
@@ -135,6 +138,9 @@ from driftd.client._common.options import (
 )
 from driftd.client._common.options import (
     channel_security as channel_security,
+)
+from driftd.client._common.options import (
+    parse_target as parse_target,
 )
 from driftd.client._common.parse import (
     parse_point as parse_point,

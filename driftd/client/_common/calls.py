@@ -75,6 +75,12 @@ def get_collection(name: str) -> Call[types.CollectionInfo]:
     return Call("collections.GetCollection", request, convert.collection_from_proto)
 
 
+def export_request(name: str, chunk_size: int) -> collection_pb2.ExportCollectionRequest:
+    return collection_pb2.ExportCollectionRequest(
+        name=convert.collection_name(name), chunk_size=chunk_size
+    )
+
+
 def list_collections_page(
     page_size: int, page_token: str
 ) -> Call[tuple[list[types.CollectionInfo], str]]:
@@ -170,6 +176,7 @@ def search(
     series: str,
     payload_filter: Mapping | None,
     include_vectors: bool,
+    payload_conditions: Sequence[types.PayloadCondition] = (),
 ) -> Call[list[types.ScoredPoint]]:
     _exactly_one("query", vector=vector, text=text)
     request = point_pb2.SearchPointsRequest(
@@ -185,6 +192,7 @@ def search(
         request.text = text or ""
     if payload_filter:
         request.payload_filter.CopyFrom(convert.dict_to_struct(payload_filter))
+    request.payload_conditions.extend(convert.conditions_to_proto(payload_conditions))
     return Call(
         "points.SearchPoints",
         request,

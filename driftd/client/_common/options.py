@@ -33,6 +33,29 @@ T = TypeVar("T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
+
+def parse_target(
+    target: str, credentials: grpc.ChannelCredentials | None
+) -> tuple[str, grpc.ChannelCredentials | None]:
+    """The gRPC target and credentials for what users write as a server address.
+
+    ``http://host:port`` is plaintext ``host:port``; ``https://host:port`` is TLS
+    with the system's root certificates unless ``credentials`` are given (port
+    80/443 when absent); a trailing ``/`` is dropped. Anything else is a gRPC
+    target as is (``host:port``, ``dns:///host:port``, ``unix:path``).
+    """
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return target, credentials
+    tls = scheme.lower() == "https"
+    host = rest.rstrip("/")
+    if not host.rpartition(":")[2].isdigit() or host.endswith("]"):
+        host = f"{host}:{443 if tls else 80}"
+    if tls and credentials is None:
+        credentials = grpc.ssl_channel_credentials()
+    return host, credentials
+
+
 #: Channel options applied unless the caller overrides them. gRPC's 4 MiB default
 #: receive limit is too small for vectors (grpc/grpc#15738); 64 MiB matches the
 #: server's default ``max_message_bytes``.
@@ -41,7 +64,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
 }
 
-Time = datetime | str | None
+Time = datetime | str | int | float | None
 PointLike = types.Point | Mapping[str, Any]
 
 
@@ -49,14 +72,14 @@ PointLike = types.Point | Mapping[str, Any]
 #: whose repetition changes nothing (UpsertPoints replaces points by id;
 #: DeletePoints ignores ids already gone, so a repeat may count fewer deletions;
 #: ExtractFacts recomputes a branch's facts from its messages). Left out:
-#: CreateCollection, AttachCollection, CreateDriftRule (a repeat fails with
+#: CreateCollection, AttachCollection, ImportCollection, CreateDriftRule (a repeat fails with
 #: ALREADY_EXISTS or creates a second rule), DeleteCollection, DeleteDriftRule (a
 #: repeat fails with NOT_FOUND), ProcessBehaviors (a repeat applies the candidates
 #: twice), RouteMessage (safe only with a message_id, which a per-method policy
 #: cannot see), StreamUpsertPoints (the writer resumes it instead) and Health.Check
 #: (a probe must see the outage).
 RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
-    "driftd.v1.CollectionService": ("GetCollection", "ListCollections"),
+    "driftd.v1.CollectionService": ("GetCollection", "ListCollections", "ExportCollection"),
     "driftd.v1.PointService": (
         "UpsertPoints",
         "GetPoints",
@@ -77,7 +100,9 @@ RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
 }
 #: The server-streaming ones: they have no deadline, so they do not wait for a
 #: connection (that could be forever).
-_STREAMING_METHODS = frozenset({"GetTrajectory", "SimulatePaths", "WatchCollection"})
+_STREAMING_METHODS = frozenset(
+    {"ExportCollection", "GetTrajectory", "SimulatePaths", "WatchCollection"}
+)
 
 
 @dataclass(frozen=True)
@@ -217,10 +242,12 @@ def channel_security(
     api_key: str | None,
     tls: TLS | bool | None,
     credentials: grpc.ChannelCredentials | None,
-) -> tuple[grpc.ChannelCredentials | None, dict[str, Any], tuple[tuple[str, str], ...]]:
-    """The channel credentials, extra channel options and per-call metadata of a
-    client: the one place where both the blocking and the asyncio client get TLS
-    and API keys.
+) -> tuple[str, grpc.ChannelCredentials | None, dict[str, Any], tuple[tuple[str, str], ...]]:
+    """The gRPC target, channel credentials, extra channel options and per-call
+    metadata of a client: the one place where both the blocking and the asyncio
+    client get TLS and API keys. ``target`` may be an ``http://`` / ``https://``
+    address (:func:`parse_target`); ``https://`` means TLS with the system's roots
+    unless ``tls`` or ``credentials`` say otherwise.
 
     The API key travels as ``authorization: Bearer <key>`` metadata on every
     call (:class:`Stubs` adds it), only over TLS or to a loopback target: a key
@@ -230,6 +257,9 @@ def channel_security(
         InvalidArgument: both ``tls`` and ``credentials``; an API key for a
             non-loopback target without TLS.
     """
+    target, scheme_credentials = parse_target(target, credentials)
+    if tls is None or tls is False:
+        credentials = scheme_credentials
     options: dict[str, Any] = {}
     if tls is not None and tls is not False:
         if credentials is not None:
@@ -250,7 +280,7 @@ def channel_security(
                 field_violations=[FieldViolation("api_key", "needs tls for this target")],
             )
         metadata = (("authorization", f"Bearer {api_key}"),)
-    return credentials, options, metadata
+    return target, credentials, options, metadata
 
 
 def channel_options(

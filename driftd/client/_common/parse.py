@@ -24,10 +24,16 @@ E = TypeVar("E")
 
 
 def parse_time(value: object) -> datetime | None:
-    """A datetime or an RFC 3339 string as an aware UTC datetime (naive means
-    UTC); None when ``value`` is neither or does not parse."""
+    """A datetime, an RFC 3339 string or epoch seconds (int or float, UTC) as an
+    aware UTC datetime (naive means UTC); None when ``value`` is none of these or
+    does not parse (or is out of datetime's range)."""
     if isinstance(value, datetime):
         dt = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):  # NaN, inf, beyond year 9999
+            return None
     elif isinstance(value, str) and value:
         try:
             dt = datetime.fromisoformat(value)
@@ -42,11 +48,11 @@ def parse_point(raw: PointLike, index: int = 0) -> types.Point:
     """One input point as a :class:`driftd.types.Point`.
 
     ``raw`` is a Point (passed through) or a dict ``{"id": str, "timestamp":
-    RFC 3339 str | datetime, "text": str | "vector": list | ndarray, "series"?: str,
-    "payload"?: {str: str | float | int | bool}}`` (``"time"`` is accepted for
-    ``"timestamp"``; other keys are ignored). Only the row's shape is checked here;
-    the server checks it against the collection (dimension, embed model,
-    finiteness, duplicate ids).
+    RFC 3339 str | datetime | epoch seconds (int | float), "text": str | "vector":
+    list | ndarray, "series"?: str, "payload"?: {str: str | float | int | bool}}``
+    (``"time"`` is accepted for ``"timestamp"``; other keys are ignored). Only the
+    row's shape is checked here; the server checks it against the collection
+    (dimension, embed model, finiteness, duplicate ids).
 
     Raises:
         InvalidArgument: one field violation per bad field, with proto paths
@@ -73,7 +79,7 @@ def parse_point(raw: PointLike, index: int = 0) -> types.Point:
             (
                 "INVALID_TIMESTAMP",
                 f"{at}.time",
-                f"timestamp {raw_time!r} is missing or not RFC 3339",
+                f"timestamp {raw_time!r} is missing or not RFC 3339 or epoch seconds",
             )
         )
 
@@ -160,9 +166,11 @@ def _time_arg(value: Time, field: str) -> datetime | None:
     parsed = parse_time(value)
     if parsed is None:
         raise InvalidArgument(
-            f"{field}: {value!r} is not a datetime or an RFC 3339 string",
+            f"{field}: {value!r} is not a datetime, an RFC 3339 string or epoch seconds",
             reason="INVALID_TIMESTAMP",
-            field_violations=[FieldViolation(field, "must be a datetime or an RFC 3339 string")],
+            field_violations=[
+                FieldViolation(field, "must be a datetime, an RFC 3339 string or epoch seconds")
+            ],
         )
     return parsed
 

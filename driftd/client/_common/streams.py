@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -62,14 +62,25 @@ def read_step(r: flow_pb2.SimulatePathsResponse) -> tuple[types.SimulationStep]:
 
 
 def trajectory_request(
-    name: str, *, start: Time, end: Time, series: str, include_vectors: bool
+    name: str,
+    *,
+    start: Time,
+    end: Time,
+    series: str,
+    include_vectors: bool,
+    payload_filter: Mapping | None = None,
+    payload_conditions: Sequence[types.PayloadCondition] = (),
 ) -> point_pb2.GetTrajectoryRequest:
-    return point_pb2.GetTrajectoryRequest(
+    request = point_pb2.GetTrajectoryRequest(
         parent=convert.collection_name(name),
         time_range=_time_range(start, end),
         series=series,
         include_vectors=include_vectors,
+        payload_conditions=convert.conditions_to_proto(payload_conditions),
     )
+    if payload_filter:
+        request.payload_filter.CopyFrom(convert.dict_to_struct(payload_filter))
+    return request
 
 
 def simulate_request(

@@ -68,6 +68,9 @@ RULES: dict[str, Rule] = {
     "/driftd.v1.CollectionService/AttachCollection": Rule(
         A, "chroma_collection", "collections", True
     ),
+    # A backup reads every point and rule of the collection; a restore creates one.
+    "/driftd.v1.CollectionService/ExportCollection": Rule(R, "name"),
+    "/driftd.v1.CollectionService/ImportCollection": Rule(A, "collection_id", "collections", True),
     "/driftd.v1.PointService/UpsertPoints": Rule(W, "parent", writes=True),
     "/driftd.v1.PointService/StreamUpsertPoints": Rule(W, "parent", writes=True),
     "/driftd.v1.PointService/GetPoints": Rule(R, "parent"),
@@ -136,6 +139,7 @@ COLLECTION_CREATES = frozenset(
     {
         "/driftd.v1.CollectionService/CreateCollection",
         "/driftd.v1.CollectionService/AttachCollection",
+        "/driftd.v1.CollectionService/ImportCollection",
     }
 )
 

@@ -4,6 +4,10 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { DriftRule } from "./monitor_pb.js";
+import { file_driftd_v1_monitor } from "./monitor_pb.js";
+import type { Point } from "./point_pb.js";
+import { file_driftd_v1_point } from "./point_pb.js";
 import type { EmptySchema, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_empty, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file driftd/v1/collection.proto.
  */
 export const file_driftd_v1_collection: GenFile = /*@__PURE__*/
-  fileDesc("ChpkcmlmdGQvdjEvY29sbGVjdGlvbi5wcm90bxIJZHJpZnRkLnYxIuwCCgpDb2xsZWN0aW9uEgwKBG5hbWUYASABKAkSEQoJZGltZW5zaW9uGAIgASgFEiUKCGRpc3RhbmNlGAMgASgOMhMuZHJpZnRkLnYxLkRpc3RhbmNlEhMKC2VtYmVkX21vZGVsGAQgASgJEhMKC3BvaW50X2NvdW50GAUgASgDEhQKDHNlcmllc19jb3VudBgGIAEoAxIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3ZlcnNpb24YCiABKAMSEAoIdGltZV9rZXkYCyABKAkSEgoKc2VyaWVzX2tleRgMIAEoCRIQCghhdHRhY2hlZBgNIAEoCCJbChdDcmVhdGVDb2xsZWN0aW9uUmVxdWVzdBIVCg1jb2xsZWN0aW9uX2lkGAEgASgJEikKCmNvbGxlY3Rpb24YAiABKAsyFS5kcmlmdGQudjEuQ29sbGVjdGlvbiIkChRHZXRDb2xsZWN0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIj8KFkxpc3RDb2xsZWN0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiXgoXTGlzdENvbGxlY3Rpb25zUmVzcG9uc2USKgoLY29sbGVjdGlvbnMYASADKAsyFS5kcmlmdGQudjEuQ29sbGVjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoXRGVsZXRlQ29sbGVjdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSJvChdBdHRhY2hDb2xsZWN0aW9uUmVxdWVzdBIZChFjaHJvbWFfY29sbGVjdGlvbhgBIAEoCRIQCgh0aW1lX2tleRgCIAEoCRISCgpzZXJpZXNfa2V5GAMgASgJEhMKC2VtYmVkX21vZGVsGAQgASgJKmYKCERpc3RhbmNlEhgKFERJU1RBTkNFX1VOU1BFQ0lGSUVEEAASEwoPRElTVEFOQ0VfQ09TSU5FEAESDwoLRElTVEFOQ0VfTDIQAhIaChZESVNUQU5DRV9JTk5FUl9QUk9EVUNUEAMypAMKEUNvbGxlY3Rpb25TZXJ2aWNlEk0KEENyZWF0ZUNvbGxlY3Rpb24SIi5kcmlmdGQudjEuQ3JlYXRlQ29sbGVjdGlvblJlcXVlc3QaFS5kcmlmdGQudjEuQ29sbGVjdGlvbhJHCg1HZXRDb2xsZWN0aW9uEh8uZHJpZnRkLnYxLkdldENvbGxlY3Rpb25SZXF1ZXN0GhUuZHJpZnRkLnYxLkNvbGxlY3Rpb24SWAoPTGlzdENvbGxlY3Rpb25zEiEuZHJpZnRkLnYxLkxpc3RDb2xsZWN0aW9uc1JlcXVlc3QaIi5kcmlmdGQudjEuTGlzdENvbGxlY3Rpb25zUmVzcG9uc2USTgoQRGVsZXRlQ29sbGVjdGlvbhIiLmRyaWZ0ZC52MS5EZWxldGVDb2xsZWN0aW9uUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJNChBBdHRhY2hDb2xsZWN0aW9uEiIuZHJpZnRkLnYxLkF0dGFjaENvbGxlY3Rpb25SZXF1ZXN0GhUuZHJpZnRkLnYxLkNvbGxlY3Rpb25CN1o1Z2l0aHViLmNvbS9kcmlmdGQvZHJpZnRkL2NsaWVudHMvZ28vZHJpZnRkdjE7ZHJpZnRkdjFiBnByb3RvMw", [file_google_protobuf_empty, file_google_protobuf_timestamp]);
+  fileDesc("ChpkcmlmdGQvdjEvY29sbGVjdGlvbi5wcm90bxIJZHJpZnRkLnYxIvsCCgpDb2xsZWN0aW9uEgwKBG5hbWUYASABKAkSEQoJZGltZW5zaW9uGAIgASgFEiUKCGRpc3RhbmNlGAMgASgOMhMuZHJpZnRkLnYxLkRpc3RhbmNlEhMKC2VtYmVkX21vZGVsGAQgASgJEhMKC3BvaW50X2NvdW50GAUgASgDEhQKDHNlcmllc19jb3VudBgGIAEoAxIuCgpzdGFydF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3ZlcnNpb24YCiABKAMSEAoIdGltZV9rZXkYCyABKAkSEgoKc2VyaWVzX2tleRgMIAEoCRIQCghhdHRhY2hlZBgNIAEoCBINCgVvd25lchgOIAEoCSJbChdDcmVhdGVDb2xsZWN0aW9uUmVxdWVzdBIVCg1jb2xsZWN0aW9uX2lkGAEgASgJEikKCmNvbGxlY3Rpb24YAiABKAsyFS5kcmlmdGQudjEuQ29sbGVjdGlvbiIkChRHZXRDb2xsZWN0aW9uUmVxdWVzdBIMCgRuYW1lGAEgASgJIj8KFkxpc3RDb2xsZWN0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiXgoXTGlzdENvbGxlY3Rpb25zUmVzcG9uc2USKgoLY29sbGVjdGlvbnMYASADKAsyFS5kcmlmdGQudjEuQ29sbGVjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiJwoXRGVsZXRlQ29sbGVjdGlvblJlcXVlc3QSDAoEbmFtZRgBIAEoCSJvChdBdHRhY2hDb2xsZWN0aW9uUmVxdWVzdBIZChFjaHJvbWFfY29sbGVjdGlvbhgBIAEoCRIQCgh0aW1lX2tleRgCIAEoCRISCgpzZXJpZXNfa2V5GAMgASgJEhMKC2VtYmVkX21vZGVsGAQgASgJIjsKF0V4cG9ydENvbGxlY3Rpb25SZXF1ZXN0EgwKBG5hbWUYASABKAkSEgoKY2h1bmtfc2l6ZRgCIAEoBSKSAQoYRXhwb3J0Q29sbGVjdGlvblJlc3BvbnNlEikKCmNvbGxlY3Rpb24YASABKAsyFS5kcmlmdGQudjEuQ29sbGVjdGlvbhIpCgtkcmlmdF9ydWxlcxgCIAMoCzIULmRyaWZ0ZC52MS5EcmlmdFJ1bGUSIAoGcG9pbnRzGAMgAygLMhAuZHJpZnRkLnYxLlBvaW50IqgBChdJbXBvcnRDb2xsZWN0aW9uUmVxdWVzdBIVCg1jb2xsZWN0aW9uX2lkGAEgASgJEikKCmNvbGxlY3Rpb24YAiABKAsyFS5kcmlmdGQudjEuQ29sbGVjdGlvbhIpCgtkcmlmdF9ydWxlcxgDIAMoCzIULmRyaWZ0ZC52MS5EcmlmdFJ1bGUSIAoGcG9pbnRzGAQgAygLMhAuZHJpZnRkLnYxLlBvaW50IoYBChhJbXBvcnRDb2xsZWN0aW9uUmVzcG9uc2USKQoKY29sbGVjdGlvbhgBIAEoCzIVLmRyaWZ0ZC52MS5Db2xsZWN0aW9uEhwKFGltcG9ydGVkX3BvaW50X2NvdW50GAIgASgDEiEKGWltcG9ydGVkX2RyaWZ0X3J1bGVfY291bnQYAyABKAUqZgoIRGlzdGFuY2USGAoURElTVEFOQ0VfVU5TUEVDSUZJRUQQABITCg9ESVNUQU5DRV9DT1NJTkUQARIPCgtESVNUQU5DRV9MMhACEhoKFkRJU1RBTkNFX0lOTkVSX1BST0RVQ1QQAzLiBAoRQ29sbGVjdGlvblNlcnZpY2USTQoQQ3JlYXRlQ29sbGVjdGlvbhIiLmRyaWZ0ZC52MS5DcmVhdGVDb2xsZWN0aW9uUmVxdWVzdBoVLmRyaWZ0ZC52MS5Db2xsZWN0aW9uEkcKDUdldENvbGxlY3Rpb24SHy5kcmlmdGQudjEuR2V0Q29sbGVjdGlvblJlcXVlc3QaFS5kcmlmdGQudjEuQ29sbGVjdGlvbhJYCg9MaXN0Q29sbGVjdGlvbnMSIS5kcmlmdGQudjEuTGlzdENvbGxlY3Rpb25zUmVxdWVzdBoiLmRyaWZ0ZC52MS5MaXN0Q29sbGVjdGlvbnNSZXNwb25zZRJOChBEZWxldGVDb2xsZWN0aW9uEiIuZHJpZnRkLnYxLkRlbGV0ZUNvbGxlY3Rpb25SZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5Ek0KEEF0dGFjaENvbGxlY3Rpb24SIi5kcmlmdGQudjEuQXR0YWNoQ29sbGVjdGlvblJlcXVlc3QaFS5kcmlmdGQudjEuQ29sbGVjdGlvbhJdChBFeHBvcnRDb2xsZWN0aW9uEiIuZHJpZnRkLnYxLkV4cG9ydENvbGxlY3Rpb25SZXF1ZXN0GiMuZHJpZnRkLnYxLkV4cG9ydENvbGxlY3Rpb25SZXNwb25zZTABEl0KEEltcG9ydENvbGxlY3Rpb24SIi5kcmlmdGQudjEuSW1wb3J0Q29sbGVjdGlvblJlcXVlc3QaIy5kcmlmdGQudjEuSW1wb3J0Q29sbGVjdGlvblJlc3BvbnNlKAFCN1o1Z2l0aHViLmNvbS9kcmlmdGQvZHJpZnRkL2NsaWVudHMvZ28vZHJpZnRkdjE7ZHJpZnRkdjFiBnByb3RvMw", [file_driftd_v1_monitor, file_driftd_v1_point, file_google_protobuf_empty, file_google_protobuf_timestamp]);
 
 /**
  * A collection of timestamped points.
@@ -21,7 +25,7 @@ export const file_driftd_v1_collection: GenFile = /*@__PURE__*/
  */
 export type Collection = Message<"driftd.v1.Collection"> & {
   /**
-   * Resource name: "collections/{collection_id}". The id is 3-63 characters of
+   * Resource name: "collections/{collection_id}". The id is 3-512 characters of
    * [a-zA-Z0-9._-], starting and ending with a letter or digit.
    *
    * @generated from field: string name = 1;
@@ -113,6 +117,16 @@ export type Collection = Message<"driftd.v1.Collection"> & {
    * @generated from field: bool attached = 13;
    */
   attached: boolean;
+
+  /**
+   * Output only. The address (host:port) of the replica that owns the
+   * collection: it holds the collection's cache and flow model, publishes its
+   * watch events and evaluates its drift rules; other replicas forward to it.
+   * Empty when driftd runs without peers.
+   *
+   * @generated from field: string owner = 14;
+   */
+  owner: string;
 };
 
 /**
@@ -295,6 +309,154 @@ export const AttachCollectionRequestSchema: GenMessage<AttachCollectionRequest> 
   messageDesc(file_driftd_v1_collection, 6);
 
 /**
+ * Which collection ExportCollection streams.
+ *
+ * @generated from message driftd.v1.ExportCollectionRequest
+ */
+export type ExportCollectionRequest = Message<"driftd.v1.ExportCollectionRequest"> & {
+  /**
+   * Resource name: "collections/{collection_id}".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Points per response message; 0 means 500. At most 10,000.
+   *
+   * @generated from field: int32 chunk_size = 2;
+   */
+  chunkSize: number;
+};
+
+/**
+ * Describes the message driftd.v1.ExportCollectionRequest.
+ * Use `create(ExportCollectionRequestSchema)` to create a new message.
+ */
+export const ExportCollectionRequestSchema: GenMessage<ExportCollectionRequest> = /*@__PURE__*/
+  messageDesc(file_driftd_v1_collection, 7);
+
+/**
+ * One message of an export: the first carries the collection and its drift
+ * rules and no points, every later one a chunk of points.
+ *
+ * @generated from message driftd.v1.ExportCollectionResponse
+ */
+export type ExportCollectionResponse = Message<"driftd.v1.ExportCollectionResponse"> & {
+  /**
+   * First message only: the collection (settings, counts and version as the
+   * export starts).
+   *
+   * @generated from field: driftd.v1.Collection collection = 1;
+   */
+  collection?: Collection | undefined;
+
+  /**
+   * First message only: the collection's drift rules (alarm counts and last
+   * evaluations are informational: an import starts them afresh).
+   *
+   * @generated from field: repeated driftd.v1.DriftRule drift_rules = 2;
+   */
+  driftRules: DriftRule[];
+
+  /**
+   * Points in time order, each with id, time, series, vector, text and payload.
+   *
+   * @generated from field: repeated driftd.v1.Point points = 3;
+   */
+  points: Point[];
+};
+
+/**
+ * Describes the message driftd.v1.ExportCollectionResponse.
+ * Use `create(ExportCollectionResponseSchema)` to create a new message.
+ */
+export const ExportCollectionResponseSchema: GenMessage<ExportCollectionResponse> = /*@__PURE__*/
+  messageDesc(file_driftd_v1_collection, 8);
+
+/**
+ * One message of an import: the first names the new collection and carries
+ * its settings and drift rules; any message may carry points.
+ *
+ * @generated from message driftd.v1.ImportCollectionRequest
+ */
+export type ImportCollectionRequest = Message<"driftd.v1.ImportCollectionRequest"> & {
+  /**
+   * First message only: the id of the collection to create (3-63 characters
+   * of [a-zA-Z0-9._-], starting and ending with a letter or digit).
+   *
+   * @generated from field: string collection_id = 1;
+   */
+  collectionId: string;
+
+  /**
+   * First message only: its settings: dimension, distance and embed_model.
+   * Output-only fields are ignored.
+   *
+   * @generated from field: driftd.v1.Collection collection = 2;
+   */
+  collection?: Collection | undefined;
+
+  /**
+   * First message only: drift rules to create, each under the rule id of its
+   * name; output-only fields are ignored.
+   *
+   * @generated from field: repeated driftd.v1.DriftRule drift_rules = 3;
+   */
+  driftRules: DriftRule[];
+
+  /**
+   * Points to write, each with its vector (a point with only a text is
+   * embedded, as in UpsertPoints).
+   *
+   * @generated from field: repeated driftd.v1.Point points = 4;
+   */
+  points: Point[];
+};
+
+/**
+ * Describes the message driftd.v1.ImportCollectionRequest.
+ * Use `create(ImportCollectionRequestSchema)` to create a new message.
+ */
+export const ImportCollectionRequestSchema: GenMessage<ImportCollectionRequest> = /*@__PURE__*/
+  messageDesc(file_driftd_v1_collection, 9);
+
+/**
+ * What ImportCollection created.
+ *
+ * @generated from message driftd.v1.ImportCollectionResponse
+ */
+export type ImportCollectionResponse = Message<"driftd.v1.ImportCollectionResponse"> & {
+  /**
+   * The new collection, after the last point.
+   *
+   * @generated from field: driftd.v1.Collection collection = 1;
+   */
+  collection?: Collection | undefined;
+
+  /**
+   * Points written.
+   *
+   * @generated from field: int64 imported_point_count = 2;
+   */
+  importedPointCount: bigint;
+
+  /**
+   * Drift rules created.
+   *
+   * @generated from field: int32 imported_drift_rule_count = 3;
+   */
+  importedDriftRuleCount: number;
+};
+
+/**
+ * Describes the message driftd.v1.ImportCollectionResponse.
+ * Use `create(ImportCollectionResponseSchema)` to create a new message.
+ */
+export const ImportCollectionResponseSchema: GenMessage<ImportCollectionResponse> = /*@__PURE__*/
+  messageDesc(file_driftd_v1_collection, 10);
+
+/**
  * How distances between vectors are measured.
  *
  * @generated from enum driftd.v1.Distance
@@ -401,6 +563,36 @@ export const CollectionService: GenService<{
     methodKind: "unary";
     input: typeof AttachCollectionRequestSchema;
     output: typeof CollectionSchema;
+  },
+  /**
+   * Streams a snapshot of one collection for an online backup while writes go
+   * on: the first message carries the collection's settings and drift rules,
+   * the following ones its points in time order, vectors included. The points
+   * are those of the collection version current when the snapshot is taken
+   * (after the first message); later writes are not included, and a point
+   * deleted or overwritten while the stream runs comes out absent or in its new
+   * text and payload. NOT_FOUND if absent.
+   *
+   * @generated from rpc driftd.v1.CollectionService.ExportCollection
+   */
+  exportCollection: {
+    methodKind: "server_streaming";
+    input: typeof ExportCollectionRequestSchema;
+    output: typeof ExportCollectionResponseSchema;
+  },
+  /**
+   * Creates a collection from an export (a restore): the first message names
+   * the new collection and carries its settings and drift rules; any message
+   * may carry points. All or nothing: if any message is rejected (the points
+   * are validated as UpsertPoints validates them), the new collection is
+   * deleted again. ALREADY_EXISTS if the id is taken.
+   *
+   * @generated from rpc driftd.v1.CollectionService.ImportCollection
+   */
+  importCollection: {
+    methodKind: "client_streaming";
+    input: typeof ImportCollectionRequestSchema;
+    output: typeof ImportCollectionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_driftd_v1_collection, 0);

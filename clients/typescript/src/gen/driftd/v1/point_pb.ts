@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import type { Timestamp, Value } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file driftd/v1/point.proto.
  */
 export const file_driftd_v1_point: GenFile = /*@__PURE__*/
-  fileDesc("ChVkcmlmdGQvdjEvcG9pbnQucHJvdG8SCWRyaWZ0ZC52MSKVAQoFUG9pbnQSCgoCaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2VyaWVzGAMgASgJEg4KBnZlY3RvchgEIAMoAhIMCgR0ZXh0GAUgASgJEigKB3BheWxvYWQYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0ImkKCVRpbWVSYW5nZRIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSAoKUG9pbnRFcnJvchINCgVpbmRleBgBIAEoBRIKCgJpZBgCIAEoCRIOCgZyZWFzb24YAyABKAkSDwoHbWVzc2FnZRgEIAEoCSJHChNVcHNlcnRQb2ludHNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIgCgZwb2ludHMYAiADKAsyEC5kcmlmdGQudjEuUG9pbnQiYgoUVXBzZXJ0UG9pbnRzUmVzcG9uc2USFgoOdXBzZXJ0ZWRfY291bnQYASABKAUSFgoOZW1iZWRkZWRfY291bnQYAiABKAUSGgoSY29sbGVjdGlvbl92ZXJzaW9uGAMgASgDIl8KGVN0cmVhbVVwc2VydFBvaW50c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhAKCHNlcXVlbmNlGAIgASgDEiAKBnBvaW50cxgDIAMoCzIQLmRyaWZ0ZC52MS5Qb2ludCKhAQoaU3RyZWFtVXBzZXJ0UG9pbnRzUmVzcG9uc2USEAoIc2VxdWVuY2UYASABKAMSFgoOYWNjZXB0ZWRfY291bnQYAiABKAUSFgoOcmVqZWN0ZWRfY291bnQYAyABKAUSJQoGZXJyb3JzGAQgAygLMhUuZHJpZnRkLnYxLlBvaW50RXJyb3ISGgoSY29sbGVjdGlvbl92ZXJzaW9uGAUgASgDIkgKEEdldFBvaW50c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEgsKA2lkcxgCIAMoCRIXCg9pbmNsdWRlX3ZlY3RvcnMYAyABKAgiSgoRR2V0UG9pbnRzUmVzcG9uc2USIAoGcG9pbnRzGAEgAygLMhAuZHJpZnRkLnYxLlBvaW50EhMKC21pc3NpbmdfaWRzGAIgAygJIjIKE0RlbGV0ZVBvaW50c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEgsKA2lkcxgCIAMoCSJJChREZWxldGVQb2ludHNSZXNwb25zZRIVCg1kZWxldGVkX2NvdW50GAEgASgFEhoKEmNvbGxlY3Rpb25fdmVyc2lvbhgCIAEoAyKNAQoUR2V0VHJhamVjdG9yeVJlcXVlc3QSDgoGcGFyZW50GAEgASgJEigKCnRpbWVfcmFuZ2UYAiABKAsyFC5kcmlmdGQudjEuVGltZVJhbmdlEg4KBnNlcmllcxgDIAEoCRIXCg9pbmNsdWRlX3ZlY3RvcnMYBCABKAgSEgoKY2h1bmtfc2l6ZRgFIAEoBSI5ChVHZXRUcmFqZWN0b3J5UmVzcG9uc2USIAoGcG9pbnRzGAEgAygLMhAuZHJpZnRkLnYxLlBvaW50IvsBChNTZWFyY2hQb2ludHNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIoCgZ2ZWN0b3IYAiABKAsyFi5kcmlmdGQudjEuRmxvYXRWZWN0b3JIABIOCgR0ZXh0GAMgASgJSAASDQoFdG9wX2sYBCABKAUSKAoKdGltZV9yYW5nZRgFIAEoCzIULmRyaWZ0ZC52MS5UaW1lUmFuZ2USDgoGc2VyaWVzGAYgASgJEi8KDnBheWxvYWRfZmlsdGVyGAcgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIXCg9pbmNsdWRlX3ZlY3RvcnMYCCABKAhCBwoFcXVlcnkiHQoLRmxvYXRWZWN0b3ISDgoGdmFsdWVzGAEgAygCIkAKC1Njb3JlZFBvaW50Eh8KBXBvaW50GAEgASgLMhAuZHJpZnRkLnYxLlBvaW50EhAKCGRpc3RhbmNlGAIgASgBIj8KFFNlYXJjaFBvaW50c1Jlc3BvbnNlEicKB3Jlc3VsdHMYASADKAsyFi5kcmlmdGQudjEuU2NvcmVkUG9pbnQyhgQKDFBvaW50U2VydmljZRJPCgxVcHNlcnRQb2ludHMSHi5kcmlmdGQudjEuVXBzZXJ0UG9pbnRzUmVxdWVzdBofLmRyaWZ0ZC52MS5VcHNlcnRQb2ludHNSZXNwb25zZRJlChJTdHJlYW1VcHNlcnRQb2ludHMSJC5kcmlmdGQudjEuU3RyZWFtVXBzZXJ0UG9pbnRzUmVxdWVzdBolLmRyaWZ0ZC52MS5TdHJlYW1VcHNlcnRQb2ludHNSZXNwb25zZSgBMAESRgoJR2V0UG9pbnRzEhsuZHJpZnRkLnYxLkdldFBvaW50c1JlcXVlc3QaHC5kcmlmdGQudjEuR2V0UG9pbnRzUmVzcG9uc2USTwoMRGVsZXRlUG9pbnRzEh4uZHJpZnRkLnYxLkRlbGV0ZVBvaW50c1JlcXVlc3QaHy5kcmlmdGQudjEuRGVsZXRlUG9pbnRzUmVzcG9uc2USVAoNR2V0VHJhamVjdG9yeRIfLmRyaWZ0ZC52MS5HZXRUcmFqZWN0b3J5UmVxdWVzdBogLmRyaWZ0ZC52MS5HZXRUcmFqZWN0b3J5UmVzcG9uc2UwARJPCgxTZWFyY2hQb2ludHMSHi5kcmlmdGQudjEuU2VhcmNoUG9pbnRzUmVxdWVzdBofLmRyaWZ0ZC52MS5TZWFyY2hQb2ludHNSZXNwb25zZUI3WjVnaXRodWIuY29tL2RyaWZ0ZC9kcmlmdGQvY2xpZW50cy9nby9kcmlmdGR2MTtkcmlmdGR2MWIGcHJvdG8z", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChVkcmlmdGQvdjEvcG9pbnQucHJvdG8SCWRyaWZ0ZC52MSKVAQoFUG9pbnQSCgoCaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2VyaWVzGAMgASgJEg4KBnZlY3RvchgEIAMoAhIMCgR0ZXh0GAUgASgJEigKB3BheWxvYWQYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0ImkKCVRpbWVSYW5nZRIuCgpzdGFydF90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSAoKUG9pbnRFcnJvchINCgVpbmRleBgBIAEoBRIKCgJpZBgCIAEoCRIOCgZyZWFzb24YAyABKAkSDwoHbWVzc2FnZRgEIAEoCSJHChNVcHNlcnRQb2ludHNSZXF1ZXN0Eg4KBnBhcmVudBgBIAEoCRIgCgZwb2ludHMYAiADKAsyEC5kcmlmdGQudjEuUG9pbnQiYgoUVXBzZXJ0UG9pbnRzUmVzcG9uc2USFgoOdXBzZXJ0ZWRfY291bnQYASABKAUSFgoOZW1iZWRkZWRfY291bnQYAiABKAUSGgoSY29sbGVjdGlvbl92ZXJzaW9uGAMgASgDIl8KGVN0cmVhbVVwc2VydFBvaW50c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEhAKCHNlcXVlbmNlGAIgASgDEiAKBnBvaW50cxgDIAMoCzIQLmRyaWZ0ZC52MS5Qb2ludCKhAQoaU3RyZWFtVXBzZXJ0UG9pbnRzUmVzcG9uc2USEAoIc2VxdWVuY2UYASABKAMSFgoOYWNjZXB0ZWRfY291bnQYAiABKAUSFgoOcmVqZWN0ZWRfY291bnQYAyABKAUSJQoGZXJyb3JzGAQgAygLMhUuZHJpZnRkLnYxLlBvaW50RXJyb3ISGgoSY29sbGVjdGlvbl92ZXJzaW9uGAUgASgDIkgKEEdldFBvaW50c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEgsKA2lkcxgCIAMoCRIXCg9pbmNsdWRlX3ZlY3RvcnMYAyABKAgiSgoRR2V0UG9pbnRzUmVzcG9uc2USIAoGcG9pbnRzGAEgAygLMhAuZHJpZnRkLnYxLlBvaW50EhMKC21pc3NpbmdfaWRzGAIgAygJIjIKE0RlbGV0ZVBvaW50c1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEgsKA2lkcxgCIAMoCSJJChREZWxldGVQb2ludHNSZXNwb25zZRIVCg1kZWxldGVkX2NvdW50GAEgASgFEhoKEmNvbGxlY3Rpb25fdmVyc2lvbhgCIAEoAyL3AQoUR2V0VHJhamVjdG9yeVJlcXVlc3QSDgoGcGFyZW50GAEgASgJEigKCnRpbWVfcmFuZ2UYAiABKAsyFC5kcmlmdGQudjEuVGltZVJhbmdlEg4KBnNlcmllcxgDIAEoCRIXCg9pbmNsdWRlX3ZlY3RvcnMYBCABKAgSEgoKY2h1bmtfc2l6ZRgFIAEoBRIvCg5wYXlsb2FkX2ZpbHRlchgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSNwoScGF5bG9hZF9jb25kaXRpb25zGAcgAygLMhsuZHJpZnRkLnYxLlBheWxvYWRDb25kaXRpb24iOQoVR2V0VHJhamVjdG9yeVJlc3BvbnNlEiAKBnBvaW50cxgBIAMoCzIQLmRyaWZ0ZC52MS5Qb2ludCK0AgoTU2VhcmNoUG9pbnRzUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSKAoGdmVjdG9yGAIgASgLMhYuZHJpZnRkLnYxLkZsb2F0VmVjdG9ySAASDgoEdGV4dBgDIAEoCUgAEg0KBXRvcF9rGAQgASgFEigKCnRpbWVfcmFuZ2UYBSABKAsyFC5kcmlmdGQudjEuVGltZVJhbmdlEg4KBnNlcmllcxgGIAEoCRIvCg5wYXlsb2FkX2ZpbHRlchgHIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSFwoPaW5jbHVkZV92ZWN0b3JzGAggASgIEjcKEnBheWxvYWRfY29uZGl0aW9ucxgJIAMoCzIbLmRyaWZ0ZC52MS5QYXlsb2FkQ29uZGl0aW9uQgcKBXF1ZXJ5IqQBChBQYXlsb2FkQ29uZGl0aW9uEgsKA2tleRgBIAEoCRInCgVyYW5nZRgCIAEoCzIWLmRyaWZ0ZC52MS5OdW1iZXJSYW5nZUgAEiUKBmFueV9vZhgDIAEoCzITLmRyaWZ0ZC52MS5WYWx1ZVNldEgAEiYKB25vbmVfb2YYBCABKAsyEy5kcmlmdGQudjEuVmFsdWVTZXRIAEILCgljb25kaXRpb24icQoLTnVtYmVyUmFuZ2USDwoCZ3QYASABKAFIAIgBARIQCgNndGUYAiABKAFIAYgBARIPCgJsdBgDIAEoAUgCiAEBEhAKA2x0ZRgEIAEoAUgDiAEBQgUKA19ndEIGCgRfZ3RlQgUKA19sdEIGCgRfbHRlIjIKCFZhbHVlU2V0EiYKBnZhbHVlcxgBIAMoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSIdCgtGbG9hdFZlY3RvchIOCgZ2YWx1ZXMYASADKAIiQAoLU2NvcmVkUG9pbnQSHwoFcG9pbnQYASABKAsyEC5kcmlmdGQudjEuUG9pbnQSEAoIZGlzdGFuY2UYAiABKAEiPwoUU2VhcmNoUG9pbnRzUmVzcG9uc2USJwoHcmVzdWx0cxgBIAMoCzIWLmRyaWZ0ZC52MS5TY29yZWRQb2ludDKGBAoMUG9pbnRTZXJ2aWNlEk8KDFVwc2VydFBvaW50cxIeLmRyaWZ0ZC52MS5VcHNlcnRQb2ludHNSZXF1ZXN0Gh8uZHJpZnRkLnYxLlVwc2VydFBvaW50c1Jlc3BvbnNlEmUKElN0cmVhbVVwc2VydFBvaW50cxIkLmRyaWZ0ZC52MS5TdHJlYW1VcHNlcnRQb2ludHNSZXF1ZXN0GiUuZHJpZnRkLnYxLlN0cmVhbVVwc2VydFBvaW50c1Jlc3BvbnNlKAEwARJGCglHZXRQb2ludHMSGy5kcmlmdGQudjEuR2V0UG9pbnRzUmVxdWVzdBocLmRyaWZ0ZC52MS5HZXRQb2ludHNSZXNwb25zZRJPCgxEZWxldGVQb2ludHMSHi5kcmlmdGQudjEuRGVsZXRlUG9pbnRzUmVxdWVzdBofLmRyaWZ0ZC52MS5EZWxldGVQb2ludHNSZXNwb25zZRJUCg1HZXRUcmFqZWN0b3J5Eh8uZHJpZnRkLnYxLkdldFRyYWplY3RvcnlSZXF1ZXN0GiAuZHJpZnRkLnYxLkdldFRyYWplY3RvcnlSZXNwb25zZTABEk8KDFNlYXJjaFBvaW50cxIeLmRyaWZ0ZC52MS5TZWFyY2hQb2ludHNSZXF1ZXN0Gh8uZHJpZnRkLnYxLlNlYXJjaFBvaW50c1Jlc3BvbnNlQjdaNWdpdGh1Yi5jb20vZHJpZnRkL2RyaWZ0ZC9jbGllbnRzL2dvL2RyaWZ0ZHYxO2RyaWZ0ZHYxYgZwcm90bzM", [file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A timestamped embedding: one observation of a timeline.
@@ -56,7 +56,9 @@ export type Point = Message<"driftd.v1.Point"> & {
 
   /**
    * The text of the point. On input without a vector, it is embedded with the
-   * collection's embed model.
+   * collection's embed model, which reads its first 256 tokens (the rest is
+   * stored, not embedded). At most the server's max_text_bytes (default
+   * 32 KiB of UTF-8; LIMIT_EXCEEDED).
    *
    * @generated from field: string text = 5;
    */
@@ -64,7 +66,10 @@ export type Point = Message<"driftd.v1.Point"> & {
 
   /**
    * Flat metadata: string, number or bool values only (numbers are stored as
-   * double). Keys starting with "driftd:" are reserved.
+   * double). Keys are 1-256 characters, printable, and may not start with
+   * "driftd:", "chroma:", "$" or "#" (reserved). The server bounds the number
+   * of keys, the bytes of a string value and the payload's total bytes
+   * (INVALID_PAYLOAD / LIMIT_EXCEEDED; see the README's Configuration).
    *
    * @generated from field: google.protobuf.Struct payload = 6;
    */
@@ -458,6 +463,22 @@ export type GetTrajectoryRequest = Message<"driftd.v1.GetTrajectoryRequest"> & {
    * @generated from field: int32 chunk_size = 5;
    */
   chunkSize: number;
+
+  /**
+   * Only points whose payload equals every key/value given here (string,
+   * number or bool values; reserved keys refused with INVALID_FILTER).
+   *
+   * @generated from field: google.protobuf.Struct payload_filter = 6;
+   */
+  payloadFilter?: JsonObject | undefined;
+
+  /**
+   * Only points whose payload meets every condition (AND, together with
+   * `payload_filter`).
+   *
+   * @generated from field: repeated driftd.v1.PayloadCondition payload_conditions = 7;
+   */
+  payloadConditions: PayloadCondition[];
 };
 
 /**
@@ -547,7 +568,8 @@ export type SearchPointsRequest = Message<"driftd.v1.SearchPointsRequest"> & {
   series: string;
 
   /**
-   * Only points whose payload equals every key/value given here.
+   * Only points whose payload equals every key/value given here (string,
+   * number or bool values; reserved keys refused with INVALID_FILTER).
    *
    * @generated from field: google.protobuf.Struct payload_filter = 7;
    */
@@ -559,6 +581,14 @@ export type SearchPointsRequest = Message<"driftd.v1.SearchPointsRequest"> & {
    * @generated from field: bool include_vectors = 8;
    */
   includeVectors: boolean;
+
+  /**
+   * Only points whose payload meets every condition (AND, together with
+   * `payload_filter`).
+   *
+   * @generated from field: repeated driftd.v1.PayloadCondition payload_conditions = 9;
+   */
+  payloadConditions: PayloadCondition[];
 };
 
 /**
@@ -567,6 +597,124 @@ export type SearchPointsRequest = Message<"driftd.v1.SearchPointsRequest"> & {
  */
 export const SearchPointsRequestSchema: GenMessage<SearchPointsRequest> = /*@__PURE__*/
   messageDesc(file_driftd_v1_point, 13);
+
+/**
+ * A typed condition on one payload value, as Chroma's `where` and Qdrant's
+ * range/match filters offer. A point without the key matches only `none_of`.
+ *
+ * @generated from message driftd.v1.PayloadCondition
+ */
+export type PayloadCondition = Message<"driftd.v1.PayloadCondition"> & {
+  /**
+   * The payload key (the same rules as Point.payload keys).
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * What the value must satisfy; exactly one is required.
+   *
+   * @generated from oneof driftd.v1.PayloadCondition.condition
+   */
+  condition: {
+    /**
+     * The value is a number inside this range.
+     *
+     * @generated from field: driftd.v1.NumberRange range = 2;
+     */
+    value: NumberRange;
+    case: "range";
+  } | {
+    /**
+     * The value is one of these (SQL IN; Chroma $in).
+     *
+     * @generated from field: driftd.v1.ValueSet any_of = 3;
+     */
+    value: ValueSet;
+    case: "anyOf";
+  } | {
+    /**
+     * The value is none of these (Chroma $nin); points without the key
+     * match too.
+     *
+     * @generated from field: driftd.v1.ValueSet none_of = 4;
+     */
+    value: ValueSet;
+    case: "noneOf";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message driftd.v1.PayloadCondition.
+ * Use `create(PayloadConditionSchema)` to create a new message.
+ */
+export const PayloadConditionSchema: GenMessage<PayloadCondition> = /*@__PURE__*/
+  messageDesc(file_driftd_v1_point, 14);
+
+/**
+ * Bounds on a number; unset bounds are open, at least one is required.
+ *
+ * @generated from message driftd.v1.NumberRange
+ */
+export type NumberRange = Message<"driftd.v1.NumberRange"> & {
+  /**
+   * Greater than (Chroma $gt).
+   *
+   * @generated from field: optional double gt = 1;
+   */
+  gt?: number | undefined;
+
+  /**
+   * Greater than or equal (Chroma $gte).
+   *
+   * @generated from field: optional double gte = 2;
+   */
+  gte?: number | undefined;
+
+  /**
+   * Less than (Chroma $lt).
+   *
+   * @generated from field: optional double lt = 3;
+   */
+  lt?: number | undefined;
+
+  /**
+   * Less than or equal (Chroma $lte).
+   *
+   * @generated from field: optional double lte = 4;
+   */
+  lte?: number | undefined;
+};
+
+/**
+ * Describes the message driftd.v1.NumberRange.
+ * Use `create(NumberRangeSchema)` to create a new message.
+ */
+export const NumberRangeSchema: GenMessage<NumberRange> = /*@__PURE__*/
+  messageDesc(file_driftd_v1_point, 15);
+
+/**
+ * A set of payload values of one type: all strings, all numbers or all bools;
+ * 1-100 values.
+ *
+ * @generated from message driftd.v1.ValueSet
+ */
+export type ValueSet = Message<"driftd.v1.ValueSet"> & {
+  /**
+   * The values (google.protobuf.Value string, number or bool).
+   *
+   * @generated from field: repeated google.protobuf.Value values = 1;
+   */
+  values: Value[];
+};
+
+/**
+ * Describes the message driftd.v1.ValueSet.
+ * Use `create(ValueSetSchema)` to create a new message.
+ */
+export const ValueSetSchema: GenMessage<ValueSet> = /*@__PURE__*/
+  messageDesc(file_driftd_v1_point, 16);
 
 /**
  * A dense float32 vector.
@@ -587,7 +735,7 @@ export type FloatVector = Message<"driftd.v1.FloatVector"> & {
  * Use `create(FloatVectorSchema)` to create a new message.
  */
 export const FloatVectorSchema: GenMessage<FloatVector> = /*@__PURE__*/
-  messageDesc(file_driftd_v1_point, 14);
+  messageDesc(file_driftd_v1_point, 17);
 
 /**
  * A search hit.
@@ -616,7 +764,7 @@ export type ScoredPoint = Message<"driftd.v1.ScoredPoint"> & {
  * Use `create(ScoredPointSchema)` to create a new message.
  */
 export const ScoredPointSchema: GenMessage<ScoredPoint> = /*@__PURE__*/
-  messageDesc(file_driftd_v1_point, 15);
+  messageDesc(file_driftd_v1_point, 18);
 
 /**
  * Response of PointService.SearchPoints.
@@ -637,7 +785,7 @@ export type SearchPointsResponse = Message<"driftd.v1.SearchPointsResponse"> & {
  * Use `create(SearchPointsResponseSchema)` to create a new message.
  */
 export const SearchPointsResponseSchema: GenMessage<SearchPointsResponse> = /*@__PURE__*/
-  messageDesc(file_driftd_v1_point, 16);
+  messageDesc(file_driftd_v1_point, 19);
 
 /**
  * PointService writes and reads the timestamped points of a collection.

@@ -126,6 +126,7 @@ def invoke(channel, method: str, metadata, resource_id: str = "team-a-none"):
     kinds = {
         (False, False): channel.unary_unary,
         (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
         (True, True): channel.stream_stream,
     }
     call = kinds[streams](
@@ -134,7 +135,9 @@ def invoke(channel, method: str, metadata, resource_id: str = "team-a-none"):
         response_deserializer=response_type.FromString,
     )
     try:
-        if streams[0]:
+        if streams == (True, False):
+            call(iter([request]), metadata=metadata, timeout=10)
+        elif streams[0]:
             next(iter(call(iter([request]), metadata=metadata, timeout=10)))
         elif streams[1]:
             next(iter(call(request, metadata=metadata, timeout=3)), None)

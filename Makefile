@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test faults fuzz demo proto lint typecheck bench bench-drift bench-flow bench-perf bench-routing clean clients clients-check buf-check release-image deploy-check grpcurl-check
+.PHONY: run test faults fuzz demo proto lint typecheck bench bench-drift bench-flow bench-perf bench-routing bench-security clean clients clients-check buf-check release-image deploy-check grpcurl-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ bench-drift: $(STAMP)
 ## concurrency 1/8/32, flow cost curves; the full curve: make bench-perf PERF_ARGS="--curves 10000,100000,300000,1000000"
 bench-perf: $(STAMP)
 	nice -n 5 $(PY) -m bench.perf $(PERF_ARGS)
+
+## bench-security: RPC latency p50/p99 with TLS + API keys vs plaintext (ProbeFlow, UpsertPoints)
+bench-security: $(STAMP)
+	$(PY) -m bench.security
 
 ## bench-routing: conversation routing on real SGD dialogues vs driftos-embed: calibration, F1, latency
 bench-routing: $(STAMP)

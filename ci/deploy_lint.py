@@ -3,9 +3,13 @@ make: selectors select the pods they mean, named ports exist, probes hit the
 gRPC health service on the right port with a service driftd reports, every
 DRIFTD_* variable is a real setting, the metrics annotations match the port,
 the termination grace outlasts the drain, requests and limits are set, pods
-run as non-root with a read-only root, and each mode keeps its invariants
-(embedded: exactly one replica on a volume; server: N replicas and a Chroma
-URL that resolves to a Service of the overlay).
+run as non-root with a read-only root, the security settings hold (an address
+beyond loopback has API keys or TLS, whose files are whole-directory Secret
+mounts so rotation applies; probes use the plaintext health port beside TLS),
+and each mode keeps its invariants (embedded: exactly one replica on a volume;
+server: N replicas, a Chroma URL that resolves to a Service of the overlay, a
+Chroma token from a Secret and a NetworkPolicy letting only driftd pods reach
+Chroma).
 
 Usage: python ci/deploy_lint.py MODE BUILT.yaml   (MODE: embedded | server)
 Exit status 1 with one line per finding.
@@ -127,6 +131,7 @@ def lint(mode: str, docs: list[dict]) -> list[str]:
             out.append(f"{where}: envFrom ConfigMap {cm!r} is not in the overlay")
         env.update(configmaps.get(cm, {}))
     env.update({e["name"]: e.get("value", "") for e in c.get("env", [])})
+    from_secrets = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
     for key in sorted(env):
         if key.startswith("DRIFTD_") and key not in SETTINGS:
             out.append(f"{where}: {key} is not a driftd setting (see driftd/config.py)")
@@ -144,13 +149,21 @@ def lint(mode: str, docs: list[dict]) -> list[str]:
         metrics_port
     ):
         out.append(f"{name(w)}: prometheus.io/scrape and prometheus.io/port={metrics_port} wanted")
+    out += _security(where, w, c, env)
+    probe_port = grpc_port
+    if env.get("DRIFTD_HEALTH_ADDRESS"):
+        probe_port = int(env["DRIFTD_HEALTH_ADDRESS"].rpartition(":")[2])
+        if ports.get("health") != probe_port:
+            out.append(f"{where}: port 'health' {ports.get('health')} != {probe_port}")
+    elif env.get("DRIFTD_TLS_CERT_FILE"):
+        out.append(f"{where}: TLS on the gRPC port needs DRIFTD_HEALTH_ADDRESS for kubelet probes")
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         g = c.get(probe, {}).get("grpc")
         if g is None:
             out.append(f"{where}: {probe} is not a gRPC health probe")
             continue
-        if g.get("port") != grpc_port:
-            out.append(f"{where}: {probe} port {g.get('port')} != {grpc_port}")
+        if g.get("port") != probe_port:
+            out.append(f"{where}: {probe} port {g.get('port')} != {probe_port}")
         if g.get("service", "") not in HEALTH_SERVICES:
             out.append(f"{where}: {probe} service {g.get('service')!r} is not one driftd reports")
     grace = float(env.get("DRIFTD_GRACE_SECONDS", 10))
@@ -212,9 +225,74 @@ def lint(mode: str, docs: list[dict]) -> list[str]:
         chroma = [x for x in by_kind.get("StatefulSet", []) if "chroma" in x["metadata"]["name"]]
         if len(chroma) != 1 or not chroma[0]["spec"].get("volumeClaimTemplates"):
             out.append("server mode wants one Chroma StatefulSet with a volume claim")
+        if "DRIFTD_CHROMA_TOKEN" not in from_secrets:
+            out.append(f"{where}: server mode wants DRIFTD_CHROMA_TOKEN from a Secret")
+        if chroma and not _only_driftd_reaches(chroma[0], w, by_kind.get("NetworkPolicy", [])):
+            out.append(
+                "server mode wants a NetworkPolicy letting only driftd pods reach Chroma's pods"
+            )
     else:
         out.append(f"unknown mode {mode!r}")
     return out
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _security(where: str, w: dict, c: dict, env: dict) -> list[str]:
+    """An exposed address has API keys or TLS (or says --insecure), and every
+    file setting lives on a whole-directory Secret mount (subPath mounts never
+    see a rotated Secret)."""
+    out = []
+    guarded = env.get("DRIFTD_API_KEYS_FILE") or env.get("DRIFTD_TLS_CERT_FILE")
+    insecure = env.get("DRIFTD_INSECURE", "").lower() in ("1", "true", "yes", "on")
+    if not _is_loopback(env.get("DRIFTD_ADDRESS", "127.0.0.1:50051")) and not guarded:
+        if not insecure:
+            out.append(f"{where}: a non-loopback DRIFTD_ADDRESS needs API keys or TLS")
+    volumes = {v["name"]: v for v in w["spec"]["template"]["spec"].get("volumes", [])}
+    for key in (
+        "DRIFTD_API_KEYS_FILE",
+        "DRIFTD_TLS_CERT_FILE",
+        "DRIFTD_TLS_KEY_FILE",
+        "DRIFTD_TLS_CLIENT_CA_FILE",
+    ):
+        path = env.get(key)
+        if not path:
+            continue
+        mounts = [
+            m
+            for m in c.get("volumeMounts", [])
+            if path.startswith(m["mountPath"].rstrip("/") + "/")
+        ]
+        if not mounts or "secret" not in volumes.get(mounts[0]["name"], {}):
+            out.append(f"{where}: {key} {path} is not on a Secret volume")
+        elif "subPath" in mounts[0]:
+            out.append(f"{where}: {key} is a subPath mount, which never sees a rotation")
+    return out
+
+
+def _only_driftd_reaches(chroma: dict, driftd: dict, policies: list[dict]) -> bool:
+    """A NetworkPolicy selects Chroma's pods for ingress and admits only pods
+    that driftd's template labels match."""
+    chroma_labels = chroma["spec"]["template"]["metadata"]["labels"]
+    driftd_labels = driftd["spec"]["template"]["metadata"]["labels"]
+    for p in policies:
+        spec = p["spec"]
+        if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+            continue
+        if not selects(spec.get("podSelector", {}), chroma_labels):
+            continue
+        sources = [src for rule in spec.get("ingress", []) for src in rule.get("from", [])]
+        if sources and all(
+            set(src) == {"podSelector"}
+            and selects(src["podSelector"], driftd_labels)
+            and not selects(src["podSelector"], chroma_labels)
+            for src in sources
+        ):
+            return True
+    return False
 
 
 def main(argv: list[str]) -> int:

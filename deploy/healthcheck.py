@@ -4,7 +4,9 @@
 Exit status 0 when the service (default ``""``, the whole server) is SERVING,
 1 otherwise. Used by the image's HEALTHCHECK; Kubernetes uses its native gRPC
 probes instead. Usage: ``driftd-healthcheck [service]``; the target is
-``DRIFTD_HEALTHCHECK_TARGET`` or 127.0.0.1 on the port of ``DRIFTD_ADDRESS``.
+``DRIFTD_HEALTHCHECK_TARGET`` or 127.0.0.1 on the port of ``DRIFTD_HEALTH_ADDRESS``
+(the plaintext health listener, needed when the gRPC port speaks TLS), else of
+``DRIFTD_ADDRESS``.
 """
 
 import os
@@ -15,7 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def main() -> int:
-    address = os.environ.get("DRIFTD_ADDRESS", "127.0.0.1:50051")
+    address = os.environ.get("DRIFTD_HEALTH_ADDRESS") or os.environ.get(
+        "DRIFTD_ADDRESS", "127.0.0.1:50051"
+    )
     target = os.environ.get("DRIFTD_HEALTHCHECK_TARGET", "127.0.0.1:" + address.rpartition(":")[2])
     service = sys.argv[1] if len(sys.argv) > 1 else ""
     try:

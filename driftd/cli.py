@@ -8,8 +8,10 @@ only the client (tqdm, from the ``server`` extra, adds progress bars when instal
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from driftd import __version__
 from driftd.config import DEFAULT_EMBED_MODEL, Settings
@@ -87,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("file", help="JSONL file, optionally gzip-compressed (.gz), or -")
     ingest.add_argument("--collection", required=True, help="collection id, e.g. sotu")
     ingest.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
+    _add_connection_arguments(ingest)
     ingest.add_argument("--batch-size", type=int, default=500, help="points per streamed batch")
     ingest.add_argument(
         "--create", action="store_true", help="create the collection if it does not exist"
@@ -162,6 +165,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("DRIFTD_API_KEY") or None,
+        help="API key, sent as 'authorization: Bearer <key>' (env DRIFTD_API_KEY)",
+    )
+    parser.add_argument("--tls-ca", help="PEM CA bundle: connect with TLS, trusting this CA")
+    parser.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+
+
+def _client_security(args: argparse.Namespace) -> dict[str, Any]:
+    """The client's ``api_key`` and ``tls`` arguments from the connection flags."""
+    from driftd.client import TLS
+
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = TLS(
+            ca_file=args.tls_ca or "", cert_file=args.tls_cert or "", key_file=args.tls_key or ""
+        )
+    return {"api_key": args.api_key, "tls": tls}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from driftd.server.app import run
 
@@ -210,7 +236,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     from driftd.client import DriftClient
 
-    with DriftClient(args.target, timeout=120.0) as client:
+    with DriftClient(args.target, timeout=120.0, **_client_security(args)) as client:
         if args.create:
             embed_model = args.embed_model
             if embed_model is None and not args.dim:

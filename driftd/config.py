@@ -35,11 +35,29 @@ class Settings:
     metrics_port: int = field(
         default=9464, metadata={"help": "Prometheus metrics port (0 disables)"}
     )
+    health_address: str = field(
+        default="",
+        metadata={
+            "help": "extra plaintext listener serving only grpc.health.v1 (for kubelet "
+            "probes, which cannot speak TLS); empty: none"
+        },
+    )
+    metrics_address: str = field(
+        default="", metadata={"help": "metrics bind host; empty: the gRPC address's host"}
+    )
+    metrics_collection_labels: bool = field(
+        default=True,
+        metadata={"help": "label metrics with collection names (false for multi-tenant clusters)"},
+    )
     chroma_path: str = field(
         default="./driftd_data", metadata={"help": "embedded Chroma directory"}
     )
     chroma_url: str = field(
         default="", metadata={"help": "Chroma server URL (http://host:port); overrides chroma_path"}
+    )
+    chroma_token: str = field(
+        default="",
+        metadata={"help": "token for a Chroma server with token auth (Authorization: Bearer)"},
     )
     embed_model: str = field(
         default=DEFAULT_EMBED_MODEL, metadata={"help": "default embed model for new collections"}
@@ -119,6 +137,42 @@ class Settings:
         default=10.0, metadata={"help": "drain time for in-flight RPCs on SIGTERM (seconds)"}
     )
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    tls_cert_file: str = field(
+        default="",
+        metadata={"help": "PEM server certificate chain; enables TLS (re-read on change)"},
+    )
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key of tls_cert_file"})
+    tls_client_ca_file: str = field(
+        default="", metadata={"help": "PEM CA bundle; requires client certificates (mTLS)"}
+    )
+    api_keys_file: str = field(
+        default="",
+        metadata={"help": "JSON API keys file (sha256 hashes, roles, scopes; re-read on change)"},
+    )
+    insecure: bool = field(
+        default=False,
+        metadata={"help": "allow a non-loopback address without API keys or TLS"},
+    )
+    max_rpcs_per_key: int = field(
+        default=0, metadata={"help": "concurrent unary RPCs per key (0: unlimited)"}
+    )
+    max_streams_per_key: int = field(
+        default=0, metadata={"help": "concurrent streaming RPCs per key (0: unlimited)"}
+    )
+    rate_limit_rps: float = field(
+        default=0.0, metadata={"help": "RPCs per second per key, token bucket (0: unlimited)"}
+    )
+    rate_limit_burst: int = field(
+        default=0, metadata={"help": "token bucket size (0: max(1, rate_limit_rps))"}
+    )
+    max_collections: int = field(default=0, metadata={"help": "collections (0: unlimited)"})
+    max_points_per_collection: int = field(
+        default=0, metadata={"help": "points per collection (0: unlimited)"}
+    )
+    read_only_disk_percent: float = field(
+        default=95.0,
+        metadata={"help": "disk use (percent) above which writes are refused (0: never)"},
+    )
     log_format: str = field(
         default="text", metadata={"help": "log lines: text, or json (one object per line)"}
     )
@@ -147,6 +201,10 @@ class Settings:
         for name in ("ensemble_size", "max_bootstrap"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.peers and not self.chroma_url:
@@ -189,14 +247,24 @@ class Settings:
         defaults = cls()
         for f in fields(cls):
             kind = type(getattr(defaults, f.name))
-            parser.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                type=kind,
-                default=None,
-                help=f"{f.metadata.get('help', '')} "
-                f"(env DRIFTD_{f.name.upper()}, default {getattr(defaults, f.name)!r})",
+            flag = "--" + f.name.replace("_", "-")
+            help_text = (
+                f"{f.metadata.get('help', '')} "
+                f"(env DRIFTD_{f.name.upper()}, default {getattr(defaults, f.name)!r})"
             )
+            if kind is bool:
+                # A bare boolean flag means true ("--insecure"); "--flag=false" also parses.
+                parser.add_argument(
+                    flag,
+                    dest=f.name,
+                    type=parse_bool,
+                    nargs="?",
+                    const=True,
+                    default=None,
+                    help=help_text,
+                )
+            else:
+                parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
 
     @classmethod
     def from_args(
@@ -207,8 +275,24 @@ class Settings:
         return cls.from_env(environ, **{n: getattr(args, n, None) for n in names})
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(raw: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case).
+
+    Raises:
+        ValueError: anything else.
+    """
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ValueError(f"{raw!r} is not a boolean (true/false)")
+
+
 def _parse(name: str, raw: str, kind: type) -> object:
     try:
-        return kind(raw)
+        return parse_bool(raw) if kind is bool else kind(raw)
     except ValueError as exc:
         raise ValueError(f"DRIFTD_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

@@ -96,6 +96,53 @@ class ResourceExhausted(DriftdError):
     default_reason = "LIMIT_EXCEEDED"
 
 
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One exceeded quota, as a ``google.rpc.QuotaFailure.Violation``: ``subject``
+    names who hit it (``"key:ingest-bot"``, ``"collection:sotu"``, ``"disk"``);
+    ``description`` names the limit."""
+
+    subject: str
+    description: str
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A quota or rate limit of the security layer was hit. Travels with a
+    ``google.rpc.RetryInfo`` (``retry_delay`` seconds) and a ``google.rpc.QuotaFailure``
+    (``quota_violations``)."""
+
+    default_reason = "QUOTA_EXCEEDED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_delay: float,
+        quota_violations: Iterable[QuotaViolation],
+        reason: str | None = None,
+        metadata: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_delay = retry_delay
+        self.quota_violations = tuple(quota_violations)
+
+
+class Unauthenticated(DriftdError):
+    """The request carries no API key (API_KEY_MISSING) or an unknown one
+    (API_KEY_INVALID)."""
+
+    code = "UNAUTHENTICATED"
+    default_reason = "API_KEY_MISSING"
+
+
+class PermissionDenied(DriftdError):
+    """The API key's role or collection scope does not allow the request;
+    metadata has ``required_role`` or ``resource``."""
+
+    code = "PERMISSION_DENIED"
+    default_reason = "PERMISSION_DENIED"
+
+
 class Unavailable(DriftdError):
     """The server is starting or shutting down; retry elsewhere or later."""
 
@@ -123,6 +170,8 @@ ERRORS_BY_CODE: dict[str, type[DriftdError]] = {
         AlreadyExists,
         FailedPrecondition,
         ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
         Unavailable,
         DeadlineExceeded,
         Internal,

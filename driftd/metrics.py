@@ -15,6 +15,31 @@ import platform
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
+#: Whether metrics carry collection names (``Settings.metrics_collection_labels``):
+#: off, multi-tenant clusters do not show one tenant's collection names to whoever
+#: reads the metrics port.
+_collection_labels = True
+
+
+def configure(*, collection_labels: bool) -> None:
+    """Sets the process-wide metric options (the server calls it at start)."""
+    global _collection_labels
+    _collection_labels = collection_labels
+
+
+def collection_label(name: str) -> str:
+    """The ``collection`` label value for ``name``: the name, or "" when
+    collection labels are off (every collection counts under one series)."""
+    return name if _collection_labels else ""
+
+
+def set_cached_points(collection: str, count: int) -> None:
+    """Sets the collection's cached-points gauge; not reported with collection
+    labels off (one gauge cannot hold every collection's count)."""
+    if _collection_labels:
+        CACHED_POINTS.labels(collection=collection).set(count)
+
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 GRPC_STARTED = Counter(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -29,9 +30,18 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``driftd serve`` in a subprocess; restartable on the same data directory."""
+    """``driftd serve`` in a subprocess; restartable on the same data directory.
+    ``credentials`` are the channel credentials of its health checks (for a TLS
+    server)."""
 
-    def __init__(self, chroma_path: Path, log_path: Path, **env: str) -> None:
+    def __init__(
+        self,
+        chroma_path: Path,
+        log_path: Path,
+        credentials: grpc.ChannelCredentials | None = None,
+        **env: str,
+    ) -> None:
+        self.credentials = credentials
         self.chroma_path = chroma_path
         self.log_path = log_path
         self.port = free_port()
@@ -64,7 +74,11 @@ class ServerProcess:
 
     def health(self, service: str = "") -> str | None:
         try:
-            with grpc.insecure_channel(self.target) as ch:
+            with (
+                grpc.secure_channel(self.target, self.credentials)
+                if self.credentials
+                else grpc.insecure_channel(self.target)
+            ) as ch:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=service), timeout=1.0
                 )
@@ -100,6 +114,84 @@ def error_details(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, dict, list[
             detail.Unpack(br)
             fields = [v.field for v in br.field_violations]
     return err.code(), reason, metadata, fields
+
+
+@dataclass(frozen=True)
+class Pki:
+    """PEM files of a test PKI: a CA, a server certificate for 127.0.0.1 and
+    localhost, and a client certificate (CN ``client``), all signed by the CA."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_pki(directory: Path, name: str = "test") -> Pki:
+    """Generates a fresh PKI (EC P-256 keys, one-day certificates) in ``directory``
+    with the ``cryptography`` package; ``name`` goes into the CA's common name."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+
+    def cert(subject: str, key, issuer_name, issuer_key, *, ca=False, san=None, usage=None):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(path: Path, *pems: bytes) -> Path:
+        path.write_bytes(b"".join(pems))
+        return path
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    pem = serialization.Encoding.PEM
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
+    ca_cert = cert(f"{name} CA", ca_key, ca_name, ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = cert(
+        "driftd",
+        server_key,
+        ca_name,
+        ca_key,
+        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = cert("client", client_key, ca_name, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    return Pki(
+        ca=write(directory / "ca.pem", ca_cert.public_bytes(pem)),
+        server_cert=write(directory / "server.pem", server_cert.public_bytes(pem)),
+        server_key=write(directory / "server-key.pem", key_pem(server_key)),
+        client_cert=write(directory / "client.pem", client_cert.public_bytes(pem)),
+        client_key=write(directory / "client-key.pem", key_pem(client_key)),
+    )
 
 
 class ChromaServer:

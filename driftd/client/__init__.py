@@ -13,10 +13,15 @@ Reads and idempotent writes ride out server restarts (:class:`RetryPolicy`), and
         db.create_collection("notes", embed_model="all-MiniLM-L6-v2")
         db.upsert("notes", [{"id": "a", "timestamp": "2024-05-01T09:00:00Z", "text": "hello"}])
         hits = db.search("notes", text="greeting", top_k=5)
+
+A server with API keys and TLS::
+
+    DriftClient("driftd.example:50051", api_key=key, tls=TLS(ca_file="ca.pem"))
 """
 
 from driftd.client._aio import AsyncDriftClient, AsyncUpsertWriter
 from driftd.client._common import (
+    TLS,
     RetryPolicy,
     UpsertAck,
     WriteProgress,
@@ -32,6 +37,7 @@ __all__ = [
     "DriftClient",
     "PayloadCondition",
     "RetryPolicy",
+    "TLS",
     "UpsertAck",
     "UpsertWriter",
     "WriteProgress",

@@ -39,15 +39,19 @@ class AsyncDriftClient:
         retries: RetryPolicy | None = common.DEFAULT_RETRIES,
         options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        api_key: str | None = None,
+        tls: common.TLS | bool | None = None,
     ) -> None:
-        opts = common.channel_options(options, retries)
-        target, credentials = common.parse_target(target, credentials)
+        target, credentials, security_options, metadata = common.channel_security(
+            target, api_key=api_key, tls=tls, credentials=credentials
+        )
+        opts = common.channel_options({**security_options, **dict(options or ())}, retries)
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=opts)
             if credentials is not None
             else grpc.aio.insecure_channel(target, options=opts)
         )
-        self._stubs = common.Stubs(self._channel)
+        self._stubs = common.Stubs(self._channel, metadata)
         self._timeout = timeout
         self._retries = retries
         self.target = target

@@ -43,7 +43,17 @@ class DriftClient:
             every call fails at once with Unavailable when the server is down.
         options: extra gRPC channel options, overriding the client's defaults
             (64 MiB message limits, the retry policy's service config).
-        credentials: ``grpc.ChannelCredentials`` for TLS; None: plaintext.
+        credentials: ``grpc.ChannelCredentials``, for full control of TLS;
+            None: plaintext unless ``tls`` is given.
+        api_key: sent as ``authorization: Bearer <key>`` on every RPC; needs
+            ``tls`` unless the target is loopback.
+        tls: :class:`TLS` options (CA, client certificate for mTLS), or True for
+            TLS with the system's roots; None/False: plaintext.
+
+    Raises:
+        InvalidArgument: an API key for a non-loopback target without TLS, or
+            both ``tls`` and ``credentials``.
+        OSError: a TLS file cannot be read.
     """
 
     def __init__(
@@ -54,15 +64,19 @@ class DriftClient:
         retries: RetryPolicy | None = common.DEFAULT_RETRIES,
         options: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        api_key: str | None = None,
+        tls: common.TLS | bool | None = None,
     ) -> None:
-        opts = common.channel_options(options, retries)
-        target, credentials = common.parse_target(target, credentials)
+        target, credentials, security_options, metadata = common.channel_security(
+            target, api_key=api_key, tls=tls, credentials=credentials
+        )
+        opts = common.channel_options({**security_options, **dict(options or ())}, retries)
         self._channel = (
             grpc.secure_channel(target, credentials, options=opts)
             if credentials is not None
             else grpc.insecure_channel(target, options=opts)
         )
-        self._stubs = common.Stubs(self._channel)
+        self._stubs = common.Stubs(self._channel, metadata)
         self._timeout = timeout
         self._retries = retries
         self.target = target

@@ -129,6 +129,10 @@ class CollectionsMixin(EngineCore):
         next_token = page[-1].name if len(after) > page_size else ""
         return out, next_token
 
+    async def collection_count(self) -> int:
+        """How many driftd collections the store holds (for the collections quota)."""
+        return len(await self._runner.call(self._store.list))
+
     def retain(self, keep: Callable[[str], bool]) -> None:
         """Forgets every collection ``keep(name)`` rejects (in server mode with
         peers: another replica owns it now): its trajectory cache and flow model

@@ -122,7 +122,9 @@ class EngineCore:
         settings = settings or Settings.from_env()
         owns = store is None
         if store is None:
-            store = await StoreRunner.open(path=settings.chroma_path, url=settings.chroma_url)
+            store = await StoreRunner.open(
+                path=settings.chroma_path, url=settings.chroma_url, token=settings.chroma_token
+            )
         db = cls(settings, store)
         db._owns_store = owns
         db._pool = MathPool(db.settings.workers)
@@ -251,7 +253,7 @@ class EngineCore:
 
                 cache, coll.seen, coll.stored_count = await self._runner.call(load)
                 coll.cache = cache
-                metrics.CACHED_POINTS.labels(collection=meta.name).set(len(cache))
+                metrics.set_cached_points(meta.name, len(cache))
                 log.info(
                     "loaded %s: %d points in %.2f s",
                     meta.name,

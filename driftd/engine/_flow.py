@@ -86,7 +86,9 @@ class FlowMixin(EngineCore):
                     )
                 except InsufficientDataError as exc:
                     raise _not_enough(exc.n_required, exc.n_available) from exc
-            metrics.FLOW_FITS.labels(collection=coll.meta.name, kind=kind).inc()
+            metrics.FLOW_FITS.labels(
+                collection=metrics.collection_label(coll.meta.name), kind=kind
+            ).inc()
             metrics.FLOW_FIT_SECONDS.labels(kind=kind).observe(time.perf_counter() - t0)
             if coll.model is None:
                 metrics.CACHED_MODELS.inc()

@@ -222,9 +222,9 @@ class PointsMixin(EngineCore):
             else:
                 coll.seen = seen
                 coll.loaded.upsert(cols, version)
-                metrics.CACHED_POINTS.labels(collection=name).set(len(coll.loaded))
+                metrics.set_cached_points(name, len(coll.loaded))
             self.events.publish_upsert(name, coll.meta.version, cols.ids, cols.times, cols.series)
-        metrics.POINTS_INGESTED.labels(collection=name).inc(n)
+        metrics.POINTS_INGESTED.labels(collection=metrics.collection_label(name)).inc(n)
         self._untrimmed_bytes += vectors.nbytes
         if self._untrimmed_bytes >= TRIM_BYTES:
             self._untrimmed_bytes = 0
@@ -276,7 +276,7 @@ class PointsMixin(EngineCore):
             else:
                 coll.seen = seen
                 cache.delete(present, version)
-                metrics.CACHED_POINTS.labels(collection=name).set(len(cache))
+                metrics.set_cached_points(name, len(cache))
             self.events.publish_delete(name, coll.meta.version, present)
         return len(present), coll.meta.version
 

@@ -78,6 +78,7 @@ class Driftd:
             path=settings.chroma_path,
             url=settings.chroma_url,
             reserve_bytes=settings.storage_reserve_bytes,
+            token=settings.chroma_token,
         )
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(store.aclose)

@@ -19,7 +19,7 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from driftd import tracing
+from driftd import metrics, tracing
 from driftd.config import Settings
 from driftd.engine.root import Driftd
 from driftd.errors import Unavailable
@@ -35,6 +35,8 @@ from driftd.server.monitor_service import MonitorServiceServicer
 from driftd.server.point_service import PointServiceServicer
 from driftd.server.requests import RequestCheckInterceptor
 from driftd.server.routing_service import RoutingServiceServicer
+from driftd.server.security import ConfigError
+from driftd.server.security import build as build_security
 from driftd.v1 import (
     behavior_pb2,
     behavior_pb2_grpc,
@@ -117,10 +119,14 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
 
     Health (service "" and each driftd service) is NOT_SERVING until the engine
     is open, then SERVING; driftd RPCs meanwhile fail with UNAVAILABLE. ``ready``
-    is set once SERVING. The metrics endpoint listens on the gRPC address's host.
+    is set once SERVING. The metrics endpoint listens on ``metrics_address``,
+    by default the gRPC address's host. The security layer
+    (``driftd.server.security``) checks every RPC but health.
 
     Raises:
         BindError: the address or the metrics port cannot be listened on.
+        ConfigError: unsafe or invalid security settings (e.g. a non-loopback
+            address with neither API keys nor TLS, without ``insecure``).
         Exception: whatever ``Driftd.open`` raises (storage cannot open).
     """
     gate = _Gate()
@@ -128,9 +134,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     db, monitor, behaviors, routing = (
         cast(Any, _Late(gate, part)) for part in ("db", "monitor", "behaviors", "routing")
     )
+    security = build_security(settings, db, _host(settings.address))
+    metrics.configure(collection_labels=settings.metrics_collection_labels)
     health_servicer = health.aio.HealthServicer()
-    # Keys owned by other replicas are forwarded after metrics (counted here too) and
-    # the request checks (a malformed request is refused where it lands).
+    # Keys owned by other replicas are forwarded after metrics (counted here too),
+    # the security checks (the owner checks the forwarded credentials again) and the
+    # request checks (a malformed request is refused where it lands).
     cluster = Cluster(
         settings.own_address,
         settings.peer_list,
@@ -142,6 +151,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     server = grpc.aio.server(
         interceptors=[
             MetricsInterceptor(logs.access_level(settings.access_log)),
+            security.interceptor,
             RequestCheckInterceptor(),
             ForwardingInterceptor(cluster),
         ],
@@ -165,17 +175,26 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for service in ("", *SERVICE_NAMES):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    # Health alone on a plaintext port: kubelet's gRPC probes cannot do TLS.
+    health_only = None
+    if settings.health_address:
+        health_only = grpc.aio.server(options=server_options(settings))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_only)
     try:
-        server.add_insecure_port(settings.address)
+        security.add_port(server, settings.address)
+        if health_only is not None:
+            health_only.add_insecure_port(settings.health_address)
     except RuntimeError as exc:
         raise BindError(
-            f"cannot listen on {settings.address!r}: the port is in use or the address is invalid"
+            f"cannot listen on {settings.address!r} or {settings.health_address!r}: "
+            "the port is in use or the address is invalid"
         ) from exc
     metrics_http = None
     if settings.metrics_port > 0:
         try:
             metrics_http, _ = prometheus_client.start_http_server(
-                settings.metrics_port, addr=_host(settings.address) or "0.0.0.0"
+                settings.metrics_port,
+                addr=settings.metrics_address or _host(settings.address) or "0.0.0.0",
             )
         except OSError as exc:
             raise BindError(f"cannot serve metrics on port {settings.metrics_port}: {exc}") from exc
@@ -194,9 +213,12 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     root = probe = None
     try:
         await server.start()
+        if health_only is not None:
+            await health_only.start()
         logger.info(
-            "driftd listening on %s (storage: %s; metrics: %s)",
+            "driftd listening on %s (%s; storage: %s; metrics: %s)",
             settings.address,
+            "TLS" if security.tls else "plaintext",
             settings.chroma_url or os.path.abspath(settings.chroma_path),
             f"port {settings.metrics_port}" if metrics_http else "off",
         )
@@ -229,6 +251,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         if root is not None:
             await root.stop_watches()  # watch streams would never drain
         await server.stop(settings.grace_seconds)
+        if health_only is not None:
+            await health_only.stop(None)
         await cluster.stop()
         gate.root = None
         if root is not None:
@@ -249,13 +273,14 @@ def run(settings: Settings) -> None:
     log lines flushed.
 
     Raises:
-        SystemExit: with a one-line message when the address or port is taken.
+        SystemExit: with a one-line message when the address or port is taken or
+            the security settings are refused.
     """
     stop_logging = logs.configure(settings.log_level, settings.log_format)
     stop_tracing = tracing.configure()
     try:
         asyncio.run(serve(settings))
-    except BindError as exc:
+    except (BindError, ConfigError) as exc:
         raise SystemExit(f"driftd: {exc}") from None
     finally:
         if stop_tracing is not None:

@@ -26,8 +26,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from driftd import metrics, tracing
-from driftd.server import caller
 from driftd.server.logs import ACCESS
+from driftd.server.security.keys import current_key_name
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -108,7 +108,7 @@ class _Rpc:
             "code": code.name,
             "duration_ms": round(elapsed * 1e3, 3),
         }
-        if key_name := caller.KEY_NAME.get():
+        if key_name := current_key_name():
             fields["key_name"] = key_name
         if code is not grpc.StatusCode.OK:
             fields.update(_error_info(context))

@@ -1,7 +1,8 @@
 """The one mapping from exceptions to gRPC statuses (google.rpc rich error model).
 
 A ``DriftdError`` becomes its own status code with an ``ErrorInfo{reason, domain
-"driftd", metadata}`` and, when it names bad fields, a ``BadRequest``. Anything
+"driftd", metadata}``, a ``BadRequest`` when it names bad fields, and a
+``RetryInfo`` with a ``QuotaFailure`` when it is a ``QuotaExceeded``. Anything
 else is a bug: it is logged once with its traceback under a fresh error id, and
 becomes INTERNAL with reason INTERNAL_ERROR and that id in the ErrorInfo metadata
 (``error_id``), so a client's report leads to the log line. Servicer methods
@@ -19,11 +20,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from driftd.errors import DOMAIN, DriftdError
+from driftd.errors import DOMAIN, DriftdError, QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +113,24 @@ def to_rpc_status(exc: Exception, error_id: str = "") -> status_pb2.Status:
         )
         if violations:
             status.details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+        if isinstance(exc, QuotaExceeded):
+            status.details.extend(_quota_details(exc))
         if not violations or _trailer_bytes(status) <= MAX_DETAILS_BYTES:
             return status
         violations.pop()
+
+
+def _quota_details(exc: QuotaExceeded) -> list[any_pb2.Any]:
+    """RetryInfo (when to retry) and QuotaFailure (which limit) of a quota error."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(0, round(exc.retry_delay * 1e9)))
+    failure = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=v.subject, description=v.description)
+            for v in exc.quota_violations
+        ]
+    )
+    return [_pack(error_details_pb2.RetryInfo(retry_delay=delay)), _pack(failure)]
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: Exception, where: str) -> NoReturn:

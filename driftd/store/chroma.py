@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import chromadb
+import chromadb.config
 import chromadb.errors
 import numpy as np
 from chromadb.api.collection_configuration import CreateCollectionConfiguration
@@ -185,21 +186,38 @@ def parse_time_value(value: object) -> float | None:
     return None
 
 
+#: Chroma's client side of its token auth (``Authorization: Bearer <token>``).
+_TOKEN_AUTH_PROVIDER = "chromadb.auth.token_authn.TokenAuthClientProvider"
+
+
 class ChromaStore:
     """driftd's view of one Chroma client (embedded directory or server).
 
     Args:
         path: directory of an embedded PersistentClient.
         url: ``http://host:port`` of a Chroma server; overrides ``path``.
+        token: with ``url``: Chroma's token auth (``TokenAuthClientProvider``),
+            sent as ``Authorization: Bearer <token>`` on every request.
     """
 
-    def __init__(self, *, path: str = "./driftd_data", url: str = "") -> None:
+    def __init__(self, *, path: str = "./driftd_data", url: str = "", token: str = "") -> None:
         if url:
             from urllib.parse import urlparse
 
             u = urlparse(url)
+            settings = (
+                chromadb.config.Settings(
+                    chroma_client_auth_provider=_TOKEN_AUTH_PROVIDER,
+                    chroma_client_auth_credentials=token,
+                )
+                if token
+                else chromadb.config.Settings()
+            )
             self.client = chromadb.HttpClient(
-                host=u.hostname or "localhost", port=u.port or 8000, ssl=u.scheme == "https"
+                host=u.hostname or "localhost",
+                port=u.port or 8000,
+                ssl=u.scheme == "https",
+                settings=settings,
             )
             self.location = url
         else:

@@ -39,9 +39,12 @@ class StoreRunner:
         self._reserve = reserve_bytes
 
     @classmethod
-    async def open(cls, *, path: str, url: str = "", reserve_bytes: int = 0) -> StoreRunner:
+    async def open(
+        cls, *, path: str, url: str = "", reserve_bytes: int = 0, token: str = ""
+    ) -> StoreRunner:
         """Opens Chroma on the store thread: the embedded directory ``path``, or
-        the Chroma server at ``url`` (``http://host:port``) when given.
+        the Chroma server at ``url`` (``http://host:port``) when given, sending
+        ``token`` with Chroma's token auth.
         ``reserve_bytes``: free bytes each write must leave on the embedded
         directory's volume (:meth:`check_room`).
 
@@ -49,7 +52,7 @@ class StoreRunner:
             Exception: Chroma cannot open the directory or reach the server.
         """
         runner = cls(None if url else path, reserve_bytes)
-        runner._store = await runner.call(lambda: ChromaStore(path=path, url=url))
+        runner._store = await runner.call(lambda: ChromaStore(path=path, url=url, token=token))
         return runner
 
     @property

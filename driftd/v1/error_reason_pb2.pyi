@@ -87,7 +87,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     STORAGE_FULL: _ErrorReason.ValueType  # 36
     """RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
     reserve, setting storage_reserve_bytes); nothing of the request was written.
-    Metadata has "free_bytes" and "required_bytes" when known.
+    Metadata has "free_bytes" and "required_bytes" when known. Also above the
+    read-only disk threshold (setting read_only_disk_percent): writes are
+    refused, reads and deletes work; with RetryInfo and QuotaFailure ("disk").
     """
     CONVERSATION_NOT_FOUND: _ErrorReason.ValueType  # 100
     """NOT_FOUND: the conversation has no messages."""
@@ -113,6 +115,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: the drift rule does not exist."""
     DRIFT_RULE_ALREADY_EXISTS: _ErrorReason.ValueType  # 203
     """ALREADY_EXISTS: a drift rule with this id exists on the collection."""
+    API_KEY_MISSING: _ErrorReason.ValueType  # 300
+    """UNAUTHENTICATED: the request has no "authorization: Bearer <key>" metadata
+    and the server requires an API key.
+    """
+    API_KEY_INVALID: _ErrorReason.ValueType  # 301
+    """UNAUTHENTICATED: the API key is not one the server's keys file lists."""
+    PERMISSION_DENIED: _ErrorReason.ValueType  # 302
+    """PERMISSION_DENIED: the key's role is below the RPC's (metadata has
+    "required_role" and "role") or the resource is outside the key's
+    collection scope (metadata has "resource").
+    """
+    RATE_LIMITED: _ErrorReason.ValueType  # 303
+    """RESOURCE_EXHAUSTED: the key's requests per second are used up; a
+    google.rpc.RetryInfo says when to retry and a google.rpc.QuotaFailure
+    names the limit.
+    """
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 304
+    """RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
+    key, collections, points per collection); with RetryInfo and QuotaFailure.
+    """
     OWNER_UNAVAILABLE: _ErrorReason.ValueType  # 410
     """UNAVAILABLE: the replica that owns the request's collection, conversation
     or user could not be reached (it is failing or leaving); metadata has
@@ -196,7 +218,9 @@ idempotent, so retrying it is safe.
 STORAGE_FULL: ErrorReason.ValueType  # 36
 """RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
 reserve, setting storage_reserve_bytes); nothing of the request was written.
-Metadata has "free_bytes" and "required_bytes" when known.
+Metadata has "free_bytes" and "required_bytes" when known. Also above the
+read-only disk threshold (setting read_only_disk_percent): writes are
+refused, reads and deletes work; with RetryInfo and QuotaFailure ("disk").
 """
 CONVERSATION_NOT_FOUND: ErrorReason.ValueType  # 100
 """NOT_FOUND: the conversation has no messages."""
@@ -222,6 +246,26 @@ DRIFT_RULE_NOT_FOUND: ErrorReason.ValueType  # 202
 """NOT_FOUND: the drift rule does not exist."""
 DRIFT_RULE_ALREADY_EXISTS: ErrorReason.ValueType  # 203
 """ALREADY_EXISTS: a drift rule with this id exists on the collection."""
+API_KEY_MISSING: ErrorReason.ValueType  # 300
+"""UNAUTHENTICATED: the request has no "authorization: Bearer <key>" metadata
+and the server requires an API key.
+"""
+API_KEY_INVALID: ErrorReason.ValueType  # 301
+"""UNAUTHENTICATED: the API key is not one the server's keys file lists."""
+PERMISSION_DENIED: ErrorReason.ValueType  # 302
+"""PERMISSION_DENIED: the key's role is below the RPC's (metadata has
+"required_role" and "role") or the resource is outside the key's
+collection scope (metadata has "resource").
+"""
+RATE_LIMITED: ErrorReason.ValueType  # 303
+"""RESOURCE_EXHAUSTED: the key's requests per second are used up; a
+google.rpc.RetryInfo says when to retry and a google.rpc.QuotaFailure
+names the limit.
+"""
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 304
+"""RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
+key, collections, points per collection); with RetryInfo and QuotaFailure.
+"""
 OWNER_UNAVAILABLE: ErrorReason.ValueType  # 410
 """UNAVAILABLE: the replica that owns the request's collection, conversation
 or user could not be reached (it is failing or leaving); metadata has

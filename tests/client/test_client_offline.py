@@ -28,6 +28,8 @@ from driftd.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
 )
 from driftd.v1 import (
     collection_pb2,
@@ -253,12 +255,12 @@ def test_bad_request_becomes_field_violations(client, fresh):
 
 
 def test_code_outside_the_map_gives_base_error_with_code(client, fresh):
-    fresh.fail["GetPoints"] = rich_status(code_pb2.PERMISSION_DENIED, "who are you")
+    fresh.fail["GetPoints"] = rich_status(code_pb2.ABORTED, "try again")
     with pytest.raises(DriftdError) as info:
         client.get_points("x", ["a"])
     assert type(info.value) is DriftdError
-    assert info.value.code == "PERMISSION_DENIED"
-    assert info.value.message == "who are you"
+    assert info.value.code == "ABORTED"
+    assert info.value.message == "try again"
 
 
 def test_status_without_details_keeps_class_default_reason(client, fresh):
@@ -768,3 +770,12 @@ def test_demo_data_and_boundary_alignment():
         "para": 0,
         "title": rows[0]["meta"]["title"],
     }
+
+
+def test_auth_codes_map_to_their_classes(client, fresh):
+    fresh.fail["GetPoints"] = rich_status(code_pb2.PERMISSION_DENIED, "who are you")
+    with pytest.raises(PermissionDenied):
+        client.get_points("x", ["a"])
+    fresh.fail["GetPoints"] = rich_status(code_pb2.UNAUTHENTICATED, "no key")
+    with pytest.raises(Unauthenticated):
+        client.get_points("x", ["a"])

@@ -9,6 +9,9 @@
 // after the last acknowledged batch, and access to driftd's rich errors.
 //
 //	c, err := driftd.New("127.0.0.1:50051")
+//	// or, to a server with API keys and TLS:
+//	c, err := driftd.New("driftd.example:50051", driftd.WithAPIKey(key),
+//		driftd.WithTLS(driftd.TLS{CAFile: "ca.crt"}))
 //	...
 //	defer c.Close()
 //	_, err = c.CreateCollection(ctx, "notes", &driftdv1.Collection{Dimension: 8})
@@ -23,6 +26,7 @@ package driftd
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"iter"
 	"slices"
 	"strings"
@@ -62,6 +66,8 @@ type options struct {
 	timeout     time.Duration
 	maxAttempts int
 	creds       credentials.TransportCredentials
+	tls         *TLS
+	apiKey      string
 	dial        []grpc.DialOption
 }
 
@@ -79,7 +85,8 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 // never retried by the transport: the Writer resumes it itself.
 func WithMaxAttempts(n int) Option { return func(o *options) { o.maxAttempts = n } }
 
-// WithTransportCredentials sets TLS (default: plaintext, as driftd serves).
+// WithTransportCredentials sets the transport credentials directly (default:
+// plaintext); WithTLS covers driftd's TLS and mutual TLS.
 func WithTransportCredentials(c credentials.TransportCredentials) Option {
 	return func(o *options) { o.creds = c }
 }
@@ -178,6 +185,22 @@ func New(target string, opts ...Option) (*Client, error) {
 	o := options{timeout: DefaultTimeout, maxAttempts: DefaultMaxAttempts, creds: insecure.NewCredentials()}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	secure := o.tls != nil
+	if o.tls != nil {
+		creds, err := o.tls.credentials()
+		if err != nil {
+			return nil, err
+		}
+		o.creds = creds
+	} else {
+		secure = o.creds.Info().SecurityProtocol != "insecure"
+	}
+	if o.apiKey != "" {
+		if !secure && !loopback(target) {
+			return nil, fmt.Errorf("driftd: an API key needs TLS to reach %q (WithTLS); without TLS keys go only to loopback targets", target)
+		}
+		o.dial = append(o.dial, grpc.WithPerRPCCredentials(bearer{header: "Bearer " + o.apiKey, secure: secure}))
 	}
 	c := &Client{timeout: o.timeout}
 	dial := []grpc.DialOption{

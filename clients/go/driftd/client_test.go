@@ -22,6 +22,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -37,9 +38,12 @@ var (
 	t0     = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
-// server is a `driftd serve` process this test owns.
+// server is a `driftd serve` process this test owns: env adds settings,
+// creds are the health check's transport (nil: plaintext).
 type server struct {
 	exe, addr, data, log string
+	env                  []string
+	creds                credentials.TransportCredentials
 	cmd                  *exec.Cmd
 	exitedCh             chan error
 }
@@ -53,13 +57,18 @@ func (s *server) start() error {
 	s.cmd.Env = append(os.Environ(),
 		"DRIFTD_ADDRESS="+s.addr, "DRIFTD_METRICS_PORT=0",
 		"DRIFTD_CHROMA_PATH="+s.data, "DRIFTD_WORKERS=2", "DRIFTD_GRACE_SECONDS=2")
+	s.cmd.Env = append(s.cmd.Env, s.env...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		return err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- s.cmd.Wait(); logf.Close() }()
-	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := s.creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}

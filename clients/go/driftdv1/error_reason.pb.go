@@ -86,7 +86,9 @@ const (
 	ErrorReason_STORAGE_UNAVAILABLE ErrorReason = 35
 	// RESOURCE_EXHAUSTED: the storage volume is full (or below the server's
 	// reserve, setting storage_reserve_bytes); nothing of the request was written.
-	// Metadata has "free_bytes" and "required_bytes" when known.
+	// Metadata has "free_bytes" and "required_bytes" when known. Also above the
+	// read-only disk threshold (setting read_only_disk_percent): writes are
+	// refused, reads and deletes work; with RetryInfo and QuotaFailure ("disk").
 	ErrorReason_STORAGE_FULL ErrorReason = 36
 	// NOT_FOUND: the conversation has no messages.
 	ErrorReason_CONVERSATION_NOT_FOUND ErrorReason = 100
@@ -109,6 +111,22 @@ const (
 	ErrorReason_DRIFT_RULE_NOT_FOUND ErrorReason = 202
 	// ALREADY_EXISTS: a drift rule with this id exists on the collection.
 	ErrorReason_DRIFT_RULE_ALREADY_EXISTS ErrorReason = 203
+	// UNAUTHENTICATED: the request has no "authorization: Bearer <key>" metadata
+	// and the server requires an API key.
+	ErrorReason_API_KEY_MISSING ErrorReason = 300
+	// UNAUTHENTICATED: the API key is not one the server's keys file lists.
+	ErrorReason_API_KEY_INVALID ErrorReason = 301
+	// PERMISSION_DENIED: the key's role is below the RPC's (metadata has
+	// "required_role" and "role") or the resource is outside the key's
+	// collection scope (metadata has "resource").
+	ErrorReason_PERMISSION_DENIED ErrorReason = 302
+	// RESOURCE_EXHAUSTED: the key's requests per second are used up; a
+	// google.rpc.RetryInfo says when to retry and a google.rpc.QuotaFailure
+	// names the limit.
+	ErrorReason_RATE_LIMITED ErrorReason = 303
+	// RESOURCE_EXHAUSTED: a quota is used up (concurrent RPCs or streams of a
+	// key, collections, points per collection); with RetryInfo and QuotaFailure.
+	ErrorReason_QUOTA_EXCEEDED ErrorReason = 304
 	// UNAVAILABLE: the replica that owns the request's collection, conversation
 	// or user could not be reached (it is failing or leaving); metadata has
 	// "owner", its address. Retry: within a few seconds its keys move to another
@@ -157,6 +175,11 @@ var (
 		201: "WATCHER_TOO_SLOW",
 		202: "DRIFT_RULE_NOT_FOUND",
 		203: "DRIFT_RULE_ALREADY_EXISTS",
+		300: "API_KEY_MISSING",
+		301: "API_KEY_INVALID",
+		302: "PERMISSION_DENIED",
+		303: "RATE_LIMITED",
+		304: "QUOTA_EXCEEDED",
 		410: "OWNER_UNAVAILABLE",
 		411: "OWNER_MOVED",
 	}
@@ -195,6 +218,11 @@ var (
 		"WATCHER_TOO_SLOW":          201,
 		"DRIFT_RULE_NOT_FOUND":      202,
 		"DRIFT_RULE_ALREADY_EXISTS": 203,
+		"API_KEY_MISSING":           300,
+		"API_KEY_INVALID":           301,
+		"PERMISSION_DENIED":         302,
+		"RATE_LIMITED":              303,
+		"QUOTA_EXCEEDED":            304,
 		"OWNER_UNAVAILABLE":         410,
 		"OWNER_MOVED":               411,
 	}
@@ -231,7 +259,7 @@ var File_driftd_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xbd\x06\n" +
+	"\x1cdriftd/v1/error_reason.proto\x12\tdriftd.v1*\xa9\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fINVALID_NAME\x10\x01\x12\x16\n" +
@@ -267,7 +295,12 @@ const file_driftd_v1_error_reason_proto_rawDesc = "" +
 	"\x0eEVENTS_EXPIRED\x10\xc8\x01\x12\x15\n" +
 	"\x10WATCHER_TOO_SLOW\x10\xc9\x01\x12\x19\n" +
 	"\x14DRIFT_RULE_NOT_FOUND\x10\xca\x01\x12\x1e\n" +
-	"\x19DRIFT_RULE_ALREADY_EXISTS\x10\xcb\x01\x12\x16\n" +
+	"\x19DRIFT_RULE_ALREADY_EXISTS\x10\xcb\x01\x12\x14\n" +
+	"\x0fAPI_KEY_MISSING\x10\xac\x02\x12\x14\n" +
+	"\x0fAPI_KEY_INVALID\x10\xad\x02\x12\x16\n" +
+	"\x11PERMISSION_DENIED\x10\xae\x02\x12\x11\n" +
+	"\fRATE_LIMITED\x10\xaf\x02\x12\x13\n" +
+	"\x0eQUOTA_EXCEEDED\x10\xb0\x02\x12\x16\n" +
 	"\x11OWNER_UNAVAILABLE\x10\x9a\x03\x12\x10\n" +
 	"\vOWNER_MOVED\x10\x9b\x03B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 

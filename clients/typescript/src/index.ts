@@ -6,6 +6,8 @@
  * ```ts
  * import { DriftClient, atPoint } from "@driftd/client";
  * const db = new DriftClient("127.0.0.1:50051");
+ * // a server with API keys and TLS:
+ * // new DriftClient("driftd.example:50051", { apiKey, tls: { caFile: "ca.crt" } });
  * await db.createCollection("notes", { dimension: 8 });
  * const writer = db.writer("notes");
  * await writer.write([{ id: "n1", time: new Date(), vector: [...] }]);
@@ -17,6 +19,8 @@
  * The generated service clients are available as `db.collections`,
  * `db.points` and `db.flow`, and every generated message type is exported.
  */
+import { readFileSync } from "node:fs";
+
 import { create, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
@@ -68,10 +72,70 @@ export interface DriftClientOptions {
    * (those safe to repeat) are retried; a `transport` of your own is used as is.
    */
   maxAttempts?: number;
-  /** A transport of your own (TLS, interceptors...); `target` is then ignored. */
+  /**
+   * API key, sent as `authorization: Bearer <key>` on every call. Without `tls`
+   * it is sent only to a loopback target (the constructor throws otherwise).
+   */
+  apiKey?: string;
+  /** TLS to a server started with `--tls-cert-file` (default: plaintext). */
+  tls?: TlsOptions;
+  /** A transport of your own; `target`, `apiKey`, `tls` and `interceptors` are then ignored. */
   transport?: Transport;
   /** Extra interceptors for the default transport. */
   interceptors?: Interceptor[];
+}
+
+/** TLS settings of {@link DriftClientOptions.tls}: PEM file paths. */
+export interface TlsOptions {
+  /** CA bundle the server's certificate must chain to; default: Node's roots. */
+  caFile?: string;
+  /** Client certificate chain, for servers that require one (`--tls-client-ca-file`, mutual TLS). */
+  certFile?: string;
+  /** Private key of `certFile`. */
+  keyFile?: string;
+  /** Name checked against the server's certificate; default: the target's host. */
+  serverName?: string;
+}
+
+/** Whether `host:port` names this machine (127.0.0.0/8, ::1, localhost). */
+function isLoopback(target: string): boolean {
+  const host = target.replace(/^https?:\/\//, "").replace(/:\d+\/?$/, "").replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}
+
+/** The key and TLS settings as a transport's base URL, Node options and interceptor. */
+function security(target: string, options: DriftClientOptions) {
+  const host = target.replace(/^https?:\/\//, "");
+  const tls = options.tls;
+  if (options.apiKey && !tls && !isLoopback(host)) {
+    throw new Error(
+      `an API key needs TLS to reach ${host}: pass tls: { caFile } (without TLS keys go only to loopback targets)`,
+    );
+  }
+  if ((tls?.certFile === undefined) !== (tls?.keyFile === undefined)) {
+    throw new Error("tls.certFile and tls.keyFile go together");
+  }
+  const key = options.apiKey;
+  const interceptors: Interceptor[] = key
+    ? [
+        (next) => (req) => {
+          req.header.set("authorization", `Bearer ${key}`);
+          return next(req);
+        },
+      ]
+    : [];
+  return {
+    baseUrl: `${tls ? "https" : "http"}://${host}`,
+    nodeOptions: tls
+      ? {
+          ca: tls.caFile ? readFileSync(tls.caFile) : undefined,
+          cert: tls.certFile ? readFileSync(tls.certFile) : undefined,
+          key: tls.keyFile ? readFileSync(tls.keyFile) : undefined,
+          servername: tls.serverName,
+        }
+      : undefined,
+    interceptors,
+  };
 }
 
 /** A point as written. */
@@ -127,11 +191,17 @@ export class DriftClient {
   /** @param target "host:port" (plaintext, as driftd serves) or a base URL such as "https://host:port". */
   constructor(target: string, options: DriftClientOptions = {}) {
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    const secure = options.transport ? undefined : security(target, options);
     this.transport =
       options.transport ??
       createGrpcTransport({
-        baseUrl: /^https?:\/\//.test(target) ? target : `http://${target}`,
-        interceptors: [retryUnavailable(options.maxAttempts ?? 4), ...(options.interceptors ?? [])],
+        baseUrl: secure!.baseUrl,
+        nodeOptions: secure!.nodeOptions,
+        interceptors: [
+          ...secure!.interceptors,
+          retryUnavailable(options.maxAttempts ?? 4),
+          ...(options.interceptors ?? []),
+        ],
         // Within driftd's keepalive policy (pings no more often than every 10 s).
         pingIntervalMs: 30_000,
         pingTimeoutMs: 10_000,

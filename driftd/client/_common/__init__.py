@@ -119,6 +119,9 @@ from driftd.client._common.options import (
     RETRYABLE_METHODS as RETRYABLE_METHODS,
 )
 from driftd.client._common.options import (
+    TLS as TLS,
+)
+from driftd.client._common.options import (
     PointLike as PointLike,
 )
 from driftd.client._common.options import (
@@ -132,6 +135,9 @@ from driftd.client._common.options import (
 )
 from driftd.client._common.options import (
     channel_options as channel_options,
+)
+from driftd.client._common.options import (
+    channel_security as channel_security,
 )
 from driftd.client._common.options import (
     parse_target as parse_target,

@@ -1,0 +1,1 @@
+"""The cost of the security layer: RPC latency with TLS and API keys vs plaintext."""

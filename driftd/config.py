@@ -145,6 +145,21 @@ class Settings:
     tls_client_ca_file: str = field(
         default="", metadata={"help": "PEM CA bundle; requires client certificates (mTLS)"}
     )
+    peer_tls_ca_file: str = field(
+        default="",
+        metadata={
+            "help": "with peers and TLS: PEM CA bundle the peers' certificates must chain to; "
+            "empty: tls_client_ca_file"
+        },
+    )
+    peer_tls_server_name: str = field(
+        default="",
+        metadata={
+            "help": "with peers and TLS: the name the peers' certificates are checked against "
+            "(peers are dialled by address, certificates usually name the Service); empty: "
+            "the peer's address"
+        },
+    )
     api_keys_file: str = field(
         default="",
         metadata={"help": "JSON API keys file (sha256 hashes, roles, scopes; re-read on change)"},
@@ -205,6 +220,17 @@ class Settings:
             raise ValueError("tls_cert_file and tls_key_file must be given together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        if (self.peer_tls_ca_file or self.peer_tls_server_name) and not self.tls_cert_file:
+            raise ValueError(
+                "peer_tls_ca_file and peer_tls_server_name need tls_cert_file: peers are "
+                "called over TLS exactly when this replica's port uses it"
+            )
+        if self.peers and self.tls_cert_file and not self.peer_ca_file:
+            raise ValueError(
+                "with peers and TLS, set peer_tls_ca_file (or tls_client_ca_file for mTLS): "
+                "the CA of the peers' certificates; without it no peer can be verified and "
+                "no peer would ever join the ring"
+            )
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.peers and not self.chroma_url:
@@ -219,6 +245,12 @@ class Settings:
     def peer_list(self) -> list[str]:
         """``peers`` split: host:port entries."""
         return [p.strip() for p in self.peers.split(",") if p.strip()]
+
+    @property
+    def peer_ca_file(self) -> str:
+        """The CA that peers' certificates chain to: ``peer_tls_ca_file``, else
+        the mTLS client CA (the cluster's CA)."""
+        return self.peer_tls_ca_file or self.tls_client_ca_file
 
     @property
     def own_address(self) -> str:

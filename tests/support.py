@@ -3,14 +3,17 @@ a real ``driftd serve`` process on loopback, free ports, rich-error parsing."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+
+from driftd.server.security import hash_key
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,17 +36,19 @@ def free_port() -> int:
 
 class ServerProcess:
     """``driftd serve`` in a subprocess; restartable on the same data directory.
-    ``credentials`` are the channel credentials of its health checks (for a TLS
-    server)."""
+    ``credentials`` and ``channel_options`` are those of its health checks (for
+    a TLS server, e.g. ``grpc.ssl_target_name_override``)."""
 
     def __init__(
         self,
         chroma_path: Path,
         log_path: Path,
         credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, str]] = (),
         **env: str,
     ) -> None:
         self.credentials = credentials
+        self.channel_options = list(channel_options)
         self.chroma_path = chroma_path
         self.log_path = log_path
         self.port = free_port()
@@ -75,7 +82,7 @@ class ServerProcess:
     def health(self, service: str = "") -> str | None:
         try:
             with (
-                grpc.secure_channel(self.target, self.credentials)
+                grpc.secure_channel(self.target, self.credentials, options=self.channel_options)
                 if self.credentials
                 else grpc.insecure_channel(self.target)
             ) as ch:
@@ -128,9 +135,12 @@ class Pki:
     client_key: Path
 
 
-def make_pki(directory: Path, name: str = "test") -> Pki:
+def make_pki(directory: Path, name: str = "test", server_dns: str = "") -> Pki:
     """Generates a fresh PKI (EC P-256 keys, one-day certificates) in ``directory``
-    with the ``cryptography`` package; ``name`` goes into the CA's common name."""
+    with the ``cryptography`` package; ``name`` goes into the CA's common name.
+    With ``server_dns`` the server certificate names only that DNS name (as a
+    Service's certificate does; peers then need the name override) and also
+    serves as a client certificate (``clientAuth``: replicas under mTLS)."""
     import datetime as dt
     import ipaddress
 
@@ -156,7 +166,7 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
         if san:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         if usage:
-            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         return builder.sign(issuer_key, hashes.SHA256())
 
     def write(path: Path, *pems: bytes) -> Path:
@@ -180,11 +190,16 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
         server_key,
         ca_name,
         ca_key,
-        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        san=[x509.DNSName(server_dns)]
+        if server_dns
+        else [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH]
+        + ([ExtendedKeyUsageOID.CLIENT_AUTH] if server_dns else []),
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client_cert = cert("client", client_key, ca_name, ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    client_cert = cert(
+        "client", client_key, ca_name, ca_key, usage=[ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     return Pki(
         ca=write(directory / "ca.pem", ca_cert.public_bytes(pem)),
         server_cert=write(directory / "server.pem", server_cert.public_bytes(pem)),
@@ -239,3 +254,44 @@ class ChromaServer:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         self._log.close()
+
+
+def start_all(servers: list[ServerProcess]) -> None:
+    """Starts the servers in parallel; returns when all are SERVING."""
+    errors: list[BaseException] = []
+
+    def start(s: ServerProcess) -> None:
+        try:
+            s.start()
+        except BaseException as exc:  # reported on the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 60.0, what: str = "") -> float:
+    """Seconds until ``check()`` holds; fails after ``timeout``."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def write_keys(path: Path, keys: dict) -> None:
+    """An API keys file of ``{name: (key, role, collection globs or None)}``."""
+    entries = []
+    for name, (key, role, scopes) in keys.items():
+        entry = {"name": name, "sha256": hash_key(key), "role": role}
+        if scopes is not None:
+            entry["collections"] = scopes
+        entries.append(entry)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"keys": entries}))
+    tmp.replace(path)  # atomic, as a Secret volume update is

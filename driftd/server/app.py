@@ -140,13 +140,18 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     # Keys owned by other replicas are forwarded after metrics (counted here too),
     # the security checks (the owner checks the forwarded credentials again) and the
     # request checks (a malformed request is refused where it lands).
+    # Under TLS, peers are dialled by address and checked against
+    # peer_tls_server_name (their certificates name the Service, not the pod).
+    peer_name = settings.peer_tls_server_name
     cluster = Cluster(
         settings.own_address,
         settings.peer_list,
         channel_options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            *([("grpc.ssl_target_name_override", peer_name)] if peer_name else []),
         ],
+        credentials=security.peers,
     )
     server = grpc.aio.server(
         interceptors=[

@@ -17,6 +17,11 @@ a dead owner's keys move within about ``PROBE_SECONDS * (DOWN_AFTER + 1)``
 (3 s). This replica is always on its own ring. Replicas may briefly disagree
 (each probes on its own clock); forwarding then goes at most one hop
 (:mod:`driftd.server.forwarding`) and the storage stays safe under a double owner.
+
+With TLS on the port, probes and forwarded calls go over TLS channels
+(:class:`~driftd.server.security.tls.PeerCredentials`); when its files change,
+new calls get new channels and calls on the old ones get
+:data:`RETIRE_SECONDS` to finish.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from uhashring import HashRing
 
 from driftd import metrics
+from driftd.server.security.tls import PeerCredentials
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,8 @@ PROBE_SECONDS = 1.0
 DOWN_AFTER = 2
 #: Seconds between DNS resolutions of ``peers``.
 RESOLVE_SECONDS = 5.0
+#: Seconds calls on a channel replaced by new credentials get to finish.
+RETIRE_SECONDS = 60.0
 
 
 def key_kind(key: str) -> str:
@@ -57,6 +65,7 @@ class Cluster:
         peers: ``host:port`` of every replica (this one may be among them);
             empty: driftd runs alone and owns everything.
         channel_options: gRPC channel arguments of the channels to peers.
+        credentials: TLS credentials of the channels to peers; None: plaintext.
     """
 
     def __init__(
@@ -64,11 +73,14 @@ class Cluster:
         address: str,
         peers: Sequence[str] = (),
         *,
-        channel_options: Sequence[tuple[str, int]] = (),
+        channel_options: Sequence[tuple[str, int | str]] = (),
+        credentials: PeerCredentials | None = None,
     ) -> None:
         self.address = address
         self._peers = tuple(p for p in peers if p)
         self._channel_options = tuple(channel_options)
+        self._credentials = credentials
+        self._retiring: set[asyncio.Task] = set()
         self._resolved: set[str] = set()
         self._addresses_of: dict[str, set[str]] = {}  # peer entry -> its last addresses
         self._failures: dict[str, int] = {}
@@ -110,8 +122,12 @@ class Cluster:
         """The (reused) channel to a peer."""
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=self._channel_options
+            ch = self._channels[address] = (
+                grpc.aio.insecure_channel(address, options=self._channel_options)
+                if self._credentials is None
+                else grpc.aio.secure_channel(
+                    address, self._credentials.credentials, options=self._channel_options
+                )
             )
         return ch
 
@@ -139,6 +155,7 @@ class Cluster:
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
+        await asyncio.gather(*self._retiring)  # quick: the server has drained
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -151,6 +168,8 @@ class Cluster:
                 if loop.time() >= next_resolve:
                     next_resolve = loop.time() + RESOLVE_SECONDS
                     await self._resolve()
+                if self._credentials is not None and self._credentials.refresh():
+                    self._retire_channels()
                 await self._probe()
             except Exception:  # one bad round must not end membership
                 log.exception("membership round failed")
@@ -177,6 +196,16 @@ class Cluster:
             if ch is not None:
                 await ch.close()
         self._resolved = found
+
+    def _retire_channels(self) -> None:
+        """New credentials: later calls open new channels; the old ones close
+        once their calls end (at most :data:`RETIRE_SECONDS`)."""
+        loop = asyncio.get_running_loop()
+        for ch in self._channels.values():
+            task = loop.create_task(ch.close(RETIRE_SECONDS))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self._channels.clear()
 
     async def _check(self, address: str) -> bool:
         try:

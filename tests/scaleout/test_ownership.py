@@ -18,7 +18,6 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +25,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import duration_pb2
-from support import SHARED_DATA, ServerProcess, error_details
+from support import SHARED_DATA, ServerProcess, error_details, start_all, wait_for
 
 from driftd import convert
 from driftd.server.cluster import Cluster
@@ -93,33 +92,6 @@ class Node:
                 if line.startswith(name + " "):
                     return float(line.rsplit(" ", 1)[1])
         return 0.0
-
-
-def start_all(servers: list[ServerProcess]) -> None:
-    errors: list[BaseException] = []
-
-    def start(s: ServerProcess) -> None:
-        try:
-            s.start()
-        except BaseException as exc:  # reported on the test thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 60.0, what: str = "") -> float:
-    """Seconds until ``check()`` holds; fails after ``timeout``."""
-    t0 = time.monotonic()
-    while not check():
-        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return time.monotonic() - t0
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,25 @@
 """Membership and the ring (driftd.server.cluster) against real gRPC health
 servers on loopback: peers join on SERVING, leave on failed checks, DNS names
-stand for their addresses, and a replica leaving moves only its own keys."""
+stand for their addresses, a replica leaving moves only its own keys, and
+under TLS peers are verified (by the Service's name) with credentials that
+follow a rotation of their files."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import shutil
 
 import grpc
+import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import free_port
+from support import free_port, make_pki
 
 from driftd.server.cluster import Cluster
+from driftd.server.security.tls import PeerCredentials, ReloadingCertificates
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -27,6 +34,21 @@ async def health_server(status=SERVING) -> tuple[grpc.aio.Server, health.aio.Hea
     await server.start()
     await servicer.set("", status)
     return server, servicer, f"127.0.0.1:{port}"
+
+
+async def tls_health_server(
+    port: int, cert: str, key: str
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A SERVING health server on ``port`` with driftd's server-side TLS."""
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_secure_port(
+        f"127.0.0.1:{port}", ReloadingCertificates(cert, key).server_credentials()
+    )
+    await server.start()
+    await servicer.set("", SERVING)
+    return server, servicer
 
 
 async def until(check, timeout: float = 30.0) -> None:
@@ -110,3 +132,55 @@ def test_a_leaving_replica_moves_only_its_own_keys(replicas, keys, data):
             assert after.owner(key) == before.owner(key)
         else:
             assert after.owner(key) != gone
+
+
+async def test_tls_peers_are_verified_by_name_and_follow_rotated_files(tmp_path, caplog):
+    """Certificates name the Service (driftd.test), peers are dialled by address:
+    without the name override the peer never joins, with it it does; after the
+    CA and the peer's certificate rotate (new CA), a restarted peer is reached
+    only through the re-read CA."""
+    first = make_pki(tmp_path / "first", "first", server_dns="driftd.test")
+    live = tmp_path / "live"
+    live.mkdir()
+    ca, cert, key = (str(live / n) for n in ("ca.pem", "cert.pem", "key.pem"))
+    for src, dst in ((first.ca, ca), (first.server_cert, cert), (first.server_key, key)):
+        shutil.copy(src, dst)
+    port = free_port()
+    b = f"127.0.0.1:{port}"
+    server, _ = await tls_health_server(port, cert, key)
+    a = f"127.0.0.1:{free_port()}"
+    unnamed = Cluster(a, [b], credentials=PeerCredentials(ca))
+    named = Cluster(
+        a,
+        [b],
+        channel_options=[("grpc.ssl_target_name_override", "driftd.test")],
+        credentials=PeerCredentials(ca),
+    )
+    caplog.set_level(logging.INFO, logger="driftd.server.security.tls")
+    try:
+        await unnamed.start()
+        await named.start()
+        assert unnamed.members == {a}  # the certificate does not name 127.0.0.1
+        assert named.members == {a, b}
+
+        second = make_pki(tmp_path / "second", "second", server_dns="driftd.test")
+        for src, dst in ((second.ca, ca), (second.server_key, key), (second.server_cert, cert)):
+            os.replace(src, dst)
+        await until(lambda: "peer TLS credentials reloaded" in caplog.text)
+        # A restarted peer presents the new certificate: only the new CA verifies it.
+        await server.stop(None)
+        server, _ = await tls_health_server(port, cert, key)
+        await until(lambda: named.members == {a, b})
+        await asyncio.sleep(3)  # more probes than DOWN_AFTER: it stays
+        assert named.members == {a, b}
+    finally:
+        await unnamed.stop()
+        await named.stop()
+        await server.stop(None)
+
+
+def test_peer_credentials_refuse_a_ca_without_certificates(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ValueError, match="peer CA file"):
+        PeerCredentials(str(bad))

@@ -20,7 +20,14 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
-from support import ChromaServer, ServerProcess, error_details, free_port, make_pki
+from support import (
+    ChromaServer,
+    ServerProcess,
+    error_details,
+    free_port,
+    make_pki,
+    write_keys,
+)
 
 from driftd.client import TLS, DriftClient
 from driftd.errors import (
@@ -30,7 +37,6 @@ from driftd.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from driftd.server.security import hash_key
 from driftd.server.security.policy import RULES, Role
 from driftd.v1 import behavior_pb2, collection_pb2, flow_pb2, monitor_pb2, point_pb2, routing_pb2
 
@@ -47,18 +53,6 @@ DESCRIPTORS = {
     for s in module.DESCRIPTOR.services_by_name.values()
     for m in s.methods
 }
-
-
-def write_keys(path: Path, keys: dict) -> None:
-    entries = []
-    for name, (key, role, scopes) in keys.items():
-        entry = {"name": name, "sha256": hash_key(key), "role": role}
-        if scopes is not None:
-            entry["collections"] = scopes
-        entries.append(entry)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"keys": entries}))
-    tmp.replace(path)  # atomic, as a Secret volume update is
 
 
 def bearer(name: str) -> tuple[tuple[str, str], ...]:

@@ -19,7 +19,7 @@ from driftd.config import Settings
 from driftd.server.security.interceptor import SecurityInterceptor
 from driftd.server.security.keys import CURRENT_PRINCIPAL, KeyRing, current_key_name, hash_key
 from driftd.server.security.quotas import Quotas
-from driftd.server.security.tls import ReloadingCertificates
+from driftd.server.security.tls import PeerCredentials, ReloadingCertificates
 
 __all__ = [
     "CURRENT_PRINCIPAL",
@@ -57,10 +57,13 @@ class Security:
         interceptor: add it to the server's interceptors (after metrics, so
             refused RPCs are counted).
         tls: the reloading certificates; None: plaintext.
+        peers: credentials of the calls to peer replicas; None: plaintext
+            (no TLS on the port, or no peers).
     """
 
     interceptor: SecurityInterceptor
     tls: ReloadingCertificates | None
+    peers: PeerCredentials | None = None
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
         """Listens on ``address``: TLS when configured (plaintext is then refused),
@@ -79,7 +82,8 @@ def build(settings: Settings, engine: Any, host: str) -> Security:
 
     Raises:
         ConfigError: neither API keys nor TLS on a non-loopback host without
-            ``insecure``; a keys file or certificates that do not load.
+            ``insecure``; a keys file, certificates or the peers' CA that do
+            not load.
     """
     if not (settings.api_keys_file or settings.tls_cert_file) and not is_loopback(host):
         if not settings.insecure:
@@ -100,8 +104,21 @@ def build(settings: Settings, engine: Any, host: str) -> Security:
             if settings.tls_cert_file
             else None
         )
+        # Under mTLS peers demand a client certificate: this replica's own.
+        peers = (
+            PeerCredentials(
+                settings.peer_ca_file,
+                *(
+                    (settings.tls_cert_file, settings.tls_key_file)
+                    if settings.tls_client_ca_file
+                    else ()
+                ),
+            )
+            if settings.peers and settings.tls_cert_file
+            else None
+        )
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
     if keys is not None and tls is None and not is_loopback(host):
         logger.warning("API keys without TLS: keys cross the network in plaintext")
-    return Security(SecurityInterceptor(keys, Quotas(settings), engine), tls)
+    return Security(SecurityInterceptor(keys, Quotas(settings), engine), tls, peers)

@@ -8,8 +8,9 @@ beyond loopback has API keys or TLS, whose files are whole-directory Secret
 mounts so rotation applies; probes use the plaintext health port beside TLS),
 and each mode keeps its invariants (embedded: exactly one replica on a volume;
 server: N replicas, a Chroma URL that resolves to a Service of the overlay, a
-Chroma token from a Secret and a NetworkPolicy letting only driftd pods reach
-Chroma).
+Chroma token from a Secret, a NetworkPolicy letting only driftd pods reach
+Chroma, and under TLS peers that can verify each other: a CA and a server name
+that is one of the overlay's Services, since peers dial pod IPs).
 
 Usage: python ci/deploy_lint.py MODE BUILT.yaml   (MODE: embedded | server)
 Exit status 1 with one line per finding.
@@ -222,6 +223,17 @@ def lint(mode: str, docs: list[dict]) -> list[str]:
         advertise = f"$({pod_ip[0]['name']}):{grpc_port}" if pod_ip else None
         if env.get("DRIFTD_ADVERTISE_ADDRESS") != advertise:
             out.append(f"{where}: DRIFTD_ADVERTISE_ADDRESS must be the pod IP and gRPC port")
+        # Peers are called over TLS when the port uses it: without a CA driftd
+        # refuses to start; without a Service's name no pod-IP peer verifies.
+        if env.get("DRIFTD_TLS_CERT_FILE"):
+            if not (env.get("DRIFTD_PEER_TLS_CA_FILE") or env.get("DRIFTD_TLS_CLIENT_CA_FILE")):
+                out.append(f"{where}: TLS with peers needs DRIFTD_PEER_TLS_CA_FILE to verify them")
+            server_name = env.get("DRIFTD_PEER_TLS_SERVER_NAME", "")
+            if server_name.split(".")[0] not in {s["metadata"]["name"] for s in services}:
+                out.append(
+                    f"{where}: DRIFTD_PEER_TLS_SERVER_NAME {server_name!r} must name a Service "
+                    "(peers dial pod IPs, which certificates do not name)"
+                )
         chroma = [x for x in by_kind.get("StatefulSet", []) if "chroma" in x["metadata"]["name"]]
         if len(chroma) != 1 or not chroma[0]["spec"].get("volumeClaimTemplates"):
             out.append("server mode wants one Chroma StatefulSet with a volume claim")
@@ -257,6 +269,7 @@ def _security(where: str, w: dict, c: dict, env: dict) -> list[str]:
         "DRIFTD_TLS_CERT_FILE",
         "DRIFTD_TLS_KEY_FILE",
         "DRIFTD_TLS_CLIENT_CA_FILE",
+        "DRIFTD_PEER_TLS_CA_FILE",
     ):
         path = env.get(key)
         if not path:

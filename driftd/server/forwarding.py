@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from driftd import metrics, tracing
 from driftd.errors import Unavailable
 from driftd.server.cluster import Cluster
+from driftd.server.interceptors import GRPC_CODE_NAMES
 from driftd.server.status import abort
 from driftd.v1 import (
     behavior_pb2,
@@ -230,7 +231,7 @@ class _Relay:
     ) -> None:
         """Ends the RPC with the owner's status; a transport failure (no rich
         details) becomes UNAVAILABLE(OWNER_UNAVAILABLE) and a probe of the owner."""
-        metrics.FORWARDED_RPCS.labels(*self._labels, owner, err.code().name).inc()
+        metrics.FORWARDED_RPCS.labels(*self._labels, owner, GRPC_CODE_NAMES[err.code()]).inc()
         trailing = tuple(err.trailing_metadata() or ())
         if err.code() == grpc.StatusCode.UNAVAILABLE and not any(
             k == "grpc-status-details-bin" for k, _ in trailing

@@ -293,19 +293,25 @@ class _Relay:
 
         return relay
 
+    async def _stream_owner(
+        self, requests: AsyncIterator[Any]
+    ) -> tuple[str | None, Callable[[], AsyncIterator[Any]]]:
+        """The owner named by a request stream's first message (None: this replica,
+        or an empty stream) and a function replaying the whole stream from it."""
+        it = aiter(requests)
+        first = await anext(it, None)
+
+        async def replay() -> AsyncIterator[Any]:
+            if first is not None:
+                yield first
+                async for request in it:
+                    yield request
+
+        return (None if first is None else self._owner(first)), replay
+
     def _bidi(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def relay(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-            # The first message names the key; the stream is replayed from it.
-            it = aiter(requests)
-            first = await anext(it, None)
-
-            async def replay() -> AsyncIterator[Any]:
-                if first is not None:
-                    yield first
-                    async for request in it:
-                        yield request
-
-            owner = None if first is None else self._owner(first)
+            owner, replay = await self._stream_owner(requests)
             if owner is None:
                 await _serve(behaviour, replay(), context)
                 return
@@ -319,17 +325,7 @@ class _Relay:
 
     def _client_stream(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def relay(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            # The first message names the key (ImportCollection: collection_id).
-            it = aiter(requests)
-            first = await anext(it, None)
-
-            async def replay() -> AsyncIterator[Any]:
-                if first is not None:
-                    yield first
-                    async for request in it:
-                        yield request
-
-            owner = None if first is None else self._owner(first)
+            owner, replay = await self._stream_owner(requests)
             if owner is None:
                 return await behaviour(replay(), context)
             with tracing.forwarded_call(owner, self._path) as trace:

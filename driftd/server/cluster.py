@@ -207,25 +207,31 @@ class Cluster:
             task.add_done_callback(self._retiring.discard)
         self._channels.clear()
 
-    async def _check(self, address: str) -> bool:
+    async def _check(self, address: str) -> str | None:
+        """None when ``address`` answers SERVING, else why not."""
         try:
             resp = await health_pb2_grpc.HealthStub(self.channel(address)).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=PROBE_SECONDS
             )
-        except grpc.aio.AioRpcError:
-            return False
-        return resp.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError as err:
+            # A TLS failure (unknown CA, wrong name) shows only here.
+            return f"{err.code().name}: {err.details()}"
+        if resp.status != health_pb2.HealthCheckResponse.SERVING:
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        return None
 
     async def _probe(self) -> None:
         peers = sorted(self._resolved)
         results = await asyncio.gather(*(self._check(a) for a in peers))
         live = {self.address}
-        for address, ok in zip(peers, results, strict=True):
-            if ok:
+        for address, failure in zip(peers, results, strict=True):
+            if failure is None:
                 self._failures[address] = 0
             else:
                 # A peer never seen SERVING stays out; a live one gets DOWN_AFTER tries.
                 self._failures[address] = self._failures.get(address, DOWN_AFTER - 1) + 1
+                if self._failures[address] == DOWN_AFTER:  # once per outage
+                    log.warning("peer %s is out of the ring: %s", address, failure)
             if self._failures[address] < DOWN_AFTER:
                 live.add(address)
         self._set_live(frozenset(live))

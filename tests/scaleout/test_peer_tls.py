@@ -58,7 +58,8 @@ def members(server: ServerProcess) -> float:
 
 
 def forwarded(server: ServerProcess, code: str) -> float:
-    """driftd_forwarded_rpcs_total of UpsertPoints with ``code``, summed over owners."""
+    """driftd_forwarded_rpcs_total of UpsertPoints with grpc_code ``code``
+    (``OK``, ``PermissionDenied``...), summed over owners."""
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in metric_lines(server, "driftd_forwarded_rpcs_total{")
@@ -187,7 +188,7 @@ def test_the_owner_checks_a_forwarded_key_again(replicas):
     # the owner refuses it, and the refusal comes back through the relay.
     write_keys(owner.keys_file, {**KEYS, "writer": (KEYS["writer"][0], "reader", None)})
     try:
-        denied = forwarded(non_owner, "PERMISSION_DENIED")
+        denied = forwarded(non_owner, "PermissionDenied")
 
         def refused_by_owner() -> bool:
             try:
@@ -198,7 +199,7 @@ def test_the_owner_checks_a_forwarded_key_again(replicas):
             return False  # the owner has not re-read its keys file yet
 
         wait_for(refused_by_owner, what="the owner to refuse the demoted key")
-        assert forwarded(non_owner, "PERMISSION_DENIED") == denied + 1
+        assert forwarded(non_owner, "PermissionDenied") == denied + 1
     finally:
         write_keys(owner.keys_file, KEYS)
 

@@ -161,6 +161,7 @@ async def test_tls_peers_are_verified_by_name_and_follow_rotated_files(tmp_path,
         await unnamed.start()
         await named.start()
         assert unnamed.members == {a}  # the certificate does not name 127.0.0.1
+        assert f"peer {b} is out of the ring: UNAVAILABLE" in caplog.text
         assert named.members == {a, b}
 
         second = make_pki(tmp_path / "second", "second", server_dns="driftd.test")

@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from driftd import metrics, tracing
 from driftd.errors import Unavailable
 from driftd.server.cluster import Cluster
+from driftd.server.interceptors import GRPC_CODE_NAMES
 from driftd.server.status import abort
 from driftd.v1 import (
     behavior_pb2,
@@ -230,7 +231,7 @@ class _Relay:
     ) -> None:
         """Ends the RPC with the owner's status; a transport failure (no rich
         details) becomes UNAVAILABLE(OWNER_UNAVAILABLE) and a probe of the owner."""
-        metrics.FORWARDED_RPCS.labels(*self._labels, owner, err.code().name).inc()
+        metrics.FORWARDED_RPCS.labels(*self._labels, owner, GRPC_CODE_NAMES[err.code()]).inc()
         trailing = tuple(err.trailing_metadata() or ())
         if err.code() == grpc.StatusCode.UNAVAILABLE and not any(
             k == "grpc-status-details-bin" for k, _ in trailing
@@ -292,19 +293,25 @@ class _Relay:
 
         return relay
 
+    async def _stream_owner(
+        self, requests: AsyncIterator[Any]
+    ) -> tuple[str | None, Callable[[], AsyncIterator[Any]]]:
+        """The owner named by a request stream's first message (None: this replica,
+        or an empty stream) and a function replaying the whole stream from it."""
+        it = aiter(requests)
+        first = await anext(it, None)
+
+        async def replay() -> AsyncIterator[Any]:
+            if first is not None:
+                yield first
+                async for request in it:
+                    yield request
+
+        return (None if first is None else self._owner(first)), replay
+
     def _bidi(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def relay(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-            # The first message names the key; the stream is replayed from it.
-            it = aiter(requests)
-            first = await anext(it, None)
-
-            async def replay() -> AsyncIterator[Any]:
-                if first is not None:
-                    yield first
-                    async for request in it:
-                        yield request
-
-            owner = None if first is None else self._owner(first)
+            owner, replay = await self._stream_owner(requests)
             if owner is None:
                 await _serve(behaviour, replay(), context)
                 return
@@ -318,17 +325,7 @@ class _Relay:
 
     def _client_stream(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def relay(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            # The first message names the key (ImportCollection: collection_id).
-            it = aiter(requests)
-            first = await anext(it, None)
-
-            async def replay() -> AsyncIterator[Any]:
-                if first is not None:
-                    yield first
-                    async for request in it:
-                        yield request
-
-            owner = None if first is None else self._owner(first)
+            owner, replay = await self._stream_owner(requests)
             if owner is None:
                 return await behaviour(replay(), context)
             with tracing.forwarded_call(owner, self._path) as trace:

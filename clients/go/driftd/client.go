@@ -113,8 +113,8 @@ func retriedByTransport(m protoreflect.MethodDescriptor) bool {
 // retryableMethods are the RPCs of package driftd.v1 the transport sends again
 // after UNAVAILABLE, as "/package.Service/Method", sorted: read from the
 // generated file descriptors (registered by driftdv1's init) when this package
-// is initialised. The server-streaming ones are retried only until their
-// first response. Every other RPC fails at the first UNAVAILABLE, as does
+// is initialised. The server-streaming ones are retried only until the
+// response starts. Every other RPC fails at the first UNAVAILABLE, as does
 // grpc.health.v1.Health/Check (a probe must see the outage).
 var retryableMethods = func() []string {
 	var names []string

@@ -76,6 +76,9 @@ class BehaviorServiceServicer:
         is ignored against the user's active behaviours, or is new; and applies the
         decisions. The whole request is validated first: a bad candidate fails the
         call with INVALID_ARGUMENT and nothing is written.
+
+        Not marked idempotent: a repeat applies the candidates again (reinforcing
+        or superseding twice).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,6 +49,9 @@ class BehaviorServiceStub:
     is ignored against the user's active behaviours, or is new; and applies the
     decisions. The whole request is validated first: a bad candidate fails the
     call with INVALID_ARGUMENT and nothing is written.
+
+    Not marked idempotent: a repeat applies the candidates again (reinforcing
+    or superseding twice).
     """
     ListBehaviors: _grpc.UnaryUnaryMultiCallable[_behavior_pb2.ListBehaviorsRequest, _behavior_pb2.ListBehaviorsResponse]
     """Lists a user's behaviours, oldest first, paged."""
@@ -74,6 +77,9 @@ class BehaviorServiceAsyncStub(BehaviorServiceStub):
     is ignored against the user's active behaviours, or is new; and applies the
     decisions. The whole request is validated first: a bad candidate fails the
     call with INVALID_ARGUMENT and nothing is written.
+
+    Not marked idempotent: a repeat applies the candidates again (reinforcing
+    or superseding twice).
     """
     ListBehaviors: _aio.UnaryUnaryMultiCallable[_behavior_pb2.ListBehaviorsRequest, _behavior_pb2.ListBehaviorsResponse]  # type: ignore[assignment]
     """Lists a user's behaviours, oldest first, paged."""
@@ -102,6 +108,9 @@ class BehaviorServiceServicer(metaclass=_abc_1.ABCMeta):
         is ignored against the user's active behaviours, or is new; and applies the
         decisions. The whole request is validated first: a bad candidate fails the
         call with INVALID_ARGUMENT and nothing is written.
+
+        Not marked idempotent: a repeat applies the candidates again (reinforcing
+        or superseding twice).
         """
 
     @_abc_1.abstractmethod

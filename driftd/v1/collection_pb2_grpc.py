@@ -82,6 +82,8 @@ class CollectionServiceServicer:
     def CreateCollection(self, request, context):
         """Creates a collection. ALREADY_EXISTS if the id is taken; INVALID_ARGUMENT
         for a bad id, dimension, distance or unknown embed model.
+
+        Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +105,10 @@ class CollectionServiceServicer:
 
     def DeleteCollection(self, request, context):
         """Deletes a collection and all its points. NOT_FOUND if absent.
+
+        Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND,
+        which would report a delete that happened as a collection that never
+        existed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +125,8 @@ class CollectionServiceServicer:
         owner's own Chroma clients add or delete later are seen on the next call
         (driftd compares the record count on every call); an overwrite that keeps
         the count is seen after the next change of count or a restart.
+
+        Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +151,8 @@ class CollectionServiceServicer:
         may carry points. All or nothing: if any message is rejected (the points
         are validated as UpsertPoints validates them), the new collection is
         deleted again. ALREADY_EXISTS if the id is taken.
+
+        Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

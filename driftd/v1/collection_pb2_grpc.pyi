@@ -39,13 +39,20 @@ class CollectionServiceStub:
     CreateCollection: _grpc.UnaryUnaryMultiCallable[_collection_pb2.CreateCollectionRequest, _collection_pb2.Collection]
     """Creates a collection. ALREADY_EXISTS if the id is taken; INVALID_ARGUMENT
     for a bad id, dimension, distance or unknown embed model.
+
+    Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
     """
     GetCollection: _grpc.UnaryUnaryMultiCallable[_collection_pb2.GetCollectionRequest, _collection_pb2.Collection]
     """Gets a collection with its counts and time span. NOT_FOUND if absent."""
     ListCollections: _grpc.UnaryUnaryMultiCallable[_collection_pb2.ListCollectionsRequest, _collection_pb2.ListCollectionsResponse]
     """Lists collections in name order, paged."""
     DeleteCollection: _grpc.UnaryUnaryMultiCallable[_collection_pb2.DeleteCollectionRequest, _empty_pb2.Empty]
-    """Deletes a collection and all its points. NOT_FOUND if absent."""
+    """Deletes a collection and all its points. NOT_FOUND if absent.
+
+    Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND,
+    which would report a delete that happened as a collection that never
+    existed.
+    """
     AttachCollection: _grpc.UnaryUnaryMultiCallable[_collection_pb2.AttachCollectionRequest, _collection_pb2.Collection]
     """Adopts an existing Chroma collection (in the same Chroma directory or
     server) as a driftd collection, without copying data: driftd reads each
@@ -57,6 +64,8 @@ class CollectionServiceStub:
     owner's own Chroma clients add or delete later are seen on the next call
     (driftd compares the record count on every call); an overwrite that keeps
     the count is seen after the next change of count or a restart.
+
+    Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
     """
     ExportCollection: _grpc.UnaryStreamMultiCallable[_collection_pb2.ExportCollectionRequest, _collection_pb2.ExportCollectionResponse]
     """Streams a snapshot of one collection for an online backup while writes go
@@ -73,6 +82,8 @@ class CollectionServiceStub:
     may carry points. All or nothing: if any message is rejected (the points
     are validated as UpsertPoints validates them), the new collection is
     deleted again. ALREADY_EXISTS if the id is taken.
+
+    Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
     """
 
 @_typing.type_check_only
@@ -85,13 +96,20 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     CreateCollection: _aio.UnaryUnaryMultiCallable[_collection_pb2.CreateCollectionRequest, _collection_pb2.Collection]  # type: ignore[assignment]
     """Creates a collection. ALREADY_EXISTS if the id is taken; INVALID_ARGUMENT
     for a bad id, dimension, distance or unknown embed model.
+
+    Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
     """
     GetCollection: _aio.UnaryUnaryMultiCallable[_collection_pb2.GetCollectionRequest, _collection_pb2.Collection]  # type: ignore[assignment]
     """Gets a collection with its counts and time span. NOT_FOUND if absent."""
     ListCollections: _aio.UnaryUnaryMultiCallable[_collection_pb2.ListCollectionsRequest, _collection_pb2.ListCollectionsResponse]  # type: ignore[assignment]
     """Lists collections in name order, paged."""
     DeleteCollection: _aio.UnaryUnaryMultiCallable[_collection_pb2.DeleteCollectionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a collection and all its points. NOT_FOUND if absent."""
+    """Deletes a collection and all its points. NOT_FOUND if absent.
+
+    Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND,
+    which would report a delete that happened as a collection that never
+    existed.
+    """
     AttachCollection: _aio.UnaryUnaryMultiCallable[_collection_pb2.AttachCollectionRequest, _collection_pb2.Collection]  # type: ignore[assignment]
     """Adopts an existing Chroma collection (in the same Chroma directory or
     server) as a driftd collection, without copying data: driftd reads each
@@ -103,6 +121,8 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     owner's own Chroma clients add or delete later are seen on the next call
     (driftd compares the record count on every call); an overwrite that keeps
     the count is seen after the next change of count or a restart.
+
+    Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
     """
     ExportCollection: _aio.UnaryStreamMultiCallable[_collection_pb2.ExportCollectionRequest, _collection_pb2.ExportCollectionResponse]  # type: ignore[assignment]
     """Streams a snapshot of one collection for an online backup while writes go
@@ -119,6 +139,8 @@ class CollectionServiceAsyncStub(CollectionServiceStub):
     may carry points. All or nothing: if any message is rejected (the points
     are validated as UpsertPoints validates them), the new collection is
     deleted again. ALREADY_EXISTS if the id is taken.
+
+    Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
     """
 
 class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +156,8 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_collection_pb2.Collection, _abc.Awaitable[_collection_pb2.Collection]]:
         """Creates a collection. ALREADY_EXISTS if the id is taken; INVALID_ARGUMENT
         for a bad id, dimension, distance or unknown embed model.
+
+        Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
@@ -158,7 +182,12 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _collection_pb2.DeleteCollectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a collection and all its points. NOT_FOUND if absent."""
+        """Deletes a collection and all its points. NOT_FOUND if absent.
+
+        Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND,
+        which would report a delete that happened as a collection that never
+        existed.
+        """
 
     @_abc_1.abstractmethod
     def AttachCollection(
@@ -176,6 +205,8 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
         owner's own Chroma clients add or delete later are seen on the next call
         (driftd compares the record count on every call); an overwrite that keeps
         the count is seen after the next change of count or a restart.
+
+        Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
@@ -204,6 +235,8 @@ class CollectionServiceServicer(metaclass=_abc_1.ABCMeta):
         may carry points. All or nothing: if any message is rejected (the points
         are validated as UpsertPoints validates them), the new collection is
         deleted again. ALREADY_EXISTS if the id is taken.
+
+        Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
         """
 
 def add_CollectionServiceServicer_to_server(servicer: CollectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -128,6 +128,9 @@ class MonitorServiceServicer:
         enters a new window, the last two complete windows are compared and a
         drift alarm event is published if they differ. ALREADY_EXISTS if the id
         is taken.
+
+        Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS,
+        or creates a second rule when the id is generated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +152,8 @@ class MonitorServiceServicer:
 
     def DeleteDriftRule(self, request, context):
         """Deletes a drift rule. NOT_FOUND if absent.
+
+        Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -67,13 +67,19 @@ class MonitorServiceStub:
     enters a new window, the last two complete windows are compared and a
     drift alarm event is published if they differ. ALREADY_EXISTS if the id
     is taken.
+
+    Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS,
+    or creates a second rule when the id is generated.
     """
     GetDriftRule: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftRuleRequest, _monitor_pb2.DriftRule]
     """Gets a drift rule with its last evaluation. NOT_FOUND if absent."""
     ListDriftRules: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.ListDriftRulesRequest, _monitor_pb2.ListDriftRulesResponse]
     """Lists a collection's drift rules in id order, paged."""
     DeleteDriftRule: _grpc.UnaryUnaryMultiCallable[_monitor_pb2.DeleteDriftRuleRequest, _empty_pb2.Empty]
-    """Deletes a drift rule. NOT_FOUND if absent."""
+    """Deletes a drift rule. NOT_FOUND if absent.
+
+    Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class MonitorServiceAsyncStub(MonitorServiceStub):
@@ -113,13 +119,19 @@ class MonitorServiceAsyncStub(MonitorServiceStub):
     enters a new window, the last two complete windows are compared and a
     drift alarm event is published if they differ. ALREADY_EXISTS if the id
     is taken.
+
+    Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS,
+    or creates a second rule when the id is generated.
     """
     GetDriftRule: _aio.UnaryUnaryMultiCallable[_monitor_pb2.GetDriftRuleRequest, _monitor_pb2.DriftRule]  # type: ignore[assignment]
     """Gets a drift rule with its last evaluation. NOT_FOUND if absent."""
     ListDriftRules: _aio.UnaryUnaryMultiCallable[_monitor_pb2.ListDriftRulesRequest, _monitor_pb2.ListDriftRulesResponse]  # type: ignore[assignment]
     """Lists a collection's drift rules in id order, paged."""
     DeleteDriftRule: _aio.UnaryUnaryMultiCallable[_monitor_pb2.DeleteDriftRuleRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a drift rule. NOT_FOUND if absent."""
+    """Deletes a drift rule. NOT_FOUND if absent.
+
+    Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND.
+    """
 
 class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
     """MonitorService watches a collection's distribution over time: two-sample
@@ -180,6 +192,9 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         enters a new window, the last two complete windows are compared and a
         drift alarm event is published if they differ. ALREADY_EXISTS if the id
         is taken.
+
+        Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS,
+        or creates a second rule when the id is generated.
         """
 
     @_abc_1.abstractmethod
@@ -204,6 +219,9 @@ class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _monitor_pb2.DeleteDriftRuleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a drift rule. NOT_FOUND if absent."""
+        """Deletes a drift rule. NOT_FOUND if absent.
+
+        Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND.
+        """
 
 def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -82,6 +82,8 @@ class PointServiceServicer:
         server-side with the collection's embed model). The whole batch is validated
         first; any invalid point fails the call with INVALID_ARGUMENT, a BadRequest
         listing every bad field, and nothing written.
+
+        Idempotent: points are replaced by id, so a repeat stores the same points.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +97,9 @@ class PointServiceServicer:
         writing, writes the batches ready together in one write, and stops reading
         while it is that far ahead, so a fast writer is slowed to the store's pace
         (backpressure). Acknowledgements come in order.
+
+        Idempotent as UpsertPoints is; clients still never re-send the whole
+        stream but resume it after the last acknowledged `sequence`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +114,8 @@ class PointServiceServicer:
 
     def DeletePoints(self, request, context):
         """Deletes points by id. Ids that do not exist are ignored.
+
+        Idempotent: a repeat deletes nothing more (it may count fewer deletions).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

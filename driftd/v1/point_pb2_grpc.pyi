@@ -42,6 +42,8 @@ class PointServiceStub:
     server-side with the collection's embed model). The whole batch is validated
     first; any invalid point fails the call with INVALID_ARGUMENT, a BadRequest
     listing every bad field, and nothing written.
+
+    Idempotent: points are replaced by id, so a repeat stores the same points.
     """
     StreamUpsertPoints: _grpc.StreamStreamMultiCallable[_point_pb2.StreamUpsertPointsRequest, _point_pb2.StreamUpsertPointsResponse]
     """Streams batches of points in; the server acknowledges each batch (in order)
@@ -51,11 +53,17 @@ class PointServiceStub:
     writing, writes the batches ready together in one write, and stops reading
     while it is that far ahead, so a fast writer is slowed to the store's pace
     (backpressure). Acknowledgements come in order.
+
+    Idempotent as UpsertPoints is; clients still never re-send the whole
+    stream but resume it after the last acknowledged `sequence`.
     """
     GetPoints: _grpc.UnaryUnaryMultiCallable[_point_pb2.GetPointsRequest, _point_pb2.GetPointsResponse]
     """Gets points by id. Ids that do not exist are listed in `missing_ids`."""
     DeletePoints: _grpc.UnaryUnaryMultiCallable[_point_pb2.DeletePointsRequest, _point_pb2.DeletePointsResponse]
-    """Deletes points by id. Ids that do not exist are ignored."""
+    """Deletes points by id. Ids that do not exist are ignored.
+
+    Idempotent: a repeat deletes nothing more (it may count fewer deletions).
+    """
     GetTrajectory: _grpc.UnaryStreamMultiCallable[_point_pb2.GetTrajectoryRequest, _point_pb2.GetTrajectoryResponse]
     """Streams the points of a time window in time order (ties in insertion order),
     in chunks. Stops when the client cancels or the deadline passes.
@@ -79,6 +87,8 @@ class PointServiceAsyncStub(PointServiceStub):
     server-side with the collection's embed model). The whole batch is validated
     first; any invalid point fails the call with INVALID_ARGUMENT, a BadRequest
     listing every bad field, and nothing written.
+
+    Idempotent: points are replaced by id, so a repeat stores the same points.
     """
     StreamUpsertPoints: _aio.StreamStreamMultiCallable[_point_pb2.StreamUpsertPointsRequest, _point_pb2.StreamUpsertPointsResponse]  # type: ignore[assignment]
     """Streams batches of points in; the server acknowledges each batch (in order)
@@ -88,11 +98,17 @@ class PointServiceAsyncStub(PointServiceStub):
     writing, writes the batches ready together in one write, and stops reading
     while it is that far ahead, so a fast writer is slowed to the store's pace
     (backpressure). Acknowledgements come in order.
+
+    Idempotent as UpsertPoints is; clients still never re-send the whole
+    stream but resume it after the last acknowledged `sequence`.
     """
     GetPoints: _aio.UnaryUnaryMultiCallable[_point_pb2.GetPointsRequest, _point_pb2.GetPointsResponse]  # type: ignore[assignment]
     """Gets points by id. Ids that do not exist are listed in `missing_ids`."""
     DeletePoints: _aio.UnaryUnaryMultiCallable[_point_pb2.DeletePointsRequest, _point_pb2.DeletePointsResponse]  # type: ignore[assignment]
-    """Deletes points by id. Ids that do not exist are ignored."""
+    """Deletes points by id. Ids that do not exist are ignored.
+
+    Idempotent: a repeat deletes nothing more (it may count fewer deletions).
+    """
     GetTrajectory: _aio.UnaryStreamMultiCallable[_point_pb2.GetTrajectoryRequest, _point_pb2.GetTrajectoryResponse]  # type: ignore[assignment]
     """Streams the points of a time window in time order (ties in insertion order),
     in chunks. Stops when the client cancels or the deadline passes.
@@ -119,6 +135,8 @@ class PointServiceServicer(metaclass=_abc_1.ABCMeta):
         server-side with the collection's embed model). The whole batch is validated
         first; any invalid point fails the call with INVALID_ARGUMENT, a BadRequest
         listing every bad field, and nothing written.
+
+        Idempotent: points are replaced by id, so a repeat stores the same points.
         """
 
     @_abc_1.abstractmethod
@@ -134,6 +152,9 @@ class PointServiceServicer(metaclass=_abc_1.ABCMeta):
         writing, writes the batches ready together in one write, and stops reading
         while it is that far ahead, so a fast writer is slowed to the store's pace
         (backpressure). Acknowledgements come in order.
+
+        Idempotent as UpsertPoints is; clients still never re-send the whole
+        stream but resume it after the last acknowledged `sequence`.
         """
 
     @_abc_1.abstractmethod
@@ -150,7 +171,10 @@ class PointServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _point_pb2.DeletePointsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_point_pb2.DeletePointsResponse, _abc.Awaitable[_point_pb2.DeletePointsResponse]]:
-        """Deletes points by id. Ids that do not exist are ignored."""
+        """Deletes points by id. Ids that do not exist are ignored.
+
+        Idempotent: a repeat deletes nothing more (it may count fewer deletions).
+        """
 
     @_abc_1.abstractmethod
     def GetTrajectory(

@@ -92,6 +92,10 @@ class RoutingServiceServicer:
         for an empty message (MISSING_CONTENT), a bad role (INVALID_ROLE), a vector
         of the wrong dimension (DIMENSION_MISMATCH) or a bad config; nothing is
         written when the call fails.
+
+        Not marked idempotent: a repeat without a `message_id` routes the message
+        twice (with one, the server returns the first decision, so a caller that
+        sets it may retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +123,8 @@ class RoutingServiceServicer:
         built-in rules, or an OpenAI-compatible endpoint when the operator
         configured one), and stores them. NOT_FOUND if the branch is absent;
         UNAVAILABLE if the configured endpoint cannot be reached.
+
+        Idempotent: the branch's stored facts are replaced, not added to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,6 +53,10 @@ class RoutingServiceStub:
     for an empty message (MISSING_CONTENT), a bad role (INVALID_ROLE), a vector
     of the wrong dimension (DIMENSION_MISMATCH) or a bad config; nothing is
     written when the call fails.
+
+    Not marked idempotent: a repeat without a `message_id` routes the message
+    twice (with one, the server returns the first decision, so a caller that
+    sets it may retry).
     """
     ListBranches: _grpc.UnaryUnaryMultiCallable[_routing_pb2.ListBranchesRequest, _routing_pb2.ListBranchesResponse]
     """Lists a conversation's branches in creation order, paged. NOT_FOUND
@@ -68,6 +72,8 @@ class RoutingServiceStub:
     built-in rules, or an OpenAI-compatible endpoint when the operator
     configured one), and stores them. NOT_FOUND if the branch is absent;
     UNAVAILABLE if the configured endpoint cannot be reached.
+
+    Idempotent: the branch's stored facts are replaced, not added to.
     """
 
 @_typing.type_check_only
@@ -95,6 +101,10 @@ class RoutingServiceAsyncStub(RoutingServiceStub):
     for an empty message (MISSING_CONTENT), a bad role (INVALID_ROLE), a vector
     of the wrong dimension (DIMENSION_MISMATCH) or a bad config; nothing is
     written when the call fails.
+
+    Not marked idempotent: a repeat without a `message_id` routes the message
+    twice (with one, the server returns the first decision, so a caller that
+    sets it may retry).
     """
     ListBranches: _aio.UnaryUnaryMultiCallable[_routing_pb2.ListBranchesRequest, _routing_pb2.ListBranchesResponse]  # type: ignore[assignment]
     """Lists a conversation's branches in creation order, paged. NOT_FOUND
@@ -110,6 +120,8 @@ class RoutingServiceAsyncStub(RoutingServiceStub):
     built-in rules, or an OpenAI-compatible endpoint when the operator
     configured one), and stores them. NOT_FOUND if the branch is absent;
     UNAVAILABLE if the configured endpoint cannot be reached.
+
+    Idempotent: the branch's stored facts are replaced, not added to.
     """
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -140,6 +152,10 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         for an empty message (MISSING_CONTENT), a bad role (INVALID_ROLE), a vector
         of the wrong dimension (DIMENSION_MISMATCH) or a bad config; nothing is
         written when the call fails.
+
+        Not marked idempotent: a repeat without a `message_id` routes the message
+        twice (with one, the server returns the first decision, so a caller that
+        sets it may retry).
         """
 
     @_abc_1.abstractmethod
@@ -173,6 +189,8 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         built-in rules, or an OpenAI-compatible endpoint when the operator
         configured one), and stores them. NOT_FOUND if the branch is absent;
         UNAVAILABLE if the configured endpoint cannot be reached.
+
+        Idempotent: the branch's stored facts are replaced, not added to.
         """
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

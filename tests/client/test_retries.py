@@ -4,19 +4,22 @@ while a read waits for it."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import urllib.request
 from collections import Counter
 from concurrent import futures
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.descriptor_pb2 import MethodOptions
 from support import ServerProcess
 
-from driftd import types
+from driftd import types, v1
 from driftd.client import AsyncDriftClient, DriftClient, RetryPolicy
 from driftd.client import _common as common
 from driftd.errors import InvalidArgument, Unavailable
@@ -139,44 +142,154 @@ async def test_async_client_retries_too(flaky):
     assert flaky.attempts == Counter(GetCollection=2, CreateCollection=1)
 
 
-def test_service_config_names_only_retryable_methods():
-    config = json.loads(FAST.channel_options()["grpc.service_config"])
-    named = {(n["service"], n["method"]) for mc in config["methodConfig"] for n in mc["name"]}
-    assert ("driftd.v1.PointService", "GetPoints") in named
-    assert ("driftd.v1.PointService", "UpsertPoints") in named
-    for unsafe in ("CreateCollection", "ProcessBehaviors", "RouteMessage", "StreamUpsertPoints"):
-        assert unsafe not in {m for _, m in named}
-    assert all(
-        mc["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-        for mc in config["methodConfig"]
+# --- which RPCs: the proto's idempotency_level marks ------------------------------
+
+#: The RPCs the proto deliberately leaves unmarked (IDEMPOTENCY_UNKNOWN): a repeat
+#: after a lost answer could change something (why: each RPC's comment in
+#: proto/driftd/v1). A new RPC must be marked in the proto or listed here.
+NOT_IDEMPOTENT = {
+    "/driftd.v1.CollectionService/CreateCollection",
+    "/driftd.v1.CollectionService/DeleteCollection",
+    "/driftd.v1.CollectionService/AttachCollection",
+    "/driftd.v1.CollectionService/ImportCollection",
+    "/driftd.v1.MonitorService/CreateDriftRule",
+    "/driftd.v1.MonitorService/DeleteDriftRule",
+    "/driftd.v1.BehaviorService/ProcessBehaviors",
+    "/driftd.v1.RoutingService/RouteMessage",
+}
+#: Marked IDEMPOTENT but never re-sent by gRPC, because the client streams its
+#: requests: the stream writers resume it after the last acknowledged batch.
+RESUMED_BY_THE_WRITERS = {"/driftd.v1.PointService/StreamUpsertPoints"}
+
+V1 = Path(v1.__file__).parent
+PROTO = V1.parents[1] / "proto" / "driftd" / "v1"
+
+
+def full_name(method) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def driftd_methods() -> list:
+    """Every RPC of every generated driftd.v1 module (a new .proto file included)."""
+    modules = [importlib.import_module(f"driftd.v1.{f.stem}") for f in V1.glob("*_pb2.py")]
+    assert len(modules) == len(list(PROTO.glob("*.proto")))
+    return [
+        method
+        for module in modules
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+
+
+def test_every_rpc_has_a_retry_decision():
+    """Marked in the proto or deliberately unmarked, never neither nor both; the
+    client retries exactly the marked RPCs that send one request."""
+    methods = {full_name(m): m for m in driftd_methods()}
+    unknown = MethodOptions.IDEMPOTENCY_UNKNOWN
+    marked = {name for name, m in methods.items() if m.GetOptions().idempotency_level != unknown}
+    for name in methods:
+        assert (name in marked) != (name in NOT_IDEMPOTENT), (
+            f"{name}: mark its idempotency_level in the proto, or list it in NOT_IDEMPOTENT"
+        )
+    assert NOT_IDEMPOTENT | RESUMED_BY_THE_WRITERS <= methods.keys()  # no stale names
+    assert RESUMED_BY_THE_WRITERS <= marked
+    assert common.RETRYABLE_METHODS == marked - RESUMED_BY_THE_WRITERS
+    assert all(not methods[n].client_streaming for n in common.RETRYABLE_METHODS)
+
+
+def test_retried_rpcs_are_those_marked_in_the_proto_sources():
+    """Read from proto/ itself, so stale generated code fails too."""
+    rpc = re.compile(
+        r"\brpc (\w+)\((stream )?[\w.]+\) returns \((?:stream )?[\w.]+\)\s*"
+        r"(?:;|\{\s*option idempotency_level = (\w+);\s*\})"
     )
+    marks: dict[str, tuple[str | None, bool]] = {}
+    for proto in PROTO.glob("*.proto"):
+        text = re.sub(r"//.*", "", proto.read_text())
+        for service in re.finditer(r"\bservice (\w+) \{(.*?)\n\}", text, re.S):
+            assert service.group(2).count("rpc ") == len(rpc.findall(service.group(2)))
+            for m in rpc.finditer(service.group(2)):
+                name = f"/driftd.v1.{service.group(1)}/{m.group(1)}"
+                marks[name] = (m.group(3), bool(m.group(2)))
+    assert marks.keys() == {full_name(m) for m in driftd_methods()}
+    assert {level for level, _ in marks.values()} == {None, "NO_SIDE_EFFECTS", "IDEMPOTENT"}
+    retried = {name for name, (level, streams_in) in marks.items() if level and not streams_in}
+    assert common.RETRYABLE_METHODS == retried
 
 
-def test_every_rpc_is_classified():
-    """A new RPC must be added to RETRYABLE_METHODS or, if a repeat could change
-    something, here."""
-    from driftd.v1 import behavior_pb2, flow_pb2, monitor_pb2, routing_pb2
-
-    not_retried = {
-        "AttachCollection",
-        "CreateCollection",
-        "CreateDriftRule",
-        "DeleteCollection",
-        "DeleteDriftRule",
-        "ImportCollection",
-        "ProcessBehaviors",
-        "RouteMessage",
-        "StreamUpsertPoints",
+def test_unary_calls_wait_for_the_server_and_streams_do_not():
+    """Server streams have no deadline: waiting for a connection could be forever."""
+    config = json.loads(FAST.channel_options()["grpc.service_config"])
+    methods = {full_name(m): m for m in driftd_methods()}
+    waits = {}
+    for mc in config["methodConfig"]:
+        assert mc["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+        for n in mc["name"]:
+            waits[f"/{n['service']}/{n['method']}"] = mc.get("waitForReady", False)
+    assert waits.keys() == common.RETRYABLE_METHODS
+    assert {name for name, wait in waits.items() if not wait} == {
+        "/driftd.v1.CollectionService/ExportCollection",
+        "/driftd.v1.PointService/GetTrajectory",
+        "/driftd.v1.FlowService/SimulatePaths",
+        "/driftd.v1.MonitorService/WatchCollection",
     }
-    modules = (collection_pb2, point_pb2, flow_pb2, monitor_pb2, behavior_pb2, routing_pb2)
-    known = set()
-    for module in modules:
-        for service in module.DESCRIPTOR.services_by_name.values():
-            retried = set(common.RETRYABLE_METHODS.get(service.full_name, ()))
-            for method in service.methods:
-                assert (method.name in retried) != (method.name in not_retried), method.name
-                known.add((service.full_name, method.name))
-    assert {(s, m) for s, ms in common.RETRYABLE_METHODS.items() for m in ms} <= known
+    assert all(methods[name].server_streaming != wait for name, wait in waits.items())
+
+
+#: gRPC Python's method handler for each (client streams, server streams).
+HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+class Down(grpc.GenericRpcHandler):
+    """A server that answers each of ``methods`` with UNAVAILABLE, counting the
+    attempts."""
+
+    def __init__(self, methods) -> None:
+        self.kinds = {full_name(m): (m.client_streaming, m.server_streaming) for m in methods}
+        self.attempts: Counter[str] = Counter()
+
+    def service(self, handler_call_details):
+        name = handler_call_details.method
+
+        def fail(_request, context):
+            self.attempts[name] += 1
+            context.abort(UNAVAILABLE, "down for the test")
+
+        return HANDLERS[self.kinds[name]](fail)
+
+
+def test_each_rpc_is_retried_as_the_proto_marks_it():
+    """Calls each RPC of driftd.v1 (and Health.Check) on a server that is down:
+    gRPC tries the retried ones max_attempts times, every other one once."""
+    from grpc_health.v1 import health_pb2
+
+    methods = [*driftd_methods(), health_pb2.DESCRIPTOR.services_by_name["Health"].methods[0]]
+    down = Down(methods)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[down])
+    target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
+    try:
+        with grpc.insecure_channel(target, options=common.channel_options({}, policy)) as channel:
+            for method in methods:
+                name = full_name(method)
+                streams = (method.client_streaming, method.server_streaming)
+                kind = "_".join("stream" if s else "unary" for s in streams)
+                call = getattr(channel, kind)(name)
+                with pytest.raises(grpc.RpcError) as info:
+                    answer = call(iter([b""]) if method.client_streaming else b"", timeout=30)
+                    if method.server_streaming:
+                        list(answer)
+                assert info.value.code() == UNAVAILABLE, name
+                want = policy.max_attempts if name in common.RETRYABLE_METHODS else 1
+                assert down.attempts[name] == want, name
+    finally:
+        server.stop(None)
 
 
 @pytest.mark.parametrize(

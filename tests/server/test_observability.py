@@ -165,7 +165,8 @@ def test_span_tree_of_upsert_and_probe(traced, collector):
     upsert_names = {s.name for s in below(upsert)}
     assert "embed" in upsert_names
     chroma = [n for n in upsert_names if n.startswith("chroma ")]
-    assert any(n.endswith(".upsert") for n in chroma), upsert_names
+    # The points' write (named after the engine method that makes it).
+    assert any(n.startswith("chroma PointsMixin.") for n in chroma), upsert_names
 
     probe = rpc("driftd.v1.FlowService/ProbeFlow")
     under_probe = below(probe)

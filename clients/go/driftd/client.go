@@ -38,6 +38,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/driftd/driftd/clients/go/driftdv1"
@@ -81,8 +84,8 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 // WithMaxAttempts sets how many times a call that fails with UNAVAILABLE
 // before any response is tried in all, with exponential backoff (0.1 s to
 // 2 s); 1 disables retries. Default 4 (gRPC caps it at 5). Only the methods
-// safe to repeat are retried (see RetryableMethods); StreamUpsertPoints is
-// never retried by the transport: the Writer resumes it itself.
+// the proto marks safe to repeat are retried (see RetryableMethods);
+// StreamUpsertPoints is never retried by the transport: the Writer resumes it.
 func WithMaxAttempts(n int) Option { return func(o *options) { o.maxAttempts = n } }
 
 // WithTransportCredentials sets the transport credentials directly (default:
@@ -96,51 +99,44 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dial = append(o.dial, opts...) }
 }
 
-// retryableMethods are the RPCs the transport sends again after UNAVAILABLE,
-// as "/package.Service/Method": the reads, and the writes whose repetition
-// changes nothing (UpsertPoints replaces points by id; DeletePoints ignores ids
-// already gone; ExtractFacts recomputes a branch's facts from its messages).
-// The server-streaming ones are retried only until their first response.
-//
-// Every other RPC fails at the first UNAVAILABLE, because a connection lost
-// after the server did the work would repeat it: CreateCollection,
-// AttachCollection, ImportCollection, CreateDriftRule (a repeat fails with ALREADY_EXISTS or
-// creates a second rule), DeleteCollection, DeleteDriftRule (a repeat fails
-// with NOT_FOUND), ProcessBehaviors (a repeat applies the candidates twice),
-// RouteMessage (safe only with a message_id, which a per-method policy cannot
-// see), StreamUpsertPoints (the Writer resumes it instead) and
-// grpc.health.v1.Health/Check (a probe must see the outage).
-//
-// The reference is the Python client's RETRYABLE_METHODS
-// (driftd/client/_common.py): keep this list equal to it. The tests fail on an
-// RPC of driftdv1 that is neither here nor in their list of non-retryable ones.
-var retryableMethods = []string{
-	"/driftd.v1.CollectionService/GetCollection",
-	"/driftd.v1.CollectionService/ListCollections",
-	"/driftd.v1.CollectionService/ExportCollection",
-	"/driftd.v1.PointService/UpsertPoints",
-	"/driftd.v1.PointService/GetPoints",
-	"/driftd.v1.PointService/DeletePoints",
-	"/driftd.v1.PointService/GetTrajectory",
-	"/driftd.v1.PointService/SearchPoints",
-	"/driftd.v1.FlowService/ProbeFlow",
-	"/driftd.v1.FlowService/SimulatePaths",
-	"/driftd.v1.FlowService/FindAttractors",
-	"/driftd.v1.FlowService/DetectChapters",
-	"/driftd.v1.MonitorService/CompareWindows",
-	"/driftd.v1.MonitorService/EmbeddingHealth",
-	"/driftd.v1.MonitorService/WatchCollection",
-	"/driftd.v1.MonitorService/GetDriftRule",
-	"/driftd.v1.MonitorService/ListDriftRules",
-	"/driftd.v1.BehaviorService/ListBehaviors",
-	"/driftd.v1.RoutingService/ListBranches",
-	"/driftd.v1.RoutingService/GetBranchContext",
-	"/driftd.v1.RoutingService/ExtractFacts",
+// retriedByTransport reports whether the transport may send m again after
+// UNAVAILABLE: the proto marks its idempotency_level NO_SIDE_EFFECTS or
+// IDEMPOTENT (each RPC's decision and its reason are in proto/driftd/v1), and
+// the client sends one request message. Calls that stream requests are never
+// re-sent by the transport: the Writer resumes StreamUpsertPoints after the
+// last acknowledged batch itself, and ImportCollection is not idempotent.
+func retriedByTransport(m protoreflect.MethodDescriptor) bool {
+	opts, _ := m.Options().(*descriptorpb.MethodOptions) // nil when the RPC has none
+	return opts.GetIdempotencyLevel() != descriptorpb.MethodOptions_IDEMPOTENCY_UNKNOWN && !m.IsStreamingClient()
 }
 
+// retryableMethods are the RPCs of package driftd.v1 the transport sends again
+// after UNAVAILABLE, as "/package.Service/Method", sorted: read from the
+// generated file descriptors (registered by driftdv1's init) when this package
+// is initialised. The server-streaming ones are retried only until the
+// response starts. Every other RPC fails at the first UNAVAILABLE, as does
+// grpc.health.v1.Health/Check (a probe must see the outage).
+var retryableMethods = func() []string {
+	var names []string
+	protoregistry.GlobalFiles.RangeFilesByPackage("driftd.v1", func(fd protoreflect.FileDescriptor) bool {
+		for i := range fd.Services().Len() {
+			methods := fd.Services().Get(i).Methods()
+			for j := range methods.Len() {
+				if m := methods.Get(j); retriedByTransport(m) {
+					names = append(names, fmt.Sprintf("/%s/%s", m.Parent().FullName(), m.Name()))
+				}
+			}
+		}
+		return true
+	})
+	slices.Sort(names)
+	return names
+}()
+
 // RetryableMethods returns the full names ("/driftd.v1.PointService/GetPoints")
-// of the methods a Client retries after UNAVAILABLE; every other method is
-// sent once. It is the Python client's RETRYABLE_METHODS.
+// of the methods a Client retries after UNAVAILABLE, sorted; every other
+// method is sent once. They are the RPCs the proto marks idempotent, as in the
+// Python and TypeScript clients.
 func RetryableMethods() []string { return slices.Clone(retryableMethods) }
 
 // serviceConfig retries UNAVAILABLE on the retryableMethods only (a method

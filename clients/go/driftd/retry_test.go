@@ -16,17 +16,18 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/driftd/driftd/clients/go/driftd"
 	"github.com/driftd/driftd/clients/go/driftdv1"
 )
 
-// notRetried are the RPCs that a repeat could change something for (why:
-// driftd.RetryableMethods). A new RPC must go in driftd.RetryableMethods (and
-// the Python client's RETRYABLE_METHODS) or, if it is not safe to repeat, here
-// (and in the Python client's test_every_rpc_is_classified).
-var notRetried = []string{
+// notIdempotent are the RPCs the proto deliberately leaves unmarked
+// (IDEMPOTENCY_UNKNOWN): a repeat after a lost answer could change something
+// (why: each RPC's comment in proto/driftd/v1). A new RPC must be marked in
+// the proto or listed here (and in the Python and TypeScript retry tests).
+var notIdempotent = []string{
 	"/driftd.v1.CollectionService/CreateCollection",
 	"/driftd.v1.CollectionService/AttachCollection",
 	"/driftd.v1.CollectionService/DeleteCollection",
@@ -35,9 +36,12 @@ var notRetried = []string{
 	"/driftd.v1.MonitorService/DeleteDriftRule",
 	"/driftd.v1.BehaviorService/ProcessBehaviors",
 	"/driftd.v1.RoutingService/RouteMessage",
-	"/driftd.v1.PointService/StreamUpsertPoints",
-	"/grpc.health.v1.Health/Check",
 }
+
+// resumedByTheWriter is marked IDEMPOTENT but never re-sent by the transport,
+// because the client streams its requests: the Writer resumes it after the
+// last acknowledged batch.
+const resumedByTheWriter = "/driftd.v1.PointService/StreamUpsertPoints"
 
 // driftdMethods are every RPC of the generated driftdv1 package: the services
 // of each of its file descriptors, found in the registry so that a new .proto
@@ -67,26 +71,29 @@ func fullName(m protoreflect.MethodDescriptor) string {
 	return fmt.Sprintf("/%s/%s", m.Parent().FullName(), m.Name())
 }
 
-func TestEveryRPCIsClassified(t *testing.T) {
-	retried := driftd.RetryableMethods()
+func TestEveryRPCHasARetryDecision(t *testing.T) {
+	var marked []string
 	known := map[string]bool{}
 	for _, m := range driftdMethods(t) {
 		name := fullName(m)
 		known[name] = true
-		inRetried, inNotRetried := slices.Contains(retried, name), slices.Contains(notRetried, name)
-		switch {
-		case inRetried && inNotRetried:
-			t.Errorf("%s is both in driftd.RetryableMethods and in notRetried", name)
-		case !inRetried && !inNotRetried:
-			t.Errorf("%s is not classified: add it to driftd.RetryableMethods if a repeat "+
-				"changes nothing, else to notRetried (and likewise in the Python client)", name)
+		opts, _ := m.Options().(*descriptorpb.MethodOptions)
+		isMarked := opts.GetIdempotencyLevel() != descriptorpb.MethodOptions_IDEMPOTENCY_UNKNOWN
+		if isMarked == slices.Contains(notIdempotent, name) {
+			t.Errorf("%s: mark its idempotency_level in the proto, or list it in notIdempotent", name)
+		}
+		if isMarked && name != resumedByTheWriter {
+			marked = append(marked, name)
 		}
 	}
-	// No stale entries (Health.Check is in grpc's health service, not driftd's).
-	for _, name := range slices.Concat(retried, notRetried) {
-		if !known[name] && name != "/grpc.health.v1.Health/Check" {
+	for _, name := range append(slices.Clone(notIdempotent), resumedByTheWriter) {
+		if !known[name] {
 			t.Errorf("%s is listed but is not an RPC of driftdv1", name)
 		}
+	}
+	slices.Sort(marked)
+	if got := driftd.RetryableMethods(); !slices.Equal(got, marked) {
+		t.Errorf("RetryableMethods() = %v,\nwant the RPCs the proto marks idempotent that send one request: %v", got, marked)
 	}
 }
 

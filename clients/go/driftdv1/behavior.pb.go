@@ -1145,10 +1145,10 @@ const file_driftd_v1_behavior_proto_rawDesc = "" +
 	"\x16BEHAVIOR_ACTION_INSERT\x10\x01\x12\x1d\n" +
 	"\x19BEHAVIOR_ACTION_REINFORCE\x10\x02\x12\x1d\n" +
 	"\x19BEHAVIOR_ACTION_SUPERSEDE\x10\x03\x12\x1a\n" +
-	"\x16BEHAVIOR_ACTION_IGNORE\x10\x042\xc2\x01\n" +
+	"\x16BEHAVIOR_ACTION_IGNORE\x10\x042\xc7\x01\n" +
 	"\x0fBehaviorService\x12[\n" +
-	"\x10ProcessBehaviors\x12\".driftd.v1.ProcessBehaviorsRequest\x1a#.driftd.v1.ProcessBehaviorsResponse\x12R\n" +
-	"\rListBehaviors\x12\x1f.driftd.v1.ListBehaviorsRequest\x1a .driftd.v1.ListBehaviorsResponseB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\x10ProcessBehaviors\x12\".driftd.v1.ProcessBehaviorsRequest\x1a#.driftd.v1.ProcessBehaviorsResponse\x12W\n" +
+	"\rListBehaviors\x12\x1f.driftd.v1.ListBehaviorsRequest\x1a .driftd.v1.ListBehaviorsResponse\"\x03\x90\x02\x01B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_behavior_proto_rawDescOnce sync.Once

@@ -43,6 +43,9 @@ type BehaviorServiceClient interface {
 	// is ignored against the user's active behaviours, or is new; and applies the
 	// decisions. The whole request is validated first: a bad candidate fails the
 	// call with INVALID_ARGUMENT and nothing is written.
+	//
+	// Not marked idempotent: a repeat applies the candidates again (reinforcing
+	// or superseding twice).
 	ProcessBehaviors(ctx context.Context, in *ProcessBehaviorsRequest, opts ...grpc.CallOption) (*ProcessBehaviorsResponse, error)
 	// Lists a user's behaviours, oldest first, paged.
 	ListBehaviors(ctx context.Context, in *ListBehaviorsRequest, opts ...grpc.CallOption) (*ListBehaviorsResponse, error)
@@ -96,6 +99,9 @@ type BehaviorServiceServer interface {
 	// is ignored against the user's active behaviours, or is new; and applies the
 	// decisions. The whole request is validated first: a bad candidate fails the
 	// call with INVALID_ARGUMENT and nothing is written.
+	//
+	// Not marked idempotent: a repeat applies the candidates again (reinforcing
+	// or superseding twice).
 	ProcessBehaviors(context.Context, *ProcessBehaviorsRequest) (*ProcessBehaviorsResponse, error)
 	// Lists a user's behaviours, oldest first, paged.
 	ListBehaviors(context.Context, *ListBehaviorsRequest) (*ListBehaviorsResponse, error)

@@ -926,14 +926,14 @@ const file_driftd_v1_collection_proto_rawDesc = "" +
 	"\x14DISTANCE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDISTANCE_COSINE\x10\x01\x12\x0f\n" +
 	"\vDISTANCE_L2\x10\x02\x12\x1a\n" +
-	"\x16DISTANCE_INNER_PRODUCT\x10\x032\xe2\x04\n" +
+	"\x16DISTANCE_INNER_PRODUCT\x10\x032\xf1\x04\n" +
 	"\x11CollectionService\x12M\n" +
-	"\x10CreateCollection\x12\".driftd.v1.CreateCollectionRequest\x1a\x15.driftd.v1.Collection\x12G\n" +
-	"\rGetCollection\x12\x1f.driftd.v1.GetCollectionRequest\x1a\x15.driftd.v1.Collection\x12X\n" +
-	"\x0fListCollections\x12!.driftd.v1.ListCollectionsRequest\x1a\".driftd.v1.ListCollectionsResponse\x12N\n" +
+	"\x10CreateCollection\x12\".driftd.v1.CreateCollectionRequest\x1a\x15.driftd.v1.Collection\x12L\n" +
+	"\rGetCollection\x12\x1f.driftd.v1.GetCollectionRequest\x1a\x15.driftd.v1.Collection\"\x03\x90\x02\x01\x12]\n" +
+	"\x0fListCollections\x12!.driftd.v1.ListCollectionsRequest\x1a\".driftd.v1.ListCollectionsResponse\"\x03\x90\x02\x01\x12N\n" +
 	"\x10DeleteCollection\x12\".driftd.v1.DeleteCollectionRequest\x1a\x16.google.protobuf.Empty\x12M\n" +
-	"\x10AttachCollection\x12\".driftd.v1.AttachCollectionRequest\x1a\x15.driftd.v1.Collection\x12]\n" +
-	"\x10ExportCollection\x12\".driftd.v1.ExportCollectionRequest\x1a#.driftd.v1.ExportCollectionResponse0\x01\x12]\n" +
+	"\x10AttachCollection\x12\".driftd.v1.AttachCollectionRequest\x1a\x15.driftd.v1.Collection\x12b\n" +
+	"\x10ExportCollection\x12\".driftd.v1.ExportCollectionRequest\x1a#.driftd.v1.ExportCollectionResponse\"\x03\x90\x02\x010\x01\x12]\n" +
 	"\x10ImportCollection\x12\".driftd.v1.ImportCollectionRequest\x1a#.driftd.v1.ImportCollectionResponse(\x01B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (

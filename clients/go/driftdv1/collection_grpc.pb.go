@@ -38,12 +38,18 @@ const (
 type CollectionServiceClient interface {
 	// Creates a collection. ALREADY_EXISTS if the id is taken; INVALID_ARGUMENT
 	// for a bad id, dimension, distance or unknown embed model.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
 	CreateCollection(ctx context.Context, in *CreateCollectionRequest, opts ...grpc.CallOption) (*Collection, error)
 	// Gets a collection with its counts and time span. NOT_FOUND if absent.
 	GetCollection(ctx context.Context, in *GetCollectionRequest, opts ...grpc.CallOption) (*Collection, error)
 	// Lists collections in name order, paged.
 	ListCollections(ctx context.Context, in *ListCollectionsRequest, opts ...grpc.CallOption) (*ListCollectionsResponse, error)
 	// Deletes a collection and all its points. NOT_FOUND if absent.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND,
+	// which would report a delete that happened as a collection that never
+	// existed.
 	DeleteCollection(ctx context.Context, in *DeleteCollectionRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Adopts an existing Chroma collection (in the same Chroma directory or
 	// server) as a driftd collection, without copying data: driftd reads each
@@ -55,6 +61,8 @@ type CollectionServiceClient interface {
 	// owner's own Chroma clients add or delete later are seen on the next call
 	// (driftd compares the record count on every call); an overwrite that keeps
 	// the count is seen after the next change of count or a restart.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
 	AttachCollection(ctx context.Context, in *AttachCollectionRequest, opts ...grpc.CallOption) (*Collection, error)
 	// Streams a snapshot of one collection for an online backup while writes go
 	// on: the first message carries the collection's settings and drift rules,
@@ -69,6 +77,8 @@ type CollectionServiceClient interface {
 	// may carry points. All or nothing: if any message is rejected (the points
 	// are validated as UpsertPoints validates them), the new collection is
 	// deleted again. ALREADY_EXISTS if the id is taken.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
 	ImportCollection(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportCollectionRequest, ImportCollectionResponse], error)
 }
 
@@ -171,12 +181,18 @@ type CollectionService_ImportCollectionClient = grpc.ClientStreamingClient[Impor
 type CollectionServiceServer interface {
 	// Creates a collection. ALREADY_EXISTS if the id is taken; INVALID_ARGUMENT
 	// for a bad id, dimension, distance or unknown embed model.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
 	CreateCollection(context.Context, *CreateCollectionRequest) (*Collection, error)
 	// Gets a collection with its counts and time span. NOT_FOUND if absent.
 	GetCollection(context.Context, *GetCollectionRequest) (*Collection, error)
 	// Lists collections in name order, paged.
 	ListCollections(context.Context, *ListCollectionsRequest) (*ListCollectionsResponse, error)
 	// Deletes a collection and all its points. NOT_FOUND if absent.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND,
+	// which would report a delete that happened as a collection that never
+	// existed.
 	DeleteCollection(context.Context, *DeleteCollectionRequest) (*emptypb.Empty, error)
 	// Adopts an existing Chroma collection (in the same Chroma directory or
 	// server) as a driftd collection, without copying data: driftd reads each
@@ -188,6 +204,8 @@ type CollectionServiceServer interface {
 	// owner's own Chroma clients add or delete later are seen on the next call
 	// (driftd compares the record count on every call); an overwrite that keeps
 	// the count is seen after the next change of count or a restart.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
 	AttachCollection(context.Context, *AttachCollectionRequest) (*Collection, error)
 	// Streams a snapshot of one collection for an online backup while writes go
 	// on: the first message carries the collection's settings and drift rules,
@@ -202,6 +220,8 @@ type CollectionServiceServer interface {
 	// may carry points. All or nothing: if any message is rejected (the points
 	// are validated as UpsertPoints validates them), the new collection is
 	// deleted again. ALREADY_EXISTS if the id is taken.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS.
 	ImportCollection(grpc.ClientStreamingServer[ImportCollectionRequest, ImportCollectionResponse]) error
 	mustEmbedUnimplementedCollectionServiceServer()
 }

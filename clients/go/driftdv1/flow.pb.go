@@ -1415,12 +1415,12 @@ const file_driftd_v1_flow_proto_rawDesc = "" +
 	"\x11ChangePointMethod\x12#\n" +
 	"\x1fCHANGE_POINT_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCHANGE_POINT_METHOD_OFFLINE\x10\x01\x12\x1e\n" +
-	"\x1aCHANGE_POINT_METHOD_ONLINE\x10\x022\xd9\x02\n" +
-	"\vFlowService\x12F\n" +
-	"\tProbeFlow\x12\x1b.driftd.v1.ProbeFlowRequest\x1a\x1c.driftd.v1.ProbeFlowResponse\x12T\n" +
-	"\rSimulatePaths\x12\x1f.driftd.v1.SimulatePathsRequest\x1a .driftd.v1.SimulatePathsResponse0\x01\x12U\n" +
-	"\x0eFindAttractors\x12 .driftd.v1.FindAttractorsRequest\x1a!.driftd.v1.FindAttractorsResponse\x12U\n" +
-	"\x0eDetectChapters\x12 .driftd.v1.DetectChaptersRequest\x1a!.driftd.v1.DetectChaptersResponseB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\x1aCHANGE_POINT_METHOD_ONLINE\x10\x022\xed\x02\n" +
+	"\vFlowService\x12K\n" +
+	"\tProbeFlow\x12\x1b.driftd.v1.ProbeFlowRequest\x1a\x1c.driftd.v1.ProbeFlowResponse\"\x03\x90\x02\x01\x12Y\n" +
+	"\rSimulatePaths\x12\x1f.driftd.v1.SimulatePathsRequest\x1a .driftd.v1.SimulatePathsResponse\"\x03\x90\x02\x010\x01\x12Z\n" +
+	"\x0eFindAttractors\x12 .driftd.v1.FindAttractorsRequest\x1a!.driftd.v1.FindAttractorsResponse\"\x03\x90\x02\x01\x12Z\n" +
+	"\x0eDetectChapters\x12 .driftd.v1.DetectChaptersRequest\x1a!.driftd.v1.DetectChaptersResponse\"\x03\x90\x02\x01B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_flow_proto_rawDescOnce sync.Once

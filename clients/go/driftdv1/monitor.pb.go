@@ -2613,14 +2613,14 @@ const file_driftd_v1_monitor_proto_rawDesc = "" +
 	"\x1aEVENT_TYPE_POINTS_UPSERTED\x10\x01\x12\x1d\n" +
 	"\x19EVENT_TYPE_POINTS_DELETED\x10\x02\x12\x1f\n" +
 	"\x1bEVENT_TYPE_CHAPTER_DETECTED\x10\x03\x12\x1a\n" +
-	"\x16EVENT_TYPE_DRIFT_ALARM\x10\x042\xd4\x04\n" +
-	"\x0eMonitorService\x12U\n" +
-	"\x0eCompareWindows\x12 .driftd.v1.CompareWindowsRequest\x1a!.driftd.v1.CompareWindowsResponse\x12X\n" +
-	"\x0fEmbeddingHealth\x12!.driftd.v1.EmbeddingHealthRequest\x1a\".driftd.v1.EmbeddingHealthResponse\x12Z\n" +
-	"\x0fWatchCollection\x12!.driftd.v1.WatchCollectionRequest\x1a\".driftd.v1.WatchCollectionResponse0\x01\x12J\n" +
-	"\x0fCreateDriftRule\x12!.driftd.v1.CreateDriftRuleRequest\x1a\x14.driftd.v1.DriftRule\x12D\n" +
-	"\fGetDriftRule\x12\x1e.driftd.v1.GetDriftRuleRequest\x1a\x14.driftd.v1.DriftRule\x12U\n" +
-	"\x0eListDriftRules\x12 .driftd.v1.ListDriftRulesRequest\x1a!.driftd.v1.ListDriftRulesResponse\x12L\n" +
+	"\x16EVENT_TYPE_DRIFT_ALARM\x10\x042\xed\x04\n" +
+	"\x0eMonitorService\x12Z\n" +
+	"\x0eCompareWindows\x12 .driftd.v1.CompareWindowsRequest\x1a!.driftd.v1.CompareWindowsResponse\"\x03\x90\x02\x01\x12]\n" +
+	"\x0fEmbeddingHealth\x12!.driftd.v1.EmbeddingHealthRequest\x1a\".driftd.v1.EmbeddingHealthResponse\"\x03\x90\x02\x01\x12_\n" +
+	"\x0fWatchCollection\x12!.driftd.v1.WatchCollectionRequest\x1a\".driftd.v1.WatchCollectionResponse\"\x03\x90\x02\x010\x01\x12J\n" +
+	"\x0fCreateDriftRule\x12!.driftd.v1.CreateDriftRuleRequest\x1a\x14.driftd.v1.DriftRule\x12I\n" +
+	"\fGetDriftRule\x12\x1e.driftd.v1.GetDriftRuleRequest\x1a\x14.driftd.v1.DriftRule\"\x03\x90\x02\x01\x12Z\n" +
+	"\x0eListDriftRules\x12 .driftd.v1.ListDriftRulesRequest\x1a!.driftd.v1.ListDriftRulesResponse\"\x03\x90\x02\x01\x12L\n" +
 	"\x0fDeleteDriftRule\x12!.driftd.v1.DeleteDriftRuleRequest\x1a\x16.google.protobuf.EmptyB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (

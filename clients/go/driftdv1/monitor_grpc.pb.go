@@ -63,12 +63,17 @@ type MonitorServiceClient interface {
 	// enters a new window, the last two complete windows are compared and a
 	// drift alarm event is published if they differ. ALREADY_EXISTS if the id
 	// is taken.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS,
+	// or creates a second rule when the id is generated.
 	CreateDriftRule(ctx context.Context, in *CreateDriftRuleRequest, opts ...grpc.CallOption) (*DriftRule, error)
 	// Gets a drift rule with its last evaluation. NOT_FOUND if absent.
 	GetDriftRule(ctx context.Context, in *GetDriftRuleRequest, opts ...grpc.CallOption) (*DriftRule, error)
 	// Lists a collection's drift rules in id order, paged.
 	ListDriftRules(ctx context.Context, in *ListDriftRulesRequest, opts ...grpc.CallOption) (*ListDriftRulesResponse, error)
 	// Deletes a drift rule. NOT_FOUND if absent.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND.
 	DeleteDriftRule(ctx context.Context, in *DeleteDriftRuleRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
@@ -193,12 +198,17 @@ type MonitorServiceServer interface {
 	// enters a new window, the last two complete windows are compared and a
 	// drift alarm event is published if they differ. ALREADY_EXISTS if the id
 	// is taken.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with ALREADY_EXISTS,
+	// or creates a second rule when the id is generated.
 	CreateDriftRule(context.Context, *CreateDriftRuleRequest) (*DriftRule, error)
 	// Gets a drift rule with its last evaluation. NOT_FOUND if absent.
 	GetDriftRule(context.Context, *GetDriftRuleRequest) (*DriftRule, error)
 	// Lists a collection's drift rules in id order, paged.
 	ListDriftRules(context.Context, *ListDriftRulesRequest) (*ListDriftRulesResponse, error)
 	// Deletes a drift rule. NOT_FOUND if absent.
+	//
+	// Not marked idempotent: a repeat after a lost answer fails with NOT_FOUND.
 	DeleteDriftRule(context.Context, *DeleteDriftRuleRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedMonitorServiceServer()
 }

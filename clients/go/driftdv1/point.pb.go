@@ -1538,14 +1538,14 @@ const file_driftd_v1_point_proto_rawDesc = "" +
 	"\x05point\x18\x01 \x01(\v2\x10.driftd.v1.PointR\x05point\x12\x1a\n" +
 	"\bdistance\x18\x02 \x01(\x01R\bdistance\"H\n" +
 	"\x14SearchPointsResponse\x120\n" +
-	"\aresults\x18\x01 \x03(\v2\x16.driftd.v1.ScoredPointR\aresults2\x86\x04\n" +
-	"\fPointService\x12O\n" +
-	"\fUpsertPoints\x12\x1e.driftd.v1.UpsertPointsRequest\x1a\x1f.driftd.v1.UpsertPointsResponse\x12e\n" +
-	"\x12StreamUpsertPoints\x12$.driftd.v1.StreamUpsertPointsRequest\x1a%.driftd.v1.StreamUpsertPointsResponse(\x010\x01\x12F\n" +
-	"\tGetPoints\x12\x1b.driftd.v1.GetPointsRequest\x1a\x1c.driftd.v1.GetPointsResponse\x12O\n" +
-	"\fDeletePoints\x12\x1e.driftd.v1.DeletePointsRequest\x1a\x1f.driftd.v1.DeletePointsResponse\x12T\n" +
-	"\rGetTrajectory\x12\x1f.driftd.v1.GetTrajectoryRequest\x1a .driftd.v1.GetTrajectoryResponse0\x01\x12O\n" +
-	"\fSearchPoints\x12\x1e.driftd.v1.SearchPointsRequest\x1a\x1f.driftd.v1.SearchPointsResponseB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\aresults\x18\x01 \x03(\v2\x16.driftd.v1.ScoredPointR\aresults2\xa4\x04\n" +
+	"\fPointService\x12T\n" +
+	"\fUpsertPoints\x12\x1e.driftd.v1.UpsertPointsRequest\x1a\x1f.driftd.v1.UpsertPointsResponse\"\x03\x90\x02\x02\x12j\n" +
+	"\x12StreamUpsertPoints\x12$.driftd.v1.StreamUpsertPointsRequest\x1a%.driftd.v1.StreamUpsertPointsResponse\"\x03\x90\x02\x02(\x010\x01\x12K\n" +
+	"\tGetPoints\x12\x1b.driftd.v1.GetPointsRequest\x1a\x1c.driftd.v1.GetPointsResponse\"\x03\x90\x02\x01\x12T\n" +
+	"\fDeletePoints\x12\x1e.driftd.v1.DeletePointsRequest\x1a\x1f.driftd.v1.DeletePointsResponse\"\x03\x90\x02\x02\x12Y\n" +
+	"\rGetTrajectory\x12\x1f.driftd.v1.GetTrajectoryRequest\x1a .driftd.v1.GetTrajectoryResponse\"\x03\x90\x02\x010\x01\x12T\n" +
+	"\fSearchPoints\x12\x1e.driftd.v1.SearchPointsRequest\x1a\x1f.driftd.v1.SearchPointsResponse\"\x03\x90\x02\x01B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_point_proto_rawDescOnce sync.Once

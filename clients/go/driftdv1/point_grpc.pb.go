@@ -40,6 +40,8 @@ type PointServiceClient interface {
 	// server-side with the collection's embed model). The whole batch is validated
 	// first; any invalid point fails the call with INVALID_ARGUMENT, a BadRequest
 	// listing every bad field, and nothing written.
+	//
+	// Idempotent: points are replaced by id, so a repeat stores the same points.
 	UpsertPoints(ctx context.Context, in *UpsertPointsRequest, opts ...grpc.CallOption) (*UpsertPointsResponse, error)
 	// Streams batches of points in; the server acknowledges each batch (in order)
 	// only after it is durably written. Invalid points are reported per point in
@@ -48,10 +50,15 @@ type PointServiceClient interface {
 	// writing, writes the batches ready together in one write, and stops reading
 	// while it is that far ahead, so a fast writer is slowed to the store's pace
 	// (backpressure). Acknowledgements come in order.
+	//
+	// Idempotent as UpsertPoints is; clients still never re-send the whole
+	// stream but resume it after the last acknowledged `sequence`.
 	StreamUpsertPoints(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamUpsertPointsRequest, StreamUpsertPointsResponse], error)
 	// Gets points by id. Ids that do not exist are listed in `missing_ids`.
 	GetPoints(ctx context.Context, in *GetPointsRequest, opts ...grpc.CallOption) (*GetPointsResponse, error)
 	// Deletes points by id. Ids that do not exist are ignored.
+	//
+	// Idempotent: a repeat deletes nothing more (it may count fewer deletions).
 	DeletePoints(ctx context.Context, in *DeletePointsRequest, opts ...grpc.CallOption) (*DeletePointsResponse, error)
 	// Streams the points of a time window in time order (ties in insertion order),
 	// in chunks. Stops when the client cancels or the deadline passes.
@@ -154,6 +161,8 @@ type PointServiceServer interface {
 	// server-side with the collection's embed model). The whole batch is validated
 	// first; any invalid point fails the call with INVALID_ARGUMENT, a BadRequest
 	// listing every bad field, and nothing written.
+	//
+	// Idempotent: points are replaced by id, so a repeat stores the same points.
 	UpsertPoints(context.Context, *UpsertPointsRequest) (*UpsertPointsResponse, error)
 	// Streams batches of points in; the server acknowledges each batch (in order)
 	// only after it is durably written. Invalid points are reported per point in
@@ -162,10 +171,15 @@ type PointServiceServer interface {
 	// writing, writes the batches ready together in one write, and stops reading
 	// while it is that far ahead, so a fast writer is slowed to the store's pace
 	// (backpressure). Acknowledgements come in order.
+	//
+	// Idempotent as UpsertPoints is; clients still never re-send the whole
+	// stream but resume it after the last acknowledged `sequence`.
 	StreamUpsertPoints(grpc.BidiStreamingServer[StreamUpsertPointsRequest, StreamUpsertPointsResponse]) error
 	// Gets points by id. Ids that do not exist are listed in `missing_ids`.
 	GetPoints(context.Context, *GetPointsRequest) (*GetPointsResponse, error)
 	// Deletes points by id. Ids that do not exist are ignored.
+	//
+	// Idempotent: a repeat deletes nothing more (it may count fewer deletions).
 	DeletePoints(context.Context, *DeletePointsRequest) (*DeletePointsResponse, error)
 	// Streams the points of a time window in time order (ties in insertion order),
 	// in chunks. Stops when the client cancels or the deadline passes.

@@ -1470,12 +1470,12 @@ const file_driftd_v1_routing_proto_rawDesc = "" +
 	"\x11DRIFT_ACTION_STAY\x10\x01\x12$\n" +
 	" DRIFT_ACTION_BRANCH_SAME_CLUSTER\x10\x02\x12#\n" +
 	"\x1fDRIFT_ACTION_BRANCH_NEW_CLUSTER\x10\x03\x12\x16\n" +
-	"\x12DRIFT_ACTION_ROUTE\x10\x042\xe0\x02\n" +
+	"\x12DRIFT_ACTION_ROUTE\x10\x042\xef\x02\n" +
 	"\x0eRoutingService\x12O\n" +
-	"\fRouteMessage\x12\x1e.driftd.v1.RouteMessageRequest\x1a\x1f.driftd.v1.RouteMessageResponse\x12O\n" +
-	"\fListBranches\x12\x1e.driftd.v1.ListBranchesRequest\x1a\x1f.driftd.v1.ListBranchesResponse\x12[\n" +
-	"\x10GetBranchContext\x12\".driftd.v1.GetBranchContextRequest\x1a#.driftd.v1.GetBranchContextResponse\x12O\n" +
-	"\fExtractFacts\x12\x1e.driftd.v1.ExtractFactsRequest\x1a\x1f.driftd.v1.ExtractFactsResponseB7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
+	"\fRouteMessage\x12\x1e.driftd.v1.RouteMessageRequest\x1a\x1f.driftd.v1.RouteMessageResponse\x12T\n" +
+	"\fListBranches\x12\x1e.driftd.v1.ListBranchesRequest\x1a\x1f.driftd.v1.ListBranchesResponse\"\x03\x90\x02\x01\x12`\n" +
+	"\x10GetBranchContext\x12\".driftd.v1.GetBranchContextRequest\x1a#.driftd.v1.GetBranchContextResponse\"\x03\x90\x02\x01\x12T\n" +
+	"\fExtractFacts\x12\x1e.driftd.v1.ExtractFactsRequest\x1a\x1f.driftd.v1.ExtractFactsResponse\"\x03\x90\x02\x02B7Z5github.com/driftd/driftd/clients/go/driftdv1;driftdv1b\x06proto3"
 
 var (
 	file_driftd_v1_routing_proto_rawDescOnce sync.Once

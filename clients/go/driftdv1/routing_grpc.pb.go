@@ -49,6 +49,10 @@ type RoutingServiceClient interface {
 	// for an empty message (MISSING_CONTENT), a bad role (INVALID_ROLE), a vector
 	// of the wrong dimension (DIMENSION_MISMATCH) or a bad config; nothing is
 	// written when the call fails.
+	//
+	// Not marked idempotent: a repeat without a `message_id` routes the message
+	// twice (with one, the server returns the first decision, so a caller that
+	// sets it may retry).
 	RouteMessage(ctx context.Context, in *RouteMessageRequest, opts ...grpc.CallOption) (*RouteMessageResponse, error)
 	// Lists a conversation's branches in creation order, paged. NOT_FOUND
 	// (CONVERSATION_NOT_FOUND) if the conversation has no messages.
@@ -61,6 +65,8 @@ type RoutingServiceClient interface {
 	// built-in rules, or an OpenAI-compatible endpoint when the operator
 	// configured one), and stores them. NOT_FOUND if the branch is absent;
 	// UNAVAILABLE if the configured endpoint cannot be reached.
+	//
+	// Idempotent: the branch's stored facts are replaced, not added to.
 	ExtractFacts(ctx context.Context, in *ExtractFactsRequest, opts ...grpc.CallOption) (*ExtractFactsResponse, error)
 }
 
@@ -136,6 +142,10 @@ type RoutingServiceServer interface {
 	// for an empty message (MISSING_CONTENT), a bad role (INVALID_ROLE), a vector
 	// of the wrong dimension (DIMENSION_MISMATCH) or a bad config; nothing is
 	// written when the call fails.
+	//
+	// Not marked idempotent: a repeat without a `message_id` routes the message
+	// twice (with one, the server returns the first decision, so a caller that
+	// sets it may retry).
 	RouteMessage(context.Context, *RouteMessageRequest) (*RouteMessageResponse, error)
 	// Lists a conversation's branches in creation order, paged. NOT_FOUND
 	// (CONVERSATION_NOT_FOUND) if the conversation has no messages.
@@ -148,6 +158,8 @@ type RoutingServiceServer interface {
 	// built-in rules, or an OpenAI-compatible endpoint when the operator
 	// configured one), and stores them. NOT_FOUND if the branch is absent;
 	// UNAVAILABLE if the configured endpoint cannot be reached.
+	//
+	// Idempotent: the branch's stored facts are replaced, not added to.
 	ExtractFacts(context.Context, *ExtractFactsRequest) (*ExtractFactsResponse, error)
 	mustEmbedUnimplementedRoutingServiceServer()
 }

@@ -2,53 +2,54 @@
  * Which RPCs the client sends again after UNAVAILABLE, and the interceptor that
  * does it.
  */
-import type { Message } from "@bufbuild/protobuf";
+import type { DescMethod, Message } from "@bufbuild/protobuf";
+import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+
+import { file_driftd_v1_behavior } from "./gen/driftd/v1/behavior_pb.js";
+import { file_driftd_v1_collection } from "./gen/driftd/v1/collection_pb.js";
+import { file_driftd_v1_flow } from "./gen/driftd/v1/flow_pb.js";
+import { file_driftd_v1_monitor } from "./gen/driftd/v1/monitor_pb.js";
+import { file_driftd_v1_point } from "./gen/driftd/v1/point_pb.js";
+import { file_driftd_v1_routing } from "./gen/driftd/v1/routing_pb.js";
+
+/**
+ * Whether the client may send `method` again after UNAVAILABLE: the proto marks
+ * its `idempotency_level` NO_SIDE_EFFECTS or IDEMPOTENT (each RPC's decision
+ * and its reason are in proto/driftd/v1), and the client sends one request
+ * message. Calls that stream requests are never re-sent: the writer resumes
+ * StreamUpsertPoints after the last acknowledged batch itself, and
+ * ImportCollection is not idempotent.
+ */
+function retriedByTransport(method: DescMethod): boolean {
+  return (
+    method.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN &&
+    (method.methodKind === "unary" || method.methodKind === "server_streaming")
+  );
+}
 
 /**
  * The RPCs that DriftClient retries after UNAVAILABLE, as
- * "/package.Service/Method": the reads, and the writes whose repetition changes
- * nothing (UpsertPoints replaces points by id; DeletePoints ignores ids already
- * gone; ExtractFacts recomputes a branch's facts from its messages). The
- * server-streaming ones are retried only until the response starts.
- *
- * Every other RPC fails at the first UNAVAILABLE, because a connection lost
- * after the server did the work would repeat it: CreateCollection,
- * AttachCollection, ImportCollection, CreateDriftRule (a repeat fails with ALREADY_EXISTS or
- * creates a second rule), DeleteCollection, DeleteDriftRule (a repeat fails
- * with NOT_FOUND), ProcessBehaviors (a repeat applies the candidates twice),
- * RouteMessage (safe only with a message_id, which a per-method policy cannot
- * see), StreamUpsertPoints (the writer resumes it instead) and
+ * "/package.Service/Method", sorted: read from the generated descriptors of
+ * driftd.v1 ({@link retriedByTransport}), as the Python and Go clients read
+ * theirs. The server-streaming ones are retried only until the response
+ * starts. Every other RPC fails at the first UNAVAILABLE, as does
  * grpc.health.v1.Health/Check (a probe must see the outage).
- *
- * The reference is the Python client's RETRYABLE_METHODS
- * (driftd/client/_common.py): keep this list equal to it. The tests fail on an
- * RPC of the generated services that is neither here nor in their list of
- * non-retryable ones.
  */
-export const RETRYABLE_METHODS: readonly string[] = Object.freeze([
-  "/driftd.v1.CollectionService/GetCollection",
-  "/driftd.v1.CollectionService/ListCollections",
-  "/driftd.v1.CollectionService/ExportCollection",
-  "/driftd.v1.PointService/UpsertPoints",
-  "/driftd.v1.PointService/GetPoints",
-  "/driftd.v1.PointService/DeletePoints",
-  "/driftd.v1.PointService/GetTrajectory",
-  "/driftd.v1.PointService/SearchPoints",
-  "/driftd.v1.FlowService/ProbeFlow",
-  "/driftd.v1.FlowService/SimulatePaths",
-  "/driftd.v1.FlowService/FindAttractors",
-  "/driftd.v1.FlowService/DetectChapters",
-  "/driftd.v1.MonitorService/CompareWindows",
-  "/driftd.v1.MonitorService/EmbeddingHealth",
-  "/driftd.v1.MonitorService/WatchCollection",
-  "/driftd.v1.MonitorService/GetDriftRule",
-  "/driftd.v1.MonitorService/ListDriftRules",
-  "/driftd.v1.BehaviorService/ListBehaviors",
-  "/driftd.v1.RoutingService/ListBranches",
-  "/driftd.v1.RoutingService/GetBranchContext",
-  "/driftd.v1.RoutingService/ExtractFacts",
-]);
+export const RETRYABLE_METHODS: readonly string[] = Object.freeze(
+  [
+    file_driftd_v1_collection,
+    file_driftd_v1_point,
+    file_driftd_v1_flow,
+    file_driftd_v1_monitor,
+    file_driftd_v1_behavior,
+    file_driftd_v1_routing,
+  ]
+    .flatMap((file) => file.services.flatMap((service) => service.methods))
+    .filter(retriedByTransport)
+    .map((m) => `/${m.parent.typeName}/${m.name}`)
+    .sort(),
+);
 
 const retryable = new Set(RETRYABLE_METHODS);
 
@@ -68,10 +69,10 @@ export function retryUnavailable(maxAttempts: number): Interceptor {
     if (maxAttempts <= 1 || !retryable.has(`/${req.service.typeName}/${req.method.name}`)) return next(req);
     let attempt = (): ReturnType<typeof next> => next(req);
     if (req.stream) {
-      // A server stream's one request message, read once and re-sent on each
-      // attempt (the request iterable cannot be read twice). A stream that
-      // fails after its response started is not retried: next() has resolved.
-      if (req.method.methodKind !== "server_streaming") return next(req);
+      // A server stream's one request message (the retried methods send
+      // one), read once and re-sent on each attempt (the request iterable
+      // cannot be read twice). A stream that fails after its response started
+      // is not retried: next() has resolved.
       const messages: Message[] = [];
       for await (const m of req.message) messages.push(m);
       attempt = () => next({ ...req, message: replay(messages) });

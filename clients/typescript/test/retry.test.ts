@@ -7,17 +7,18 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import type { DescFile, DescMethod } from "@bufbuild/protobuf";
+import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 
 import { Code, ConnectError, DriftClient, RETRYABLE_METHODS } from "../src/index.js";
 
 /**
- * The RPCs that a repeat could change something for (why: RETRYABLE_METHODS in
- * src/retry.ts). A new RPC must go in RETRYABLE_METHODS (and the Python
- * client's) or, if it is not safe to repeat, here (and in the Python client's
- * test_every_rpc_is_classified).
+ * The RPCs the proto deliberately leaves unmarked (IDEMPOTENCY_UNKNOWN): a
+ * repeat after a lost answer could change something (why: each RPC's comment in
+ * proto/driftd/v1). A new RPC must be marked in the proto or listed here (and in
+ * the Python and Go retry tests).
  */
-const NOT_RETRIED = [
+const NOT_IDEMPOTENT = [
   "/driftd.v1.CollectionService/CreateCollection",
   "/driftd.v1.CollectionService/AttachCollection",
   "/driftd.v1.CollectionService/DeleteCollection",
@@ -26,9 +27,13 @@ const NOT_RETRIED = [
   "/driftd.v1.MonitorService/DeleteDriftRule",
   "/driftd.v1.BehaviorService/ProcessBehaviors",
   "/driftd.v1.RoutingService/RouteMessage",
-  "/driftd.v1.PointService/StreamUpsertPoints",
-  "/grpc.health.v1.Health/Check",
 ];
+
+/**
+ * Marked IDEMPOTENT but never re-sent by the transport, because the client
+ * streams its requests: the writer resumes it after the last acknowledged batch.
+ */
+const RESUMED_BY_THE_WRITER = "/driftd.v1.PointService/StreamUpsertPoints";
 
 const fullName = (m: DescMethod) => `/${m.parent.typeName}/${m.name}`;
 
@@ -49,23 +54,25 @@ async function generatedMethods(): Promise<DescMethod[]> {
 }
 
 describe("retries", () => {
-  it("classifies every RPC of the generated services", async () => {
+  it("has a retry decision for every RPC of the generated services: the proto's marks", async () => {
     const methods = await generatedMethods();
     const known = new Set(methods.map(fullName));
-    for (const name of known) {
-      const retried = RETRYABLE_METHODS.includes(name);
-      const notRetried = NOT_RETRIED.includes(name);
-      assert.ok(!(retried && notRetried), `${name} is both in RETRYABLE_METHODS and in NOT_RETRIED`);
-      assert.ok(
-        retried || notRetried,
-        `${name} is not classified: add it to RETRYABLE_METHODS if a repeat changes nothing, ` +
-          "else to NOT_RETRIED (and likewise in the Python client)",
+    const marked: string[] = [];
+    for (const m of methods) {
+      const name = fullName(m);
+      const isMarked = m.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN;
+      assert.notEqual(
+        isMarked,
+        NOT_IDEMPOTENT.includes(name),
+        `${name}: mark its idempotency_level in the proto, or list it in NOT_IDEMPOTENT`,
       );
+      if (isMarked && name !== RESUMED_BY_THE_WRITER) marked.push(name);
     }
-    // No stale entries (Health.Check is in grpc's health service, not driftd's).
-    for (const name of [...RETRYABLE_METHODS, ...NOT_RETRIED]) {
-      assert.ok(known.has(name) || name === "/grpc.health.v1.Health/Check", `${name} is not a generated RPC`);
+    // No stale entries.
+    for (const name of [...NOT_IDEMPOTENT, RESUMED_BY_THE_WRITER]) {
+      assert.ok(known.has(name), `${name} is not a generated RPC`);
     }
+    assert.deepEqual(RETRYABLE_METHODS, marked.sort());
   });
 
   describe("against a server that answers UNAVAILABLE", () => {

@@ -14,6 +14,8 @@ from functools import cached_property
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor_pb2 import MethodOptions
 
 from driftd import types
 from driftd.errors import (
@@ -21,11 +23,17 @@ from driftd.errors import (
     InvalidArgument,
 )
 from driftd.v1 import (
+    behavior_pb2,
     behavior_pb2_grpc,
+    collection_pb2,
     collection_pb2_grpc,
+    flow_pb2,
     flow_pb2_grpc,
+    monitor_pb2,
     monitor_pb2_grpc,
+    point_pb2,
     point_pb2_grpc,
+    routing_pb2,
     routing_pb2_grpc,
 )
 
@@ -68,48 +76,40 @@ Time = datetime | str | int | float | None
 PointLike = types.Point | Mapping[str, Any]
 
 
-#: The RPCs that gRPC may send again after UNAVAILABLE: the reads, and the writes
-#: whose repetition changes nothing (UpsertPoints replaces points by id;
-#: DeletePoints ignores ids already gone, so a repeat may count fewer deletions;
-#: ExtractFacts recomputes a branch's facts from its messages). Left out:
-#: CreateCollection, AttachCollection, ImportCollection, CreateDriftRule (a repeat fails with
-#: ALREADY_EXISTS or creates a second rule), DeleteCollection, DeleteDriftRule (a
-#: repeat fails with NOT_FOUND), ProcessBehaviors (a repeat applies the candidates
-#: twice), RouteMessage (safe only with a message_id, which a per-method policy
-#: cannot see), StreamUpsertPoints (the writer resumes it instead) and Health.Check
+def _retried_by_transport(method: MethodDescriptor) -> bool:
+    """Whether gRPC may send ``method`` again after UNAVAILABLE: the proto marks
+    its ``idempotency_level`` NO_SIDE_EFFECTS or IDEMPOTENT (each RPC's decision
+    and its reason are in proto/driftd/v1/*.proto), and the client sends one
+    request message. Calls that stream requests are never re-sent by gRPC: the
+    stream writers resume StreamUpsertPoints after the last acknowledged batch
+    themselves, and ImportCollection is not idempotent."""
+    level = method.GetOptions().idempotency_level
+    return level != MethodOptions.IDEMPOTENCY_UNKNOWN and not method.client_streaming
+
+
+#: The driftd.v1 methods that gRPC may send again after UNAVAILABLE, read from
+#: the generated descriptors at import (:func:`_retried_by_transport`): the reads,
+#: and the writes whose repetition changes nothing (UpsertPoints, DeletePoints,
+#: ExtractFacts). Every other RPC is sent once, as is grpc.health.v1.Health/Check
 #: (a probe must see the outage).
-RETRYABLE_METHODS: dict[str, tuple[str, ...]] = {
-    "driftd.v1.CollectionService": ("GetCollection", "ListCollections", "ExportCollection"),
-    "driftd.v1.PointService": (
-        "UpsertPoints",
-        "GetPoints",
-        "DeletePoints",
-        "GetTrajectory",
-        "SearchPoints",
-    ),
-    "driftd.v1.FlowService": ("ProbeFlow", "SimulatePaths", "FindAttractors", "DetectChapters"),
-    "driftd.v1.MonitorService": (
-        "CompareWindows",
-        "EmbeddingHealth",
-        "WatchCollection",
-        "GetDriftRule",
-        "ListDriftRules",
-    ),
-    "driftd.v1.BehaviorService": ("ListBehaviors",),
-    "driftd.v1.RoutingService": ("ListBranches", "GetBranchContext", "ExtractFacts"),
-}
-#: The server-streaming ones: they have no deadline, so they do not wait for a
-#: connection (that could be forever).
-_STREAMING_METHODS = frozenset(
-    {"ExportCollection", "GetTrajectory", "SimulatePaths", "WatchCollection"}
+_RETRIED: tuple[MethodDescriptor, ...] = tuple(
+    method
+    for module in (collection_pb2, point_pb2, flow_pb2, monitor_pb2, behavior_pb2, routing_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+    if _retried_by_transport(method)
 )
+#: Their full names, "/driftd.v1.PointService/GetPoints" (as the Go client's
+#: RetryableMethods and the TypeScript client's RETRYABLE_METHODS name them).
+RETRYABLE_METHODS = frozenset(f"/{m.containing_service.full_name}/{m.name}" for m in _RETRIED)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a client rides out a server that restarts, drains or is not up yet.
 
-    It becomes the channel's gRPC service config for :data:`RETRYABLE_METHODS`:
+    It becomes the channel's gRPC service config for :data:`RETRYABLE_METHODS`
+    (the RPCs the proto marks idempotent):
     gRPC sends those calls again after UNAVAILABLE, up to ``max_attempts``
     attempts in all, waiting a random time in ``[0, min(initial_backoff *
     backoff_multiplier**(n - 1), max_backoff)]`` seconds before retry n; the unary
@@ -159,21 +159,20 @@ class RetryPolicy:
             "backoffMultiplier": self.backoff_multiplier,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
-        names = [
-            {"service": service, "method": method}
-            for service, methods in RETRYABLE_METHODS.items()
-            for method in methods
-        ]
+
+        def names(server_streaming: bool) -> list[dict[str, str]]:
+            return [
+                {"service": m.containing_service.full_name, "method": m.name}
+                for m in _RETRIED
+                if m.server_streaming == server_streaming
+            ]
+
+        # Server streams have no deadline, so they do not wait for a connection
+        # (that could be forever); gRPC re-sends them only until the response
+        # starts, a later failure reaches the caller.
         method_config = [
-            {
-                "name": [n for n in names if n["method"] not in _STREAMING_METHODS],
-                "waitForReady": True,
-                "retryPolicy": retry_policy,
-            },
-            {
-                "name": [n for n in names if n["method"] in _STREAMING_METHODS],
-                "retryPolicy": retry_policy,
-            },
+            {"name": names(False), "waitForReady": True, "retryPolicy": retry_policy},
+            {"name": names(True), "retryPolicy": retry_policy},
         ]
         return {
             "grpc.service_config": json.dumps({"methodConfig": method_config}),

@@ -22,7 +22,7 @@ import grpc
 from google.protobuf import descriptor
 from google.protobuf.message import Message
 
-from driftd.errors import FieldViolation, InvalidArgument
+from driftd.errors import DriftdError, FieldViolation, InvalidArgument
 from driftd.server.status import abort
 
 _TIMESTAMP = "google.protobuf.Timestamp"
@@ -159,13 +159,16 @@ def _checked_deserializer(parse: Callable[[bytes], Message]) -> Callable[[bytes]
     return deserialize
 
 
-async def _checked_requests(
-    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, where: str
-) -> AsyncIterator[Any]:
-    """The stream's messages; a rejected one ends the RPC with its status."""
+async def _checked_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The stream's messages; a rejected one is raised, for the servicer's error
+    mapping (:func:`driftd.server.status.maps_errors`, or :func:`_wrap`'s for a
+    servicer without it) to end the RPC with its status. Not aborted here: the
+    servicer may read its requests in a task of its own (StreamUpsertPoints reads
+    ahead while it writes), and an abort from there races the handler's own sends
+    (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS)."""
     async for request in requests:
         if isinstance(request, _Rejected):
-            await abort(context, request.error, where)
+            raise request.error
         yield request
 
 
@@ -183,7 +186,7 @@ def _wrap(handler: grpc.RpcMethodHandler, where: str) -> grpc.RpcMethodHandler:
 
     async def admit(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if handler.request_streaming:
-            return _checked_requests(request, context, where)
+            return _checked_requests(request)
         if isinstance(request, _Rejected):
             await abort(context, request.error, where)
         return request
@@ -192,15 +195,21 @@ def _wrap(handler: grpc.RpcMethodHandler, where: str) -> grpc.RpcMethodHandler:
 
         async def generator(request, context) -> AsyncIterator[Any]:
             request = await admit(request, context)
-            async with contextlib.aclosing(behaviour(request, context)) as responses:
-                async for response in responses:
-                    yield response
+            try:
+                async with contextlib.aclosing(behaviour(request, context)) as responses:
+                    async for response in responses:
+                        yield response
+            except DriftdError as exc:  # a rejected stream message, unmapped (reflection)
+                await abort(context, exc, where)
 
         wrapped: Callable[..., Any] = generator
     else:
 
         async def call(request, context) -> Any:
-            return await behaviour(await admit(request, context), context)
+            try:
+                return await behaviour(await admit(request, context), context)
+            except DriftdError as exc:  # a rejected stream message, unmapped
+                await abort(context, exc, where)
 
         wrapped = call
     return handler._replace(

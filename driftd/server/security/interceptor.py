@@ -240,7 +240,12 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
         self, call: _Call, requests: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
         """Scope, disk and quota checks of each message of a streaming request;
-        a refusal ends the RPC (batches acknowledged before it stay written)."""
+        a refusal ends the RPC (batches acknowledged before it stay written).
+
+        A refusal is raised, not aborted here: the servicer may read its requests
+        in a task of its own (StreamUpsertPoints reads ahead while it writes), and
+        aborting from there would race the handler's own sends. The servicer's one
+        error mapping (:func:`driftd.server.status.maps_errors`) ends the RPC."""
         async for request in requests:
             try:
                 # Later messages may leave the name empty (it stays the first's).
@@ -248,5 +253,6 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
                     self._check_scope(call, request)
                 await self._check_write(call, request)
             except DriftdError as exc:
-                await self._deny(call, exc)
+                call.audit("denied", exc.code, exc.reason)
+                raise
             yield request

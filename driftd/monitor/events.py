@@ -293,16 +293,7 @@ class EventHub:
         the deletion is reported as expired, never served from the events of a
         new collection of the same name.
         """
-        ch = self._channels.get(collection)
-        if ch is not None:
-            for w in ch.watchers:
-                w.deleted = True
-                w.lost.set()
-            ch.watchers.clear()
-            ch.events.clear()
-            ch.weight = 0
-            ch.changed.set()
-            ch.changed = asyncio.Event()
+        self._end_watches(collection, moved=False)
         for fn in self._drop_listeners:
             fn(collection, uid)
 
@@ -310,16 +301,22 @@ class EventHub:
         """Another replica owns the collection now: ends its watches (their next
         read raises Unavailable(OWNER_MOVED)) and forgets its buffered events.
         Sequence numbers go on from the last one, as after :meth:`drop`."""
+        self._end_watches(collection, moved=True)
+
+    def _end_watches(self, collection: str, *, moved: bool) -> None:
+        """Ends the collection's watches (deleted, or ``moved`` to another owner)
+        and forgets its buffered events; sequence numbers go on."""
         ch = self._channels.get(collection)
-        if ch is not None:
-            for w in ch.watchers:
-                w.moved = True
-                w.lost.set()
-            ch.watchers.clear()
-            ch.events.clear()
-            ch.weight = 0
-            ch.changed.set()
-            ch.changed = asyncio.Event()
+        if ch is None:
+            return
+        for w in ch.watchers:
+            w.moved, w.deleted = moved, not moved
+            w.lost.set()
+        ch.watchers.clear()
+        ch.events.clear()
+        ch.weight = 0
+        ch.changed.set()
+        ch.changed = asyncio.Event()
 
     def publish(
         self,
